@@ -1,0 +1,43 @@
+"""Pydantic v2 configs and records. Every config serialises to YAML/JSON and is stored beside its output."""
+
+from schemas.config import (
+    CocoSourceConfig,
+    DemoScenesConfig,
+    FilesSourceConfig,
+    HarmonizeConfig,
+    MaskGateConfig,
+    ObjectBankConfig,
+    PlacementConfig,
+    SaliencyConfig,
+    ScenesConfig,
+    ShardConfig,
+    SynthConfig,
+    load_config,
+)
+from schemas.records import (
+    HarmonizationRecord,
+    ObjectRecord,
+    PlacementRecord,
+    RejectRecord,
+    SampleMeta,
+)
+
+__all__ = [
+    "CocoSourceConfig",
+    "DemoScenesConfig",
+    "FilesSourceConfig",
+    "HarmonizeConfig",
+    "HarmonizationRecord",
+    "MaskGateConfig",
+    "ObjectBankConfig",
+    "ObjectRecord",
+    "PlacementConfig",
+    "PlacementRecord",
+    "RejectRecord",
+    "SaliencyConfig",
+    "SampleMeta",
+    "ScenesConfig",
+    "ShardConfig",
+    "SynthConfig",
+    "load_config",
+]

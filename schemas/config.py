@@ -1,0 +1,215 @@
+"""Configuration of the synthesis pipeline.
+
+One ``SynthConfig`` fully determines a shard set: same config + same seed -> byte-identical shards.
+Fields that only change *how* the work runs (worker count, output paths) are excluded from
+``content_hash`` so they never change the identity of a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Classes that overlap Cityscapes and therefore are never anomalies. The RPL/PEBAL/Meta-OoD scripts
+# forgot "train"; it is here.
+COCO_CITYSCAPES_OVERLAP: tuple[str, ...] = (
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "bus",
+    "train",
+    "truck",
+    "traffic light",
+    "stop sign",
+)
+
+# Real-world heights in metres (min, max) per object class; the placement samples within the range.
+DEFAULT_SIZE_PRIOR: dict[str, tuple[float, float]] = {
+    "cat": (0.25, 0.45),
+    "dog": (0.4, 0.9),
+    "horse": (1.4, 1.8),
+    "cow": (1.2, 1.6),
+    "sheep": (0.6, 1.0),
+    "bird": (0.15, 0.4),
+    "bear": (1.0, 1.6),
+    "elephant": (2.5, 3.3),
+    "zebra": (1.2, 1.5),
+    "giraffe": (4.0, 5.5),
+    "deer": (0.9, 1.3),
+    "chair": (0.8, 1.0),
+    "sofa": (0.8, 1.0),
+    "couch": (0.8, 1.0),
+    "bottle": (0.2, 0.35),
+    "cup": (0.1, 0.15),
+    "suitcase": (0.5, 0.8),
+    "tire": (0.6, 0.8),
+    "box": (0.3, 0.8),
+    "rocket": (1.0, 2.0),
+    "teddy bear": (0.3, 0.8),
+    "potted plant": (0.4, 1.2),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DemoScenesConfig(_Strict):
+    """Procedurally generated Cityscapes-format scenes (the demo profile)."""
+
+    num_scenes: int = Field(8, ge=1)
+    width: int = Field(1024, ge=64)
+    height: int = Field(512, ge=32)
+
+
+class ScenesConfig(_Strict):
+    kind: Literal["cityscapes", "demo"] = "demo"
+    root: Path | None = None
+    split: str = "train"
+    cities: list[str] | None = None
+    limit: int | None = Field(None, ge=1)
+    demo: DemoScenesConfig = DemoScenesConfig()
+
+    @model_validator(mode="after")
+    def _root_for_cityscapes(self) -> ScenesConfig:
+        if self.kind == "cityscapes" and self.root is None:
+            raise ValueError("scenes.root is required when scenes.kind is 'cityscapes'")
+        return self
+
+
+class CocoSourceConfig(_Strict):
+    annotations: Path
+    images: Path
+    exclude_categories: list[str] = list(COCO_CITYSCAPES_OVERLAP)
+    min_area: float = Field(1024.0, ge=0, description="minimum instance area in pixels")
+    border_margin: int = Field(1, ge=0, description="boxes closer than this to the image border are cut")
+    allow_crowd: bool = False
+    limit: int | None = Field(None, ge=1)
+
+
+class FilesSourceConfig(_Strict):
+    """Single-object photos under ``root``.
+
+    Class name: ``class_name`` if set, else the manifest's ``class_column`` (a TSV/CSV beside the photos),
+    else the parent folder's name. A mask comes from the manifest's ``mask_column`` or a sidecar
+    ``<stem>.mask.png``; photos without one are cut out by the salient-mask model.
+    """
+
+    root: Path
+    patterns: list[str] = ["*.jpg", "*.jpeg", "*.JPEG", "*.png"]
+    class_name: str | None = None
+    manifest: Path | None = None
+    file_column: str = "file"
+    class_column: str = "class_name"
+    mask_column: str | None = None
+    limit: int | None = Field(None, ge=1)
+
+
+class MaskGateConfig(_Strict):
+    """Thresholds of the mask-quality gate (every rejection names the failed test)."""
+
+    min_pixels: int = Field(400, ge=1)
+    min_area_frac: float = Field(0.02, ge=0, le=1)
+    max_components: int = Field(3, ge=1, description="components larger than 1% of the mask")
+    min_largest_frac: float = Field(0.85, ge=0, le=1, description="largest component / mask area")
+    max_border_frac: float = Field(0.15, ge=0, le=1, description="share of the image border covered")
+    min_confidence: float = Field(0.80, ge=0, le=1, description="share of soft-mask pixels < .1 or > .9")
+    min_contrast: float = Field(6.0, ge=0, description="ΔE (Lab) between object and surround means")
+
+
+class SaliencyConfig(_Strict):
+    model: str = "u2netp"
+    model_home: Path | None = Field(None, description="rembg model home (U2NET_HOME); default .cache/models")
+    gate: MaskGateConfig = MaskGateConfig()
+
+
+class ObjectBankConfig(_Strict):
+    max_side: int = Field(384, ge=16, description="objects are stored downscaled to this longest side")
+    objects_per_shard: int = Field(256, ge=1)
+    demo_objects: bool = False
+    coco: CocoSourceConfig | None = None
+    files: list[FilesSourceConfig] = []
+
+
+class PlacementConfig(_Strict):
+    drivable_classes: list[str] = ["road"]
+    key_classes: list[str] = ["person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle"]
+    allow_cover_key: bool = False
+    max_key_overlap: float = Field(0.02, ge=0, le=1)
+    objects_per_scene: tuple[int, int] = (1, 3)
+    candidates: int = Field(48, ge=1, description="candidate foot points scored per object")
+    search_stride: int = Field(4, ge=1, description="label subsampling for the candidate search")
+    size_prior: dict[str, tuple[float, float]] = dict(DEFAULT_SIZE_PRIOR)
+    default_height_m: tuple[float, float] = (0.4, 1.2)
+    camera_height_m: float = Field(1.22, gt=0, description="used when the scene has no camera json")
+    min_height_px: int = Field(16, ge=2)
+    max_height_frac: float = Field(0.45, gt=0, le=1, description="of the image height")
+    min_support: float = Field(0.6, ge=0, le=1, description="drivable share under the object's base")
+
+    @model_validator(mode="after")
+    def _check(self) -> PlacementConfig:
+        lo, hi = self.objects_per_scene
+        if not 1 <= lo <= hi:
+            raise ValueError(f"objects_per_scene must be 1 <= min <= max, got {self.objects_per_scene}")
+        return self
+
+
+class HarmonizeConfig(_Strict):
+    method: Literal["lab", "none"] = "lab"
+    strength_l: float = Field(0.6, ge=0, le=1, description="luminance mean/std transfer strength")
+    strength_ab: float = Field(0.35, ge=0, le=1, description="colour (a, b) transfer strength")
+    context: float = Field(0.5, gt=0, description="surround ring width, in object heights")
+    feather_px: float = Field(1.5, ge=0, description="Gaussian sigma of the alpha edge")
+    poisson: bool = False
+
+
+class ShardConfig(_Strict):
+    samples_per_shard: int = Field(64, ge=1)
+    image_format: Literal["jpg", "png"] = "jpg"
+    jpeg_quality: int = Field(95, ge=50, le=100)
+
+
+class SynthConfig(_Strict):
+    name: str = "synth"
+    seed: int = 0
+    num_samples: int = Field(32, ge=1)
+    scenes: ScenesConfig = ScenesConfig()
+    objects: ObjectBankConfig = ObjectBankConfig(demo_objects=True)
+    saliency: SaliencyConfig = SaliencyConfig()
+    placement: PlacementConfig = PlacementConfig()
+    harmonize: HarmonizeConfig = HarmonizeConfig()
+    shards: ShardConfig = ShardConfig()
+    workers: int = Field(2, ge=1, description="parallel shard tasks; does not change the output")
+
+    def content_hash(self) -> str:
+        """sha256 (16 hex) of everything that decides the bytes of the shards."""
+        payload = self.model_dump(mode="json", exclude={"workers"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
+    """Read a YAML config; relative paths inside it stay relative to the working directory."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return SynthConfig.model_validate(data)

@@ -1,0 +1,76 @@
+"""Records that travel between stages and into shard metadata and parquet manifests."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ObjectRecord(BaseModel):
+    """One object of the bank: an RGBA crop + binary mask, and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object_id: str
+    source: Literal["coco", "diffusion", "file", "demo"]
+    class_name: str
+    origin: str  # file path, or "coco:<image_id>:<ann_id>"
+    prompt: str | None = None
+    seed: int | None = None
+    width: int
+    height: int
+    mask_area: int
+    quality: dict[str, float] = {}
+
+
+class PlacementRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    object_id: str
+    class_name: str
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in scene pixels
+    foot: tuple[int, int]  # (u, v) of the object's base centre
+    height_px: int
+    height_m: float
+    scale: float  # placed height / bank height
+    flipped: bool
+    score: float
+    candidates: int  # candidates evaluated for this object
+
+
+class HarmonizationRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    params: dict[str, float | list[float] | bool] = {}
+
+
+class SampleMeta(BaseModel):
+    """``meta.json`` of one shard sample."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    scene_id: str
+    width: int
+    height: int
+    horizon: float
+    horizon_source: Literal["camera", "road", "default"]
+    objects: list[PlacementRecord]
+    harmonization: list[HarmonizationRecord]
+    sources: list[str]
+    seed: int
+    config_hash: str
+    code_version: str
+
+
+class RejectRecord(BaseModel):
+    """An item that was quarantined: where, which, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str
+    item: str
+    reason: str
+    detail: str = ""

@@ -1,0 +1,161 @@
+"""Image decoding/encoding with errors that name the file, and atomic file writes."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+cv2.setNumThreads(1)  # parallelism comes from shard tasks; nested thread pools only thrash
+
+
+class BadInputError(ValueError):
+    """Input that cannot be used; the message names the item and the problem."""
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """HxWx3 uint8 RGB."""
+    img = _read(path, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_rgba(path: str | Path) -> np.ndarray:
+    """HxWx4 uint8 RGBA (alpha 255 where the file has none)."""
+    img = _read(path, cv2.IMREAD_UNCHANGED)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.dtype != np.uint8:
+        raise BadInputError(f"{path}: expected 8-bit image, got {img.dtype}")
+    if img.shape[2] == 3:
+        return np.dstack([cv2.cvtColor(img, cv2.COLOR_BGR2RGB), np.full(img.shape[:2], 255, np.uint8)])
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """HxW uint8 single channel (label and mask images)."""
+    img = _read(path, cv2.IMREAD_UNCHANGED)
+    if img.ndim != 2:
+        raise BadInputError(f"{path}: expected a single-channel label image, got shape {img.shape}")
+    if img.dtype != np.uint8:
+        raise BadInputError(f"{path}: expected uint8 label image, got {img.dtype}")
+    return img
+
+
+def read_gray16(path: str | Path) -> np.ndarray:
+    """HxW integer image (Cityscapes instanceIds are 16/32 bit)."""
+    img = _read(path, cv2.IMREAD_UNCHANGED)
+    if img.ndim != 2:
+        raise BadInputError(f"{path}: expected a single-channel image, got shape {img.shape}")
+    return img.astype(np.int32)
+
+
+def _read(path: str | Path, flags: int) -> np.ndarray:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: file not found") from None
+    except OSError as e:
+        raise BadInputError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
+        raise BadInputError(f"{path}: empty file")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise BadInputError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    return img
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadInputError(f"{name}: not a decodable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_rgba(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.ndim != 3 or img.shape[2] != 4:
+        raise BadInputError(f"{name}: not a decodable RGBA image")
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+
+
+def decode_gray(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise BadInputError(f"{name}: not a decodable image")
+    if img.ndim != 2:
+        raise BadInputError(f"{name}: expected a single-channel image, got shape {img.shape}")
+    return img
+
+
+def encode_rgb(img: np.ndarray, fmt: str = "jpg", jpeg_quality: int = 95) -> bytes:
+    bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    if fmt == "jpg":
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    elif fmt == "png":
+        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    else:
+        raise ValueError(f"unknown image format {fmt!r} (jpg or png)")
+    if not ok:
+        raise RuntimeError(f"{fmt} encoding failed")
+    return buf.tobytes()
+
+
+def encode_rgba_png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise RuntimeError("png encoding failed")
+    return buf.tobytes()
+
+
+def encode_gray_png(img: np.ndarray) -> bytes:
+    if img.dtype != np.uint8 or img.ndim != 2:
+        raise ValueError(f"labels/masks are HxW uint8, got {img.dtype} {img.shape}")
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("png encoding failed")
+    return buf.tobytes()
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
+
+    A crash or Ctrl-C leaves at most a hidden ``.name.*.partial`` file, never a file under the final name.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(final: str | Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_rgb(path: str | Path, img: np.ndarray) -> None:
+    fmt = Path(path).suffix.lstrip(".").lower()
+    write_bytes_atomic(path, encode_rgb(img, "jpg" if fmt in ("jpg", "jpeg") else "png"))
+
+
+def write_gray(path: str | Path, img: np.ndarray) -> None:
+    if img.dtype == np.uint8:
+        write_bytes_atomic(path, encode_gray_png(img))
+    else:
+        ok, buf = cv2.imencode(".png", img.astype(np.uint16))
+        if not ok:
+            raise RuntimeError(f"{path}: png encoding failed")
+        write_bytes_atomic(path, buf.tobytes())

@@ -1,0 +1,189 @@
+"""Placement search: where in a scene an object can stand, at the size perspective demands.
+
+Flat-ground pinhole model: a point on the ground at image row ``v`` lies at depth ``Z = f·h_c / (v − v_h)``
+(``v_h`` horizon row, ``h_c`` camera height), so an object of real height ``H`` appears
+``H·f / Z = H·(v − v_h) / h_c`` pixels tall — linear in the foot point's distance below the horizon.
+
+Candidates are foot points sampled on drivable pixels of a subsampled label; each is scored with
+integral images (O(1) per candidate): support = drivable share of the object's base strip,
+key-instance overlap, overlap with objects already placed, and a preference for the road ahead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas import PlacementConfig, PlacementRecord
+from tasks.labels import train_ids
+
+
+class NoPlacementError(ValueError):
+    """The scene has no place for any object (e.g. no drivable pixels)."""
+
+
+@dataclass(frozen=True)
+class Horizon:
+    row: float
+    source: str  # "camera" | "road" | "default"
+
+
+def estimate_horizon(label: np.ndarray, drivable: list[str], stride: int = 4) -> Horizon:
+    """Horizon from the top of the largest drivable region (its vanishing end); mid-height if there is none."""
+    import cv2
+
+    lab = label[::stride, ::stride]
+    road = np.isin(lab, train_ids(drivable)).astype(np.uint8)
+    n, cc, stats, _ = cv2.connectedComponentsWithStats(road, connectivity=8)
+    if n <= 1:
+        return Horizon(row=0.5 * label.shape[0], source="default")
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return Horizon(row=float(stats[biggest, cv2.CC_STAT_TOP] * stride), source="road")
+
+
+def _integral(mask: np.ndarray) -> np.ndarray:
+    out = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int32)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int32), axis=1, out=out[1:, 1:])
+    return out
+
+
+def _box_sums(ii: np.ndarray, y0, x0, y1, x1) -> np.ndarray:
+    return ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+
+
+@dataclass
+class PlacementGrid:
+    """Subsampled drivable / key-instance / occupancy maps of one scene and their integral images."""
+
+    stride: int
+    height: int  # full-resolution size
+    width: int
+    drivable: np.ndarray  # bool, subsampled
+    ii_drivable: np.ndarray
+    ii_key: np.ndarray
+    occupied: np.ndarray  # bool, subsampled; grows as objects are placed
+
+    @classmethod
+    def from_label(cls, label: np.ndarray, cfg: PlacementConfig) -> PlacementGrid:
+        s = cfg.search_stride
+        lab = label[::s, ::s]
+        drivable = np.isin(lab, train_ids(cfg.drivable_classes))
+        key = np.isin(lab, train_ids(cfg.key_classes))
+        return cls(s, label.shape[0], label.shape[1], drivable, _integral(drivable), _integral(key), np.zeros_like(drivable))
+
+    def grid_box(self, y0, x0, y1, x1):
+        """Full-resolution box (rows y0:y1, cols x0:x1) -> covering subsampled-grid box."""
+        s = self.stride
+        gh, gw = self.drivable.shape
+        return (
+            np.clip(y0 // s, 0, gh),
+            np.clip(x0 // s, 0, gw),
+            np.clip(-(-y1 // s), 0, gh),
+            np.clip(-(-x1 // s), 0, gw),
+        )
+
+
+def place_object(
+    grid: PlacementGrid,
+    obj_w: int,
+    obj_h: int,
+    height_m: float,
+    horizon: float,
+    cam_height_m: float,
+    cfg: PlacementConfig,
+    rng: np.random.Generator,
+) -> tuple[tuple[int, int, int, int], tuple[int, int], int, float, int] | None:
+    """Best candidate ``(box, foot, height_px, score, n_candidates)`` for one object, or None."""
+    ys, xs = np.nonzero(grid.drivable)
+    s = grid.stride
+    below = ys * s > horizon + cfg.min_height_px * cam_height_m / max(height_m, 1e-6)
+    ys, xs = ys[below], xs[below]
+    if ys.size == 0:
+        return None
+    pick = rng.choice(ys.size, size=min(cfg.candidates, ys.size), replace=False)
+    pick.sort()  # candidate order does not depend on the sampler's internal order
+    v = ys[pick] * s + s // 2
+    u = xs[pick] * s + s // 2
+    h_px = np.round(height_m * (v - horizon) / cam_height_m).astype(np.int64)
+    w_px = np.maximum(1, np.round(h_px * obj_w / obj_h)).astype(np.int64)
+    x0, y0 = u - w_px // 2, v - h_px
+    x1, y1 = x0 + w_px, v
+    ok = (
+        (h_px >= cfg.min_height_px)
+        & (h_px <= cfg.max_height_frac * grid.height)
+        & (x0 >= 0)
+        & (y0 >= 0)
+        & (x1 <= grid.width)
+        & (y1 <= grid.height)
+    )
+    if not ok.any():
+        return None
+    # base strip: the bottom 15% of the box, where the object touches the ground
+    by0 = np.maximum(y0, y1 - np.maximum(1, h_px * 15 // 100))
+    gy0, gx0, gy1, gx1 = grid.grid_box(by0, x0, y1, x1)
+    gy1, gx1 = np.maximum(gy1, gy0 + 1), np.maximum(gx1, gx0 + 1)
+    strip_area = (gy1 - gy0) * (gx1 - gx0)
+    support = _box_sums(grid.ii_drivable, gy0, gx0, gy1, gx1) / strip_area
+    gy0, gx0, gy1, gx1 = grid.grid_box(y0, x0, y1, x1)
+    gy1, gx1 = np.maximum(gy1, gy0 + 1), np.maximum(gx1, gx0 + 1)
+    area = (gy1 - gy0) * (gx1 - gx0)
+    key = _box_sums(grid.ii_key, gy0, gx0, gy1, gx1) / area
+    occupied = _box_sums(_integral(grid.occupied), gy0, gx0, gy1, gx1)
+    ok &= (support >= cfg.min_support) & (occupied == 0)
+    if not cfg.allow_cover_key:
+        ok &= key <= cfg.max_key_overlap
+    centrality = 1.0 - 0.5 * np.abs(u - grid.width / 2) / (grid.width / 2)
+    score = np.where(ok, support * (1.0 - key) * centrality, -1.0)
+    best = int(np.argmax(score))
+    if score[best] < 0:
+        return None
+    box = (int(x0[best]), int(y0[best]), int(x1[best]), int(y1[best]))
+    oy0, ox0, oy1, ox1 = grid.grid_box(box[1], box[0], box[3], box[2])
+    grid.occupied[oy0:oy1, ox0:ox1] = True
+    return box, (int(u[best]), int(v[best])), int(h_px[best]), float(score[best]), int(pick.size)
+
+
+def height_prior(class_name: str, cfg: PlacementConfig) -> tuple[float, float]:
+    return tuple(cfg.size_prior.get(class_name, cfg.default_height_m))
+
+
+def place_objects(
+    label: np.ndarray,
+    objects: list[tuple[str, str, int, int]],
+    horizon: float,
+    cam_height_m: float,
+    cfg: PlacementConfig,
+    rng: np.random.Generator,
+) -> list[PlacementRecord]:
+    """Place several objects ``(object_id, class_name, width, height)`` without overlap.
+
+    Objects with no valid candidate are skipped; NoPlacementError if the scene has no drivable pixel.
+    """
+    grid = PlacementGrid.from_label(label, cfg)
+    if not grid.drivable.any():
+        raise NoPlacementError(f"no drivable pixels ({', '.join(cfg.drivable_classes)}) in the scene label")
+    placed: list[PlacementRecord] = []
+    for object_id, class_name, w, h in objects:
+        lo, hi = height_prior(class_name, cfg)
+        height_m = float(rng.uniform(lo, hi))
+        flipped = bool(rng.random() < 0.5)
+        found = place_object(grid, w, h, height_m, horizon, cam_height_m, cfg, rng)
+        if found is None:
+            continue
+        box, foot, h_px, score, n = found
+        placed.append(
+            PlacementRecord(
+                object_id=object_id,
+                class_name=class_name,
+                box=box,
+                foot=foot,
+                height_px=h_px,
+                height_m=round(height_m, 4),
+                scale=round(h_px / h, 5),
+                flipped=flipped,
+                score=round(score, 5),
+                candidates=n,
+            )
+        )
+    return placed

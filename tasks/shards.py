@@ -1,0 +1,106 @@
+"""WebDataset shard writing (atomic, deterministic) and the parquet manifests of a shard set.
+
+A shard is written by ``webdataset.ShardWriter`` (``mtime=0``, fixed owner and mode, so the bytes depend
+only on the samples) into ``.partial/`` and renamed to its final name only once closed: a reader never
+sees a half-written ``shard-*.tar``.
+
+Shard-set layout::
+
+    shard-000000.tar ...    samples: <key>.image.jpg|png, <key>.label.png, <key>.mask.png, <key>.meta.json
+    samples.parquet         one row per sample (key, shard, scene, objects, boxes, ...)
+    shards.parquet          one row per shard (name, sha256, samples, bytes)
+    rejects.parquet         quarantined items with stage and reason
+    dataset.json            config, config hash, code version, counts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from tasks.imageio import atomic_path
+
+PARTIAL_DIR = ".partial"
+SAMPLES = "samples.parquet"
+SHARDS = "shards.parquet"
+REJECTS = "rejects.parquet"
+DATASET = "dataset.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_key(key: str) -> str:
+    if "." in key or "/" in key or not key:
+        raise ValueError(f"sample key {key!r} must be non-empty and contain no dots or slashes")
+    return key
+
+
+def write_tar_shard(final: str | Path, samples: list[dict]) -> tuple[str, int]:
+    """Write ``samples`` (dicts with ``__key__`` and bytes values) to ``final`` atomically.
+
+    Returns (sha256, size in bytes).
+    """
+    final = Path(final)
+    partial = final.parent / PARTIAL_DIR
+    partial.mkdir(parents=True, exist_ok=True)
+    pattern = str(partial / f"{final.name}.%d.partial")
+    writer = wds.ShardWriter(pattern, maxcount=len(samples) + 1, verbose=0, mtime=0, mode=0o444, encoder=False)
+    try:
+        for s in samples:
+            check_key(s["__key__"])
+            writer.write(s)
+    finally:
+        writer.close()
+    tmp = Path(pattern % 0)  # maxcount > len(samples): everything went into the first file
+    digest = sha256_of(tmp)
+    size = tmp.stat().st_size
+    os.replace(tmp, final)
+    return digest, size
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("scene_id", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_objects", pa.int32()),
+        ("object_ids", pa.list_(pa.string())),
+        ("classes", pa.list_(pa.string())),
+        ("sources", pa.list_(pa.string())),
+        ("boxes", pa.list_(pa.list_(pa.int32(), 4))),
+        ("anomaly_pixels", pa.int64()),
+        ("seed", pa.int64()),
+        ("config_hash", pa.string()),
+    ]
+)
+SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
+
+
+def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: str | Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()

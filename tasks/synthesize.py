@@ -1,0 +1,211 @@
+"""The composite stage: scene + objects -> placed, harmonized, composited samples -> one shard.
+
+Work is cut into shards of a fixed list of samples decided up front (``plan_samples``), so a shard is a
+pure function of (config, shard index): re-running a config only writes the shards that are missing, and
+the result is byte-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from schemas import RejectRecord, SampleMeta, SynthConfig
+from tasks import CODE_VERSION
+from tasks.cityscapes import Scene, SceneRef, camera_height, horizon_from_camera, load_scene
+from tasks.composite import paste, resize_object
+from tasks.harmonize import Harmonizer, make_harmonizer
+from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
+from tasks.object_bank import BankObject
+from tasks.placement import NoPlacementError, estimate_horizon, place_objects
+from tasks.seeding import derive_seed, rng_for
+from tasks.shards import PARTIAL_DIR, SHARD_PATTERN, sha256_of, write_json_atomic, write_tar_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    index: int
+    key: str
+    scene_index: int
+    seed: int
+
+
+def plan_samples(scene_ids: list[str], num_samples: int, seed: int) -> list[SamplePlan]:
+    """Sample i uses scene perm[i mod n] of a seeded permutation: every scene is used before any repeats."""
+    if not scene_ids:
+        raise ValueError("no scenes to synthesize on")
+    order = rng_for(seed, "scene-order").permutation(len(scene_ids))
+    plans = []
+    for i in range(num_samples):
+        s = int(order[i % len(scene_ids)])
+        key = f"{i:07d}_{scene_ids[s]}".replace(".", "_")
+        plans.append(SamplePlan(index=i, key=key, scene_index=s, seed=derive_seed(seed, "sample", i)))
+    return plans
+
+
+def split_into_shards(plans: list[SamplePlan], samples_per_shard: int) -> list[list[SamplePlan]]:
+    return [plans[i : i + samples_per_shard] for i in range(0, len(plans), samples_per_shard)]
+
+
+@dataclass
+class Composite:
+    image: np.ndarray
+    label: np.ndarray
+    mask: np.ndarray
+    meta: SampleMeta
+
+
+class Compositor:
+    """Places, harmonizes and composites objects from a bank into scenes (one instance per worker)."""
+
+    def __init__(self, cfg: SynthConfig, bank: list[BankObject], harmonizer: Harmonizer | None = None):
+        if not bank:
+            raise ValueError("the object bank is empty: no object passed extraction and the quality gate")
+        self.cfg = cfg
+        self.bank = bank
+        self.by_id = {o.record.object_id: o for o in bank}
+        self.harmonizer = harmonizer or make_harmonizer(cfg.harmonize)
+        self.config_hash = cfg.content_hash()
+
+    def compose(self, scene: Scene, plan: SamplePlan) -> Composite:
+        cfg = self.cfg
+        rng = np.random.default_rng(plan.seed)
+        H, W = scene.label.shape
+        if scene.camera is not None:
+            horizon, h_source = horizon_from_camera(scene.camera, H), "camera"
+        else:
+            est = estimate_horizon(scene.label, cfg.placement.drivable_classes, cfg.placement.search_stride)
+            horizon, h_source = est.row, est.source
+        cam_h = camera_height(scene.camera, cfg.placement.camera_height_m)
+        lo, hi = cfg.placement.objects_per_scene
+        n = int(rng.integers(lo, hi + 1))
+        picks = rng.choice(len(self.bank), size=n, replace=len(self.bank) < n)
+        wanted = [self.bank[int(i)].record for i in picks]
+        placements = place_objects(
+            scene.label, [(r.object_id, r.class_name, r.width, r.height) for r in wanted], horizon, cam_h, cfg.placement, rng
+        )
+        if not placements:
+            raise NoPlacementError(f"none of {n} objects found a valid place (horizon row {horizon:.0f})")
+        image, label = scene.image.copy(), scene.label.copy()
+        mask = np.zeros_like(label)
+        harmonization = []
+        for p in placements:
+            x0, y0, x1, y1 = p.box
+            rgb, m = resize_object(self.by_id[p.object_id].rgba, x1 - x0, y1 - y0, p.flipped)
+            rgb, alpha, rec = self.harmonizer(image, rgb, m, p.box)
+            paste(image, label, mask, rgb, alpha, m, p.box)
+            harmonization.append(rec)
+        meta = SampleMeta(
+            key=plan.key,
+            scene_id=scene.scene_id,
+            width=W,
+            height=H,
+            horizon=round(float(horizon), 2),
+            horizon_source=h_source,
+            objects=placements,
+            harmonization=harmonization,
+            sources=sorted({self.by_id[p.object_id].record.source for p in placements}),
+            seed=plan.seed,
+            config_hash=self.config_hash,
+            code_version=CODE_VERSION,
+        )
+        return Composite(image, label, mask, meta)
+
+
+def encode_sample(c: Composite, image_format: str, jpeg_quality: int) -> dict:
+    return {
+        "__key__": c.meta.key,
+        f"image.{image_format}": encode_rgb(c.image, image_format, jpeg_quality),
+        "label.png": encode_gray_png(c.label),
+        "mask.png": encode_gray_png(c.mask),
+        "meta.json": c.meta.model_dump_json().encode(),
+    }
+
+
+def manifest_row(c: Composite, shard: str, bank: dict[str, BankObject]) -> dict:
+    m = c.meta
+    return {
+        "key": m.key,
+        "shard": shard,
+        "scene_id": m.scene_id,
+        "width": m.width,
+        "height": m.height,
+        "num_objects": len(m.objects),
+        "object_ids": [p.object_id for p in m.objects],
+        "classes": [p.class_name for p in m.objects],
+        "sources": [bank[p.object_id].record.source for p in m.objects],
+        "boxes": [list(p.box) for p in m.objects],
+        "anomaly_pixels": int(np.count_nonzero(c.mask)),
+        "seed": m.seed,
+        "config_hash": m.config_hash,
+    }
+
+
+def part_path(out_dir: Path, shard_index: int) -> Path:
+    return out_dir / PARTIAL_DIR / f"{SHARD_PATTERN.format(shard_index)}.json"
+
+
+def completed_shard(out_dir: str | Path, shard_index: int) -> dict | None:
+    """The record of a shard finished by an earlier run, if its tar is whole (sha256 matches)."""
+    out_dir = Path(out_dir)
+    part, tar = part_path(out_dir, shard_index), out_dir / SHARD_PATTERN.format(shard_index)
+    if not (part.is_file() and tar.is_file()):
+        return None
+    rec = json.loads(part.read_text())
+    return rec if rec.get("sha256") == sha256_of(tar) else None
+
+
+def synthesize_shard(
+    out_dir: str | Path,
+    shard_index: int,
+    plans: list[SamplePlan],
+    scenes: list[SceneRef],
+    compositor: Compositor,
+    on_sample=None,
+) -> dict:
+    """Compose the samples of one shard and write it. A bad scene or placement quarantines that sample.
+
+    Returns the shard record: ``{"shard", "sha256", "samples", "bytes", "rows", "rejects", "seconds"}``;
+    the same record is saved beside the shard so a later run can skip it.
+    """
+    out_dir = Path(out_dir)
+    cfg = compositor.cfg.shards
+    name = SHARD_PATTERN.format(shard_index)
+    t0 = time.perf_counter()
+    samples, rows, rejects = [], [], []
+    cache: dict[int, Scene] = {}
+    for plan in plans:
+        ref = scenes[plan.scene_index]
+        try:
+            if plan.scene_index not in cache:
+                cache.clear()
+                cache[plan.scene_index] = load_scene(ref)
+            comp = compositor.compose(cache[plan.scene_index], plan)
+        except (BadInputError, NoPlacementError) as e:
+            reason = "bad_scene" if isinstance(e, BadInputError) else "no_placement"
+            rejects.append(RejectRecord(stage="composite", item=f"{plan.key} ({ref.image})", reason=reason, detail=str(e)))
+            log.warning("sample %s quarantined: %s", plan.key, e)
+            continue
+        samples.append(encode_sample(comp, cfg.image_format, cfg.jpeg_quality))
+        rows.append(manifest_row(comp, name, compositor.by_id))
+        if on_sample is not None:
+            on_sample()
+    digest, size = write_tar_shard(out_dir / name, samples)
+    record = {
+        "shard": name,
+        "sha256": digest,
+        "samples": len(samples),
+        "bytes": size,
+        "rows": rows,
+        "rejects": [r.model_dump() for r in rejects],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json_atomic(part_path(out_dir, shard_index), record)
+    return record
