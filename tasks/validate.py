@@ -1,0 +1,112 @@
+"""Re-read a shard set and check it against its manifest (``anomalyforge validate SHARD_DIR``)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from schemas import SampleMeta
+from tasks.imageio import BadInputError, decode_gray, decode_rgb
+from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
+from tasks.shards import SAMPLES, SHARDS, read_table, sha256_of
+
+REQUIRED = ("label.png", "mask.png", "meta.json")
+
+
+def _group_members(tar: tarfile.TarFile, shard: str, problems: list[str]) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    for m in tar.getmembers():
+        if not m.isfile():
+            continue
+        key, dot, ext = m.name.partition(".")
+        if not dot:
+            problems.append(f"{shard}: member {m.name!r} has no extension")
+            continue
+        samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples
+
+
+def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
+    """Every problem of one sample: missing parts, undecodable images, label values, label/mask agreement."""
+    problems = [f"{name}: missing {part}" for part in REQUIRED if part not in files]
+    images = [k for k in files if k.startswith("image.")]
+    if len(images) != 1:
+        problems.append(f"{name}: expected one image.jpg|png, found {images or 'none'}")
+    if problems:
+        return problems
+    try:
+        image = decode_rgb(files[images[0]], f"{name}/{images[0]}")
+        label = decode_gray(files["label.png"], f"{name}/label.png")
+        mask = decode_gray(files["mask.png"], f"{name}/mask.png")
+    except BadInputError as e:
+        return [str(e)]
+    if not (image.shape[:2] == label.shape == mask.shape):
+        return [f"{name}: sizes differ: image {image.shape[:2]}, label {label.shape}, mask {mask.shape}"]
+    bad = sorted(set(np.unique(label).tolist()) - SHARD_LABEL_VALUES)
+    if bad:
+        problems.append(f"{name}: label has values outside trainIds 0-18, 254, 255: {bad[:10]}")
+    mvals = set(np.unique(mask).tolist())
+    if not mvals <= {0, 255}:
+        problems.append(f"{name}: mask has values other than 0/255: {sorted(mvals - {0, 255})[:10]}")
+    disagree = int(np.count_nonzero((label == ANOMALY) != (mask == 255)))
+    if disagree:
+        problems.append(f"{name}: label == 254 and mask disagree on {disagree} pixels")
+    try:
+        meta = SampleMeta.model_validate_json(files["meta.json"])
+    except ValueError as e:
+        problems.append(f"{name}: meta.json invalid: {str(e).splitlines()[0]}")
+    else:
+        if (meta.width, meta.height) != (label.shape[1], label.shape[0]):
+            problems.append(f"{name}: meta.json says {meta.width}x{meta.height}, label is {label.shape[1]}x{label.shape[0]}")
+    return problems
+
+
+def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[str]]:
+    """(samples checked, problems). An empty problem list means the set is whole and consistent."""
+    shard_dir = Path(shard_dir)
+    problems: list[str] = []
+    for f in (SHARDS, SAMPLES):
+        if not (shard_dir / f).is_file():
+            return 0, [f"{shard_dir}: no {f} manifest (not a finished shard set)"]
+    shards = read_table(shard_dir / SHARDS)
+    listed_samples = {r["key"]: r for r in read_table(shard_dir / SAMPLES)}
+    on_disk = {p.name for p in shard_dir.glob("*.tar")}
+    listed = {r["shard"] for r in shards}
+    problems += [f"{n}: tar file not listed in {SHARDS}" for n in sorted(on_disk - listed)]
+    seen: set[str] = set()
+    checked = 0
+    for rec in shards:
+        path = shard_dir / rec["shard"]
+        if not path.is_file():
+            problems.append(f"{rec['shard']}: listed in {SHARDS} but missing")
+            continue
+        if sha256_of(path) != rec["sha256"]:
+            problems.append(f"{rec['shard']}: sha256 differs from {SHARDS} (file changed or truncated)")
+        try:
+            with tarfile.open(path) as tar:
+                samples = _group_members(tar, rec["shard"], problems)
+        except (tarfile.TarError, OSError) as e:
+            problems.append(f"{rec['shard']}: unreadable tar ({e})")
+            continue
+        if len(samples) != rec["samples"]:
+            problems.append(f"{rec['shard']}: holds {len(samples)} samples, manifest says {rec['samples']}")
+        for key, files in samples.items():
+            name = f"{rec['shard']}:{key}"
+            checked += 1
+            seen.add(key)
+            if key not in listed_samples:
+                problems.append(f"{name}: not listed in {SAMPLES}")
+            elif listed_samples[key]["shard"] != rec["shard"]:
+                problems.append(f"{name}: {SAMPLES} puts it in {listed_samples[key]['shard']}")
+            problems += check_sample(name, files)
+        if on_shard is not None:
+            on_shard(rec["shard"])
+    problems += [f"{k}: listed in {SAMPLES} but in no shard" for k in sorted(set(listed_samples) - seen)]
+    return checked, problems
+
+
+def dataset_summary(shard_dir: str | Path) -> dict:
+    return json.loads((Path(shard_dir) / "dataset.json").read_text())
