@@ -131,7 +131,7 @@ def place_object(
     gy1, gx1 = np.maximum(gy1, gy0 + 1), np.maximum(gx1, gx0 + 1)
     area = (gy1 - gy0) * (gx1 - gx0)
     key = _box_sums(grid.ii_key, gy0, gx0, gy1, gx1) / area
-    occupied = _box_sums(_integral(grid.occupied), gy0, gx0, gy1, gx1)
+    occupied = _box_sums(_integral(grid.occupied), gy0, gx0, gy1, gx1) if grid.occupied.any() else 0
     ok &= (support >= cfg.min_support) & (occupied == 0)
     if not cfg.allow_cover_key:
         ok &= key <= cfg.max_key_overlap

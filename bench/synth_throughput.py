@@ -1,0 +1,109 @@
+"""Benchmark of the composite path at 2048x1024 (``make bench-synth``).
+
+Full path   = place + harmonize + composite + encode + shard write, per sample.
+Baseline    = encode + shard write of the same scene images, labels and masks (no synthesis).
+Both run on the same decoded scenes in the same process; the ratio full/baseline is what we track
+(target <= 2.0). Scenes are the demo profile's procedural scenes rendered at full Cityscapes size, objects
+the demo bank (real photos cut out with rembg).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from schemas import DemoScenesConfig, ObjectBankConfig, ScenesConfig, SynthConfig
+from tasks.cityscapes import index_cityscapes, load_scene
+from tasks.imageio import encode_gray_png, encode_rgb
+from tasks.placement import NoPlacementError
+from tasks.pipeline import build_object_bank, load_bank
+from tasks.synthesize import Compositor, encode_sample, plan_samples
+from tasks.shards import write_tar_shard
+from tasks.demo_scenes import write_demo_scenes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=48)
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--width", type=int, default=2048)
+    ap.add_argument("--height", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3, help="best of N timings for each path")
+    args = ap.parse_args()
+
+    cfg = SynthConfig(
+        name="bench",
+        num_samples=args.samples,
+        scenes=ScenesConfig(kind="demo", demo=DemoScenesConfig(num_scenes=args.scenes, width=args.width, height=args.height)),
+        objects=ObjectBankConfig(demo_objects=True),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_demo_scenes(tmp / "scenes", cfg.scenes.demo, cfg.seed)
+        refs, _ = index_cityscapes(tmp / "scenes")
+        scenes = [load_scene(r) for r in refs]
+        bank = load_bank(build_object_bank(cfg, tmp / "objects"))
+        comp = Compositor(cfg, bank)
+        plans = plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed)
+
+        def compose_all() -> list:
+            out = []
+            for p in plans:
+                try:
+                    out.append(comp.compose(scenes[p.scene_index], p))
+                except NoPlacementError:  # quarantined in a real run too
+                    pass
+            return out
+
+        def full() -> int:
+            samples = [encode_sample(c, "jpg", 95) for c in compose_all()]
+            write_tar_shard(tmp / "full.tar", samples)
+            return len(samples)
+
+        empty = np.zeros(scenes[0].label.shape, np.uint8)
+
+        def baseline() -> int:
+            samples = []
+            for p in plans:
+                s = scenes[p.scene_index]
+                samples.append(
+                    {
+                        "__key__": p.key,
+                        "image.jpg": encode_rgb(s.image, "jpg", 95),
+                        "label.png": encode_gray_png(s.label),
+                        "mask.png": encode_gray_png(empty),
+                        "meta.json": b"{}",
+                    }
+                )
+            write_tar_shard(tmp / "base.tar", samples)
+            return len(samples)
+
+        def best(fn) -> float:
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            return min(times)
+
+        n = len(plans)
+        t_base, t_full = best(baseline), best(full)
+        # where the full path's time goes (one pass)
+        t = time.perf_counter()
+        comps = compose_all()
+        t_compose = time.perf_counter() - t
+
+    print(f"scenes {args.width}x{args.height}, {n} samples, objects in bank: {len(bank)}, best of {args.repeats}")
+    print(f"baseline  encode + shard write          : {n / t_base:7.2f} samples/s  ({1000 * t_base / n:6.1f} ms/sample)")
+    print(f"full      place+harmonize+composite+enc : {n / t_full:7.2f} samples/s  ({1000 * t_full / n:6.1f} ms/sample)")
+    print(f"          of which place+harmonize+composite: {1000 * t_compose / n:6.1f} ms/sample "
+          f"({sum(len(c.meta.objects) for c in comps) / len(comps):.2f} objects/sample, {n - len(comps)} quarantined)")
+    print(f"ratio full / baseline: {t_full / t_base:.2f}  (target <= 2.0)")
+
+
+if __name__ == "__main__":
+    main()
