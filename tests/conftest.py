@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from schemas import (
+    DemoScenesConfig,
+    FilesSourceConfig,
+    ObjectBankConfig,
+    PlacementConfig,
+    ScenesConfig,
+    ShardConfig,
+    SynthConfig,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+MODEL_HOME = Path(os.environ.get("U2NET_HOME", ROOT / ".cache" / "models"))
+
+
+def shared_or_skip(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} not present (../shared is only on developer and CI machines)")
+    return p
+
+
+def u2netp_or_skip() -> Path:
+    if not (MODEL_HOME / "u2netp.onnx").is_file():
+        pytest.skip(f"u2netp weights not in {MODEL_HOME} (run `make install`)")
+    return MODEL_HOME
+
+
+def write_object_photos(dest: Path, n: int = 3) -> FilesSourceConfig:
+    """Photos of simple coloured shapes with sidecar masks (no salient model needed)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.full((80, 60, 3), 235, np.uint8)
+        m = np.zeros((80, 60), np.uint8)
+        cv2.ellipse(m, (30, 42), (18 + i, 30), 0, 0, 360, 255, -1)
+        img[m > 0] = rng.integers(20, 200, 3)
+        cv2.imwrite(str(dest / f"thing{i}.png"), img)
+        cv2.imwrite(str(dest / f"thing{i}.mask.png"), m)
+    return FilesSourceConfig(root=dest, class_name="box", patterns=["*.png"])
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> SynthConfig:
+    files = write_object_photos(tmp_path / "photos")
+    return SynthConfig(
+        name="tiny",
+        seed=3,
+        num_samples=10,
+        scenes=ScenesConfig(kind="demo", demo=DemoScenesConfig(num_scenes=3, width=256, height=128)),
+        objects=ObjectBankConfig(files=[files], max_side=64),
+        placement=PlacementConfig(min_height_px=6, search_stride=2, default_height_m=(0.5, 1.0)),
+        shards=ShardConfig(samples_per_shard=4),
+        workers=1,
+    )
