@@ -1,0 +1,152 @@
+"""The composite stage end to end without Prefect: determinism, resume, quarantine, validation."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.object_bank import read_object_bank, read_rejects
+from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
+from tasks.shards import SHARD_PATTERN, read_table
+from tasks.synthesize import Compositor, completed_shard, plan_samples, split_into_shards, synthesize_shard
+from tasks.validate import validate_shard_set
+
+
+def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
+    """What the flow does, shard by shard; optionally crash in the middle of one shard."""
+    scenes, scene_rejects = prepare_scenes(cfg, run)
+    bank_dir = build_object_bank(cfg, run / "objects")
+    comp = Compositor(cfg, read_object_bank(bank_dir))
+    shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
+    records = []
+    for i, plans in enumerate(shards):
+        done = completed_shard(run / "shards", i)
+        if done is not None:
+            records.append(done)
+            continue
+        calls = {"n": 0}
+
+        def boom():
+            calls["n"] += 1
+            if i == fail_at_shard and calls["n"] == 2:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of a shard
+
+        records.append(synthesize_shard(run / "shards", i, plans, scenes, comp, on_sample=boom))
+    return finalize_shard_set(run / "shards", cfg, records, scene_rejects + read_rejects(bank_dir / "rejects.parquet"))
+
+
+def shard_bytes(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
+
+
+def test_same_config_and_seed_give_byte_identical_shards(tiny_config, tmp_path):
+    a = run_stage(tiny_config, tmp_path / "a")
+    b = run_stage(tiny_config, tmp_path / "b")
+    assert a["samples"] >= 8 and a["shards"] == 3
+    assert shard_bytes(tmp_path / "a/shards") == shard_bytes(tmp_path / "b/shards")
+    assert read_table(tmp_path / "a/shards/shards.parquet") == read_table(tmp_path / "b/shards/shards.parquet")
+    c = run_stage(tiny_config.model_copy(update={"seed": 4}), tmp_path / "c")
+    assert shard_bytes(tmp_path / "a/shards") != shard_bytes(tmp_path / "c/shards")
+
+
+def test_interrupted_run_leaves_no_partial_shard_and_resume_is_identical(tiny_config, tmp_path):
+    ref = tmp_path / "ref"
+    run_stage(tiny_config, ref)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tiny_config, run, fail_at_shard=1)
+    # shard 0 is whole, shard 1 was interrupted: no file under its final name, no manifest yet
+    assert (run / "shards" / SHARD_PATTERN.format(0)).is_file()
+    assert not (run / "shards" / SHARD_PATTERN.format(1)).exists()
+    assert not (run / "shards/samples.parquet").exists()
+    first = (run / "shards" / SHARD_PATTERN.format(0)).stat().st_mtime_ns
+    run_stage(tiny_config, run)
+    assert (run / "shards" / SHARD_PATTERN.format(0)).stat().st_mtime_ns == first  # not rewritten
+    assert shard_bytes(run / "shards") == shard_bytes(ref / "shards")
+    assert validate_shard_set(run / "shards")[1] == []
+
+
+def test_samples_are_consistent_and_keys_have_no_dots(tiny_config, tmp_path):
+    run_stage(tiny_config, tmp_path)
+    checked, problems = validate_shard_set(tmp_path / "shards")
+    assert problems == [] and checked == len(read_table(tmp_path / "shards/samples.parquet"))
+    with tarfile.open(tmp_path / "shards" / SHARD_PATTERN.format(0)) as tar:
+        names = tar.getnames()
+        meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".meta.json"))).read())
+        assert all(m.mtime == 0 for m in tar.getmembers())
+    keys = {n.split(".", 1)[0] for n in names}
+    assert all("." not in k for k in keys)
+    assert {n.split(".", 1)[1] for n in names} == {"image.jpg", "label.png", "mask.png", "meta.json"}
+    assert meta["config_hash"] == tiny_config.content_hash() and meta["objects"]
+    for o in meta["objects"]:
+        assert o["score"] > 0 and o["height_px"] >= tiny_config.placement.min_height_px
+
+
+def test_bad_scenes_are_quarantined_and_the_run_goes_on(tiny_config, tmp_path):
+    scenes, _ = prepare_scenes(tiny_config, tmp_path)
+    scenes[0].image.write_bytes(b"not an image")  # corrupt image
+    lab = cv2.imread(str(scenes[1].label), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(scenes[1].label), lab[:, : lab.shape[1] // 2])  # label of the wrong size
+    summary = run_stage(tiny_config, tmp_path)
+    rejects = read_rejects(tmp_path / "shards/rejects.parquet")
+    bad = [r for r in rejects if r.reason == "bad_scene"]
+    assert any("not a decodable image" in r.detail for r in bad)
+    assert any("label is" in r.detail and "labelIds.png" in r.detail for r in bad)
+    assert summary["samples"] > 0 and validate_shard_set(tmp_path / "shards")[1] == []
+
+
+def test_scene_without_drivable_pixels_is_quarantined(tiny_config, tmp_path):
+    scenes, _ = prepare_scenes(tiny_config, tmp_path)
+    for s in scenes:
+        lab = cv2.imread(str(s.label), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(s.label), np.where(lab == 7, 8, lab).astype(np.uint8))  # road -> sidewalk
+    summary = run_stage(tiny_config, tmp_path)
+    rejects = read_rejects(tmp_path / "shards/rejects.parquet")
+    assert summary["samples"] == 0
+    assert sum(r.reason == "no_placement" and "no drivable pixels" in r.detail for r in rejects) == tiny_config.num_samples
+
+
+def test_validate_catches_tampering(tiny_config, tmp_path):
+    run_stage(tiny_config, tmp_path)
+    d = tmp_path / "shards"
+    shard = d / SHARD_PATTERN.format(0)
+    # keep only the first sample, with a label that disagrees with its mask and has a foreign value
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    first = members[0][0].name.split(".", 1)[0]
+    shard.chmod(0o644)
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            if not m.name.startswith(first + "."):
+                continue
+            if m.name.endswith("label.png"):
+                lab = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                lab[lab == 254] = 0
+                lab[0, 0] = 77
+                data = cv2.imencode(".png", lab)[1].tobytes()
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    _, problems = validate_shard_set(d)
+    text = "\n".join(problems)
+    assert "sha256 differs" in text
+    assert "label has values outside" in text and "77" in text
+    assert "label == 254 and mask disagree" in text
+    assert "listed in samples.parquet but in no shard" in text
+    (d / "extra.tar").write_bytes(b"")
+    assert any("not listed" in p for p in validate_shard_set(d)[1])
+
+
+def test_object_bank_round_trip_and_reuse(tiny_config, tmp_path):
+    bank_dir = build_object_bank(tiny_config, tmp_path / "bank")
+    objs = read_object_bank(bank_dir)
+    assert len(objs) == 3 and all(o.record.class_name == "box" for o in objs)
+    assert all(o.rgba.shape[2] == 4 and o.mask.sum() == o.record.mask_area for o in objs)
+    stamp = (bank_dir / "objects.parquet").stat().st_mtime_ns
+    build_object_bank(tiny_config, tmp_path / "bank")  # same config: reused, not rebuilt
+    assert (bank_dir / "objects.parquet").stat().st_mtime_ns == stamp
+    again = read_object_bank(bank_dir)
+    assert all(np.array_equal(a.rgba, b.rgba) and a.record == b.record for a, b in zip(objs, again))
