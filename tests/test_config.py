@@ -1,0 +1,26 @@
+import pytest
+from pydantic import ValidationError
+
+from schemas import SynthConfig, load_config
+from tests.conftest import ROOT
+
+
+def test_demo_config_loads_and_overrides_apply():
+    cfg = load_config(ROOT / "configs/demo.yaml", {"num_samples": 5, "placement.candidates": 7})
+    assert cfg.scenes.kind == "demo" and cfg.num_samples == 5 and cfg.placement.candidates == 7
+
+
+def test_content_hash_ignores_workers_but_not_seed():
+    a = SynthConfig()
+    assert a.content_hash() == a.model_copy(update={"workers": 9}).content_hash()
+    assert a.content_hash() != a.model_copy(update={"seed": 1}).content_hash()
+
+
+def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
+    (tmp_path / "c.yaml").write_text("num_sample: 3\n")
+    with pytest.raises(ValidationError, match="num_sample"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(ValidationError, match="scenes.root is required"):
+        SynthConfig.model_validate({"scenes": {"kind": "cityscapes"}})
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
