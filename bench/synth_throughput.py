@@ -18,12 +18,12 @@ import numpy as np
 
 from schemas import DemoScenesConfig, ObjectBankConfig, ScenesConfig, SynthConfig
 from tasks.cityscapes import index_cityscapes, load_scene
-from tasks.imageio import encode_gray_png, encode_rgb
-from tasks.placement import NoPlacementError
-from tasks.pipeline import build_object_bank, load_bank
-from tasks.synthesize import Compositor, encode_sample, plan_samples
-from tasks.shards import write_tar_shard
 from tasks.demo_scenes import write_demo_scenes
+from tasks.imageio import encode_gray_png, encode_rgb
+from tasks.pipeline import build_object_bank, load_bank
+from tasks.placement import NoPlacementError
+from tasks.shards import write_tar_shard
+from tasks.synthesize import Compositor, encode_sample, plan_samples
 
 
 def main() -> None:

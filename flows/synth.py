@@ -16,10 +16,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from schemas import SynthConfig, load_config
-from tasks.object_bank import read_rejects
-from tasks.pipeline import build_object_bank, finalize_shard_set, load_bank, prepare_scenes
+from tasks.pipeline import (
+    build_object_bank,
+    finalize_shard_set,
+    load_bank,
+    prepare_scenes,
+)
 from tasks.report import write_report
-from tasks.synthesize import Compositor, completed_shard, plan_samples, split_into_shards, synthesize_shard
+from tasks.shards import read_rejects
+from tasks.synthesize import (
+    Compositor,
+    completed_shard,
+    plan_samples,
+    split_into_shards,
+    synthesize_shard,
+)
 from tasks.validate import validate_shard_set
 
 prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)

@@ -26,11 +26,17 @@ import yaml
 
 from data_manifests import MANIFEST_DIR
 from schemas import FilesSourceConfig, MaskGateConfig, ObjectRecord, RejectRecord
-from tasks.imageio import BadInputError, decode_rgba, encode_rgba_png, read_gray, read_rgb
+from tasks.imageio import (
+    BadInputError,
+    decode_rgba,
+    encode_rgba_png,
+    read_gray,
+    read_rgb,
+)
 from tasks.saliency import gate_mask, mask_quality
+from tasks.shards import REJECTS, write_rejects, write_table, write_tar_shard
 
 OBJECT_MANIFEST = "objects.parquet"
-REJECTS = "rejects.parquet"
 
 
 @dataclass
@@ -190,8 +196,6 @@ def write_object_bank(
     bank_dir: str | Path, objects: list[BankObject], rejects: list[RejectRecord], objects_per_shard: int
 ) -> Path:
     """Write the bank (shards first, manifest last: a bank without its manifest is not a bank)."""
-    from tasks.shards import write_tar_shard
-
     bank_dir = Path(bank_dir)
     bank_dir.mkdir(parents=True, exist_ok=True)
     # the same photo listed twice is one object: ids are content hashes
@@ -207,8 +211,11 @@ def write_object_bank(
             for o in chunk
         ]
         write_tar_shard(bank_dir / name, samples)
-        rows += [o.record.model_dump(mode="json") | {"shard": name} for o in chunk]
-    _write_records(bank_dir / OBJECT_MANIFEST, rows, _OBJECT_SCHEMA)
+        rows += [
+            o.record.model_dump(mode="json") | {"quality": json.dumps(o.record.quality, sort_keys=True), "shard": name}
+            for o in chunk
+        ]
+    write_table(bank_dir / OBJECT_MANIFEST, rows, _OBJECT_SCHEMA)
     write_rejects(bank_dir / REJECTS, rejects)
     return bank_dir / OBJECT_MANIFEST
 
@@ -224,28 +231,10 @@ _OBJECT_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("mask_area", pa.int64()),
-        ("quality", pa.string()),
+        ("quality", pa.string()),  # JSON of the mask-quality figures
         ("shard", pa.string()),
     ]
 )
-_REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("item", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-
-
-def _write_records(path: Path, rows: list[dict], schema: pa.Schema) -> None:
-    from tasks.imageio import atomic_path
-
-    cols = {f.name: [json.dumps(r[f.name], sort_keys=True) if isinstance(r.get(f.name), dict) else r.get(f.name) for r in rows] for f in schema}
-    table = pa.table(cols, schema=schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def write_rejects(path: str | Path, rejects: list[RejectRecord]) -> None:
-    _write_records(Path(path), [r.model_dump() for r in rejects], _REJECT_SCHEMA)
-
-
-def read_rejects(path: str | Path) -> list[RejectRecord]:
-    return [RejectRecord(**r) for r in pq.read_table(path).to_pylist()]
 
 
 def read_object_bank(bank_dir: str | Path) -> list[BankObject]:

@@ -14,7 +14,12 @@ from pathlib import Path
 from schemas import RejectRecord, SynthConfig
 from tasks import CODE_VERSION
 from tasks.cityscapes import SceneRef, index_cityscapes
-from tasks.coco import canonical_class, extract_coco_objects, filter_coco_instances, load_coco
+from tasks.coco import (
+    canonical_class,
+    extract_coco_objects,
+    filter_coco_instances,
+    load_coco,
+)
 from tasks.demo_scenes import write_demo_scenes
 from tasks.object_bank import (
     OBJECT_MANIFEST,
@@ -24,8 +29,18 @@ from tasks.object_bank import (
     read_object_bank,
     write_object_bank,
 )
-from tasks.shards import DATASET, PARTIAL_DIR, REJECTS, SAMPLE_SCHEMA, SAMPLES, SHARD_SCHEMA, SHARDS, write_json_atomic, write_table
-from tasks.object_bank import write_rejects
+from tasks.shards import (
+    DATASET,
+    PARTIAL_DIR,
+    REJECTS,
+    SAMPLE_SCHEMA,
+    SAMPLES,
+    SHARD_SCHEMA,
+    SHARDS,
+    write_json_atomic,
+    write_rejects,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +117,7 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
         rejects += rej
     if not objects:
         bank_dir.mkdir(parents=True, exist_ok=True)
-        write_rejects(bank_dir / "rejects.parquet", rejects)
+        write_rejects(bank_dir / REJECTS, rejects)
         reasons = ", ".join(sorted({r.reason for r in rejects})) or "no sources configured"
         raise ValueError(f"object bank is empty: every candidate object was rejected ({reasons}); see {bank_dir}/rejects.parquet")
     write_object_bank(bank_dir, objects, rejects, oc.objects_per_shard)

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
+from schemas import RejectRecord
 from tasks.imageio import atomic_path
 
 PARTIAL_DIR = ".partial"  # shards being written
@@ -97,6 +98,9 @@ SAMPLE_SCHEMA = pa.schema(
 SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
 
 
+REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("item", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+
+
 def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(path) as tmp:
@@ -105,3 +109,11 @@ def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
 
 def read_table(path: str | Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
+
+
+def write_rejects(path: str | Path, rejects: list[RejectRecord]) -> None:
+    write_table(path, [r.model_dump() for r in rejects], REJECT_SCHEMA)
+
+
+def read_rejects(path: str | Path) -> list[RejectRecord]:
+    return [RejectRecord(**r) for r in read_table(path)]

@@ -17,14 +17,26 @@ import numpy as np
 
 from schemas import RejectRecord, SampleMeta, SynthConfig
 from tasks import CODE_VERSION
-from tasks.cityscapes import Scene, SceneRef, camera_height, horizon_from_camera, load_scene
+from tasks.cityscapes import (
+    Scene,
+    SceneRef,
+    camera_height,
+    horizon_from_camera,
+    load_scene,
+)
 from tasks.composite import paste, resize_object
 from tasks.harmonize import Harmonizer, make_harmonizer
 from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
 from tasks.object_bank import BankObject
 from tasks.placement import NoPlacementError, estimate_horizon, place_objects
 from tasks.seeding import derive_seed, rng_for
-from tasks.shards import PARTS_DIR, SHARD_PATTERN, sha256_of, write_json_atomic, write_tar_shard
+from tasks.shards import (
+    PARTS_DIR,
+    SHARD_PATTERN,
+    sha256_of,
+    write_json_atomic,
+    write_tar_shard,
+)
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MODEL_HOME, ROOT, shared_or_skip, u2netp_or_skip, write_object_photos
+from tests.conftest import (
+    MODEL_HOME,
+    ROOT,
+    shared_or_skip,
+    u2netp_or_skip,
+    write_object_photos,
+)
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "flows.cli"]
@@ -52,9 +58,16 @@ def test_synth_flow_and_validate_cli(tmp_path):
 
 def test_real_frames_and_real_object_photos(tmp_path):
     """Real Cityscapes frame + real photos (rembg for those without a mask) -> validated shards."""
-    from schemas import FilesSourceConfig, ObjectBankConfig, PlacementConfig, ScenesConfig, ShardConfig, SynthConfig
-    from tests.test_pipeline import run_stage
+    from schemas import (
+        FilesSourceConfig,
+        ObjectBankConfig,
+        PlacementConfig,
+        ScenesConfig,
+        ShardConfig,
+        SynthConfig,
+    )
     from tasks.validate import validate_shard_set
+    from tests.test_pipeline import run_stage
 
     scenes = shared_or_skip("cityscapes_sample")
     photos = shared_or_skip("object_photos")

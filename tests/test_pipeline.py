@@ -9,10 +9,16 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.object_bank import read_object_bank, read_rejects
+from tasks.object_bank import read_object_bank
 from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.shards import SHARD_PATTERN, read_table
-from tasks.synthesize import Compositor, completed_shard, plan_samples, split_into_shards, synthesize_shard
+from tasks.shards import SHARD_PATTERN, read_rejects, read_table
+from tasks.synthesize import (
+    Compositor,
+    completed_shard,
+    plan_samples,
+    split_into_shards,
+    synthesize_shard,
+)
 from tasks.validate import validate_shard_set
 
 
@@ -49,7 +55,7 @@ def test_same_config_and_seed_give_byte_identical_shards(tiny_config, tmp_path):
     assert a["samples"] >= 8 and a["shards"] == 3
     assert shard_bytes(tmp_path / "a/shards") == shard_bytes(tmp_path / "b/shards")
     assert read_table(tmp_path / "a/shards/shards.parquet") == read_table(tmp_path / "b/shards/shards.parquet")
-    c = run_stage(tiny_config.model_copy(update={"seed": 4}), tmp_path / "c")
+    run_stage(tiny_config.model_copy(update={"seed": 4}), tmp_path / "c")
     assert shard_bytes(tmp_path / "a/shards") != shard_bytes(tmp_path / "c/shards")
 
 

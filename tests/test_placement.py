@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from schemas import PlacementConfig
-from tasks.placement import NoPlacementError, PlacementGrid, estimate_horizon, place_object, place_objects
+from tasks.placement import (
+    NoPlacementError,
+    PlacementGrid,
+    estimate_horizon,
+    place_object,
+    place_objects,
+)
 
 
 def _road_scene(h=200, w=400, horizon=80):
