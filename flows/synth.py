@@ -26,6 +26,7 @@ from tasks.report import write_report
 from tasks.shards import read_rejects
 from tasks.synthesize import (
     Compositor,
+    claim_shard_dir,
     completed_shard,
     plan_samples,
     split_into_shards,
@@ -41,7 +42,7 @@ validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO
 
 @task(name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE)
 def write_shard_task(out_dir: Path, shard_index: int, plans, scenes, compositor: Compositor) -> dict:
-    done = completed_shard(out_dir, shard_index)
+    done = completed_shard(out_dir, shard_index, compositor.config_hash)
     if done is not None:
         return done | {"skipped": True}
     return synthesize_shard(out_dir, shard_index, plans, scenes, compositor)
@@ -70,6 +71,7 @@ def synth(config_path: str = "configs/demo.yaml", run_dir: str = "runs/demo", ov
 
     t = time.perf_counter()
     compositor = Compositor(cfg, bank)
+    claim_shard_dir(shard_dir, compositor.config_hash)
     shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
     futures = [write_shard_task.submit(shard_dir, i, plans, scenes, compositor) for i, plans in enumerate(shards)]
     records = []

@@ -3,7 +3,8 @@ parquet manifest so later flows sample from it without re-running extraction.
 
 Layout of a bank directory::
 
-    objects-000000.tar      samples: <object_id>.rgba.png, <object_id>.json
+    objects-000000.tar      samples: <object_id>.rgba.png (crop with its own background in RGB, alpha = mask),
+                            <object_id>.mask.png (binary 0/255), <object_id>.json (ObjectRecord)
     objects.parquet         one row per object (ObjectRecord fields + shard name)
     rejects.parquet         every item that did not make it, with stage and reason
 """
@@ -29,6 +30,7 @@ from schemas import FilesSourceConfig, MaskGateConfig, ObjectRecord, RejectRecor
 from tasks.imageio import (
     BadInputError,
     decode_rgba,
+    encode_gray_png,
     encode_rgba_png,
     read_gray,
     read_rgb,
@@ -114,7 +116,6 @@ def objects_from_files(
     gate: MaskGateConfig,
     max_side: int,
     excluded_classes: set[str] = frozenset(),
-    source: str = "file",
 ) -> tuple[list[BankObject], list[RejectRecord]]:
     """Photos -> objects: sidecar/manifest mask if present, else the salient-mask model, then the gate."""
     manifest = _read_manifest(cfg)
@@ -147,7 +148,7 @@ def objects_from_files(
         def record(rgba: np.ndarray, fig: dict[str, float], path: Path = path, cls: str = cls) -> ObjectRecord:
             return ObjectRecord(
                 object_id=_file_object_id(path),
-                source=source,
+                source="file",
                 class_name=cls,
                 origin=str(path),
                 width=rgba.shape[1],
@@ -207,7 +208,12 @@ def write_object_bank(
             break
         name = f"objects-{s // objects_per_shard:06d}.tar"
         samples = [
-            {"__key__": o.record.object_id, "rgba.png": encode_rgba_png(o.rgba), "json": o.record.model_dump_json().encode()}
+            {
+                "__key__": o.record.object_id,
+                "rgba.png": encode_rgba_png(o.rgba),
+                "mask.png": encode_gray_png(np.where(o.mask, 255, 0).astype(np.uint8)),
+                "json": o.record.model_dump_json().encode(),
+            }
             for o in chunk
         ]
         write_tar_shard(bank_dir / name, samples)

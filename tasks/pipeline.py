@@ -103,9 +103,7 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
     if oc.demo_objects:
         file_sources.append(demo_object_photos(bank_dir / "demo_photos"))
     for fs in file_sources:
-        got, rej = objects_from_files(
-            fs, get_masker, cfg.saliency.gate, oc.max_side, excluded, source="demo" if fs.root.name == "demo_photos" else "file"
-        )
+        got, rej = objects_from_files(fs, get_masker, cfg.saliency.gate, oc.max_side, excluded)
         objects += got
         rejects += rej
     if oc.coco is not None:

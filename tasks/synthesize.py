@@ -26,7 +26,7 @@ from tasks.cityscapes import (
 )
 from tasks.composite import paste, resize_object
 from tasks.harmonize import Harmonizer, make_harmonizer
-from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
+from tasks.imageio import BadInputError, encode_gray_png, encode_rgb, write_bytes_atomic
 from tasks.object_bank import BankObject
 from tasks.placement import NoPlacementError, estimate_horizon, place_objects
 from tasks.seeding import derive_seed, rng_for
@@ -164,14 +164,34 @@ def part_path(out_dir: Path, shard_index: int) -> Path:
     return out_dir / PARTS_DIR / f"{SHARD_PATTERN.format(shard_index)}.json"
 
 
-def completed_shard(out_dir: str | Path, shard_index: int) -> dict | None:
-    """The record of a shard finished by an earlier run, if its tar is whole (sha256 matches)."""
+def claim_shard_dir(out_dir: str | Path, config_hash: str) -> None:
+    """Mark ``out_dir`` as holding shards of ``config_hash``; refuse a directory made by another config.
+
+    Without this, re-running a *changed* config into an old run directory would keep shards of the old one.
+    """
+    stamp = Path(out_dir) / PARTS_DIR / "config_hash"
+    if stamp.is_file():
+        old = stamp.read_text().strip()
+        if old != config_hash:
+            raise ValueError(
+                f"{out_dir} holds shards of another config (hash {old}, this one is {config_hash}); "
+                "use a new run directory, or delete that one to start over"
+            )
+        return
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(stamp, config_hash.encode())
+
+
+def completed_shard(out_dir: str | Path, shard_index: int, config_hash: str) -> dict | None:
+    """The record of a shard finished by an earlier run of the same config, if its tar is whole."""
     out_dir = Path(out_dir)
     part, tar = part_path(out_dir, shard_index), out_dir / SHARD_PATTERN.format(shard_index)
     if not (part.is_file() and tar.is_file()):
         return None
     rec = json.loads(part.read_text())
-    return rec if rec.get("sha256") == sha256_of(tar) else None
+    if rec.get("config_hash") != config_hash or rec.get("sha256") != sha256_of(tar):
+        return None
+    return rec
 
 
 def synthesize_shard(
@@ -213,6 +233,7 @@ def synthesize_shard(
     record = {
         "shard": name,
         "sha256": digest,
+        "config_hash": compositor.config_hash,
         "samples": len(samples),
         "bytes": size,
         "rows": rows,

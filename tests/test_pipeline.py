@@ -14,6 +14,7 @@ from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
 from tasks.shards import SHARD_PATTERN, read_rejects, read_table
 from tasks.synthesize import (
     Compositor,
+    claim_shard_dir,
     completed_shard,
     plan_samples,
     split_into_shards,
@@ -27,10 +28,11 @@ def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
     scenes, scene_rejects = prepare_scenes(cfg, run)
     bank_dir = build_object_bank(cfg, run / "objects")
     comp = Compositor(cfg, read_object_bank(bank_dir))
+    claim_shard_dir(run / "shards", comp.config_hash)
     shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
     records = []
     for i, plans in enumerate(shards):
-        done = completed_shard(run / "shards", i)
+        done = completed_shard(run / "shards", i, comp.config_hash)
         if done is not None:
             records.append(done)
             continue
@@ -156,3 +158,9 @@ def test_object_bank_round_trip_and_reuse(tiny_config, tmp_path):
     assert (bank_dir / "objects.parquet").stat().st_mtime_ns == stamp
     again = read_object_bank(bank_dir)
     assert all(np.array_equal(a.rgba, b.rgba) and a.record == b.record for a, b in zip(objs, again))
+
+
+def test_a_changed_config_never_reuses_old_shards(tiny_config, tmp_path):
+    run_stage(tiny_config, tmp_path)
+    with pytest.raises(ValueError, match="holds shards of another config"):
+        run_stage(tiny_config.model_copy(update={"num_samples": 12}), tmp_path)
