@@ -27,10 +27,9 @@ from tasks.shards import read_rejects
 from tasks.synthesize import (
     Compositor,
     claim_shard_dir,
-    completed_shard,
     plan_samples,
     split_into_shards,
-    synthesize_shard,
+    synthesize_or_resume,
 )
 from tasks.validate import validate_shard_set
 
@@ -40,12 +39,9 @@ finalize_task = task(finalize_shard_set, name="finalize-manifest", cache_policy=
 validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO_CACHE)
 
 
-@task(name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE)
-def write_shard_task(out_dir: Path, shard_index: int, plans, scenes, compositor: Compositor) -> dict:
-    done = completed_shard(out_dir, shard_index, compositor.config_hash)
-    if done is not None:
-        return done | {"skipped": True}
-    return synthesize_shard(out_dir, shard_index, plans, scenes, compositor)
+write_shard_task = task(
+    synthesize_or_resume, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE
+)
 
 
 @flow(name="synth")

@@ -242,3 +242,18 @@ def synthesize_shard(
     }
     write_json_atomic(part_path(out_dir, shard_index), record)
     return record
+
+
+def synthesize_or_resume(
+    out_dir: str | Path,
+    shard_index: int,
+    plans: list[SamplePlan],
+    scenes: list[SceneRef],
+    compositor: Compositor,
+    on_sample=None,
+) -> dict:
+    """The shard's record from an earlier run of the same config (``skipped: True``), or a fresh one."""
+    done = completed_shard(out_dir, shard_index, compositor.config_hash)
+    if done is not None:
+        return done | {"skipped": True}
+    return synthesize_shard(out_dir, shard_index, plans, scenes, compositor, on_sample)

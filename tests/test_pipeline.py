@@ -15,10 +15,9 @@ from tasks.shards import SHARD_PATTERN, read_rejects, read_table
 from tasks.synthesize import (
     Compositor,
     claim_shard_dir,
-    completed_shard,
     plan_samples,
     split_into_shards,
-    synthesize_shard,
+    synthesize_or_resume,
 )
 from tasks.validate import validate_shard_set
 
@@ -32,10 +31,6 @@ def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
     shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
     records = []
     for i, plans in enumerate(shards):
-        done = completed_shard(run / "shards", i, comp.config_hash)
-        if done is not None:
-            records.append(done)
-            continue
         calls = {"n": 0}
 
         def boom():
@@ -43,7 +38,7 @@ def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
             if i == fail_at_shard and calls["n"] == 2:
                 raise KeyboardInterrupt  # Ctrl-C in the middle of a shard
 
-        records.append(synthesize_shard(run / "shards", i, plans, scenes, comp, on_sample=boom))
+        records.append(synthesize_or_resume(run / "shards", i, plans, scenes, comp, on_sample=boom))
     return finalize_shard_set(run / "shards", cfg, records, scene_rejects + read_rejects(bank_dir / "rejects.parquet"))
 
 
