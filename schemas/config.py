@@ -144,6 +144,7 @@ class PlacementConfig(_Strict):
     max_key_overlap: float = Field(0.02, ge=0, le=1)
     objects_per_scene: tuple[int, int] = (1, 3)
     candidates: int = Field(48, ge=1, description="candidate foot points scored per object")
+    draws: int = Field(3, ge=1, description="object draws per sample before it is quarantined")
     search_stride: int = Field(4, ge=1, description="label subsampling for the candidate search")
     size_prior: dict[str, tuple[float, float]] = dict(DEFAULT_SIZE_PRIOR)
     default_height_m: tuple[float, float] = (0.4, 1.2)

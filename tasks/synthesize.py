@@ -98,13 +98,19 @@ class Compositor:
         cam_h = camera_height(scene.camera, cfg.placement.camera_height_m)
         lo, hi = cfg.placement.objects_per_scene
         n = int(rng.integers(lo, hi + 1))
-        picks = rng.choice(len(self.bank), size=n, replace=len(self.bank) < n)
-        wanted = [self.bank[int(i)].record for i in picks]
-        placements = place_objects(
-            scene.label, [(r.object_id, r.class_name, r.width, r.height) for r in wanted], horizon, cam_h, cfg.placement, rng
-        )
-        if not placements:
-            raise NoPlacementError(f"none of {n} objects found a valid place (horizon row {horizon:.0f})")
+        placements = []
+        for _ in range(cfg.placement.draws):  # objects that fit nowhere are redrawn before giving up
+            picks = rng.choice(len(self.bank), size=n, replace=len(self.bank) < n)
+            wanted = [self.bank[int(i)].record for i in picks]
+            placements = place_objects(
+                scene.label, [(r.object_id, r.class_name, r.width, r.height) for r in wanted], horizon, cam_h, cfg.placement, rng
+            )
+            if placements:
+                break
+        else:
+            raise NoPlacementError(
+                f"no object found a valid place in {cfg.placement.draws} draws of {n} (horizon row {horizon:.0f})"
+            )
         image, label = scene.image.copy(), scene.label.copy()
         mask = np.zeros_like(label)
         harmonization = []

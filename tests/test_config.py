@@ -24,3 +24,8 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
         SynthConfig.model_validate({"scenes": {"kind": "cityscapes"}})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_every_shipped_config_is_valid():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)

@@ -159,3 +159,15 @@ def test_a_changed_config_never_reuses_old_shards(tiny_config, tmp_path):
     run_stage(tiny_config, tmp_path)
     with pytest.raises(ValueError, match="holds shards of another config"):
         run_stage(tiny_config.model_copy(update={"num_samples": 12}), tmp_path)
+
+
+def test_bad_object_photos_are_quarantined_with_reasons(tiny_config, tmp_path):
+    root = tiny_config.objects.files[0].root
+    (root / "broken.png").write_bytes(b"\x89PNG broken")
+    cv2.imwrite(str(root / "blank.png"), np.full((40, 40, 3), 128, np.uint8))
+    cv2.imwrite(str(root / "blank.mask.png"), np.zeros((40, 40), np.uint8))  # empty mask
+    bank_dir = build_object_bank(tiny_config, tmp_path / "bank")
+    reasons = {Path(r.item).name: (r.reason, r.detail) for r in read_rejects(bank_dir / "rejects.parquet")}
+    assert reasons["broken.png"][0] == "bad_input" and "broken.png: not a decodable image" in reasons["broken.png"][1]
+    assert reasons["blank.png"][0] == "empty_mask"
+    assert len(read_object_bank(bank_dir)) == 3  # the good ones are all there
