@@ -20,7 +20,8 @@ from schemas import DemoScenesConfig, ObjectBankConfig, ScenesConfig, SynthConfi
 from tasks.cityscapes import index_cityscapes, load_scene
 from tasks.demo_scenes import write_demo_scenes
 from tasks.imageio import encode_gray_png, encode_rgb
-from tasks.pipeline import build_object_bank, load_bank
+from tasks.object_bank import read_object_bank
+from tasks.pipeline import build_object_bank
 from tasks.placement import NoPlacementError
 from tasks.shards import write_tar_shard
 from tasks.synthesize import Compositor, encode_sample, plan_samples
@@ -46,7 +47,7 @@ def main() -> None:
         write_demo_scenes(tmp / "scenes", cfg.scenes.demo, cfg.seed)
         refs, _ = index_cityscapes(tmp / "scenes")
         scenes = [load_scene(r) for r in refs]
-        bank = load_bank(build_object_bank(cfg, tmp / "objects"))
+        bank = read_object_bank(build_object_bank(cfg, tmp / "objects"))
         comp = Compositor(cfg, bank)
         plans = plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed)
 

@@ -16,10 +16,10 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from schemas import SynthConfig, load_config
+from tasks.object_bank import read_object_bank
 from tasks.pipeline import (
     build_object_bank,
     finalize_shard_set,
-    load_bank,
     prepare_scenes,
 )
 from tasks.report import write_report
@@ -37,8 +37,7 @@ prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=N
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
 finalize_task = task(finalize_shard_set, name="finalize-manifest", cache_policy=NO_CACHE)
 validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO_CACHE)
-
-
+report_task = task(write_report, name="write-report", cache_policy=NO_CACHE)
 write_shard_task = task(
     synthesize_or_resume, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE
 )
@@ -60,7 +59,7 @@ def synth(config_path: str = "configs/demo.yaml", run_dir: str = "runs/demo", ov
 
     t = time.perf_counter()
     build_bank_task(cfg, bank_dir)
-    bank = load_bank(bank_dir)
+    bank = read_object_bank(bank_dir)
     bank_rejects = read_rejects(bank_dir / "rejects.parquet")
     timings["object bank"] = time.perf_counter() - t
     log.info("object bank: %d objects, %d rejected", len(bank), len(bank_rejects))
@@ -81,7 +80,7 @@ def synth(config_path: str = "configs/demo.yaml", run_dir: str = "runs/demo", ov
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t
-    report = write_report(run, shard_dir, summary, bank, read_rejects(shard_dir / "rejects.parquet"), timings)
+    report = report_task(run, shard_dir, summary, bank, read_rejects(shard_dir / "rejects.parquet"), timings)
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
     log.info("%d samples validated; shards in %s; report %s", checked, shard_dir, report)

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from schemas import RejectRecord, SynthConfig
+from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
 from tasks.cityscapes import SceneRef, index_cityscapes
 from tasks.coco import (
@@ -25,10 +26,11 @@ from tasks.object_bank import (
     OBJECT_MANIFEST,
     BankObject,
     demo_object_photos,
+    list_photo_files,
     objects_from_files,
-    read_object_bank,
     write_object_bank,
 )
+from tasks.saliency import LazyMasker
 from tasks.shards import (
     DATASET,
     PARTIAL_DIR,
@@ -58,7 +60,12 @@ def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef
 
 
 def _bank_hash(cfg: SynthConfig) -> str:
+    """Identity of a bank: its config plus the names and sizes of the source files it reads."""
+    sources = [(str(p), p.stat().st_size) for fs in cfg.objects.files for p in list_photo_files(fs)]
+    if cfg.objects.coco is not None and cfg.objects.coco.annotations.is_file():
+        sources.append((str(cfg.objects.coco.annotations), cfg.objects.coco.annotations.stat().st_size))
     payload = {
+        "sources": sources,
         "objects": cfg.objects.model_dump(mode="json"),
         "saliency": cfg.saliency.model_dump(mode="json", exclude={"model_home"}),
         "placement_excluded": sorted(_excluded_classes(cfg)),
@@ -67,10 +74,9 @@ def _bank_hash(cfg: SynthConfig) -> str:
 
 
 def _excluded_classes(cfg: SynthConfig) -> set[str]:
-    from schemas.config import COCO_CITYSCAPES_OVERLAP
-
+    """Classes never accepted as anomalies, from any source (photos are filtered like COCO instances)."""
     names = cfg.objects.coco.exclude_categories if cfg.objects.coco else COCO_CITYSCAPES_OVERLAP
-    return {canonical_class(n) for n in names} | {"rider"}
+    return {canonical_class(n) for n in names} | {"rider"}  # rider: a Cityscapes class with no COCO twin
 
 
 def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Path:
@@ -90,20 +96,13 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
     objects: list[BankObject] = []
     rejects: list[RejectRecord] = []
 
-    lazy = {"masker": masker}
-
-    def get_masker(rgb):
-        if lazy["masker"] is None:
-            from tasks.saliency import SalientMasker
-
-            lazy["masker"] = SalientMasker(cfg.saliency.model, cfg.saliency.model_home)
-        return lazy["masker"](rgb)
+    masker = masker or LazyMasker(cfg.saliency.model, cfg.saliency.model_home)
 
     file_sources = list(oc.files)
     if oc.demo_objects:
         file_sources.append(demo_object_photos(bank_dir / "demo_photos"))
     for fs in file_sources:
-        got, rej = objects_from_files(fs, get_masker, cfg.saliency.gate, oc.max_side, excluded)
+        got, rej = objects_from_files(fs, masker, cfg.saliency.gate, oc.max_side, excluded)
         objects += got
         rejects += rej
     if oc.coco is not None:
@@ -122,10 +121,6 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
     write_json_atomic(stamp, {"hash": h, "objects": len(objects), "rejects": len(rejects)})
     log.info("object bank %s: %d objects, %d rejected", bank_dir, len(objects), len(rejects))
     return bank_dir
-
-
-def load_bank(bank_dir: str | Path) -> list[BankObject]:
-    return read_object_bank(bank_dir)
 
 
 def finalize_shard_set(

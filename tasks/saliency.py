@@ -60,6 +60,19 @@ class SalientMasker:
         return np.asarray(mask, dtype=np.float32) / 255.0
 
 
+class LazyMasker:
+    """A SalientMasker created on first use: a bank whose photos all come with masks never loads a model."""
+
+    def __init__(self, model: str = "u2netp", model_home: str | Path | None = None):
+        self.model, self.model_home = model, model_home
+        self._masker: SalientMasker | None = None
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        if self._masker is None:
+            self._masker = SalientMasker(self.model, self.model_home)
+        return self._masker(rgb)
+
+
 def mask_quality(rgb: np.ndarray, soft: np.ndarray) -> dict[str, float]:
     """Figures the gate decides on, all recorded with the object.
 

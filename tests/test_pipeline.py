@@ -20,6 +20,7 @@ from tasks.synthesize import (
     synthesize_or_resume,
 )
 from tasks.validate import validate_shard_set
+from tests.conftest import write_object_photos
 
 
 def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
@@ -153,6 +154,8 @@ def test_object_bank_round_trip_and_reuse(tiny_config, tmp_path):
     assert (bank_dir / "objects.parquet").stat().st_mtime_ns == stamp
     again = read_object_bank(bank_dir)
     assert all(np.array_equal(a.rgba, b.rgba) and a.record == b.record for a, b in zip(objs, again))
+    write_object_photos(tiny_config.objects.files[0].root, n=4)  # a new photo in the source folder
+    assert len(read_object_bank(build_object_bank(tiny_config, tmp_path / "bank"))) == 4
 
 
 def test_a_changed_config_never_reuses_old_shards(tiny_config, tmp_path):
