@@ -9,7 +9,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install test test-fast demo validate bench bench-synth clean
+.PHONY: install lint test test-fast demo bench bench-synth clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ install:
 	$(BIN)/anomalyforge fetch-weights --model-home $(MODELS)
 	@echo "installed into $(VENV); rembg weights in $(MODELS)"
 
-test:
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest -n 2 -q
 
 test-fast:

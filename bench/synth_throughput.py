@@ -39,7 +39,9 @@ def main() -> None:
     cfg = SynthConfig(
         name="bench",
         num_samples=args.samples,
-        scenes=ScenesConfig(kind="demo", demo=DemoScenesConfig(num_scenes=args.scenes, width=args.width, height=args.height)),
+        scenes=ScenesConfig(
+            kind="demo", demo=DemoScenesConfig(num_scenes=args.scenes, width=args.width, height=args.height)
+        ),
         objects=ObjectBankConfig(demo_objects=True),
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,10 +106,16 @@ def main() -> None:
         t_compose = time.perf_counter() - t
 
     print(f"scenes {args.width}x{args.height}, {n} samples, objects in bank: {len(bank)}, best of {args.repeats}")
-    print(f"baseline  encode + shard write          : {n / t_base:7.2f} samples/s  ({1000 * t_base / n:6.1f} ms/sample)")
-    print(f"full      place+harmonize+composite+enc : {n / t_full:7.2f} samples/s  ({1000 * t_full / n:6.1f} ms/sample)")
-    print(f"          of which place+harmonize+composite: {1000 * t_compose / n:6.1f} ms/sample "
-          f"({sum(len(c.meta.objects) for c in comps) / n:.2f} objects/sample; {quarantined} more quarantined, not timed)")
+    print(
+        f"baseline  encode + shard write          : {n / t_base:7.2f} samples/s  ({1000 * t_base / n:6.1f} ms/sample)"
+    )
+    print(
+        f"full      place+harmonize+composite+enc : {n / t_full:7.2f} samples/s  ({1000 * t_full / n:6.1f} ms/sample)"
+    )
+    print(
+        f"          of which place+harmonize+composite: {1000 * t_compose / n:6.1f} ms/sample "
+        f"({sum(len(c.meta.objects) for c in comps) / n:.2f} objects/sample; {quarantined} more quarantined, not timed)"
+    )
     print(f"ratio full / baseline: {t_full / t_base:.2f}  (target <= 2.0)")
 
 

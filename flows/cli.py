@@ -31,7 +31,9 @@ def synth(
     from flows.synth import run_synth
 
     res = run_synth(str(config), str(run_dir), _parse_overrides(set_) or None, workers or None)
-    typer.echo(f"shards:  {res['shard_dir']}  ({res['samples']} samples in {res['shards']} shards, {res['rejects']} rejects)")
+    typer.echo(
+        f"shards:  {res['shard_dir']}  ({res['samples']} samples in {res['shards']} shards, {res['rejects']} rejects)"
+    )
     typer.echo(f"report:  {res['report']}")
 
 

@@ -67,7 +67,9 @@ def synth(config_path: str = "configs/demo.yaml", run_dir: str = "runs/demo", ov
     t = time.perf_counter()
     compositor = Compositor(cfg, bank)
     claim_shard_dir(shard_dir, compositor.config_hash)
-    shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
+    shards = split_into_shards(
+        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
+    )
     futures = [write_shard_task.submit(shard_dir, i, plans, scenes, compositor) for i, plans in enumerate(shards)]
     records = []
     for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):

@@ -112,7 +112,9 @@ def extract_coco_objects(
                 )
         except BadInputError as e:
             for inst in by_image[image_id]:
-                rejects.append(RejectRecord(stage="coco", item=f"coco:{image_id}:{inst.ann_id}", reason="bad_image", detail=str(e)))
+                rejects.append(
+                    RejectRecord(stage="coco", item=f"coco:{image_id}:{inst.ann_id}", reason="bad_image", detail=str(e))
+                )
             continue
         for inst in by_image[image_id]:
             mask = coco.annToMask(coco.anns[inst.ann_id]).astype(bool)

@@ -70,7 +70,14 @@ def render_scene(index: int, cfg: DemoScenesConfig, seed: int) -> tuple[np.ndarr
     while x < W:
         bw = int(W * rng.uniform(0.06, 0.16))
         top = int(hz - H * rng.uniform(0.08, 0.4))
-        _fill(label, inst, image, [(x, top), (x + bw, top), (x + bw, H), (x, H)], "building", jitter(_BASE_COLOURS["building"]))
+        _fill(
+            label,
+            inst,
+            image,
+            [(x, top), (x + bw, top), (x + bw, H), (x, H)],
+            "building",
+            jitter(_BASE_COLOURS["building"]),
+        )
         x += bw
     for _ in range(int(rng.integers(2, 6))):  # trees
         cx, cy = int(rng.uniform(0, W)), int(hz - H * rng.uniform(0.0, 0.15))
@@ -82,14 +89,23 @@ def render_scene(index: int, cfg: DemoScenesConfig, seed: int) -> tuple[np.ndarr
     left, right = -W * rng.uniform(0.1, 0.4), W * (1 + rng.uniform(0.1, 0.4))
     walk = W * rng.uniform(0.25, 0.45)
     top = int(math.ceil(hz)) + 1
-    _fill(label, inst, image, [(vx, top), (vx, top), (right + walk, H), (left - walk, H)], "sidewalk", _BASE_COLOURS["sidewalk"])
+    _fill(
+        label,
+        inst,
+        image,
+        [(vx, top), (vx, top), (right + walk, H), (left - walk, H)],
+        "sidewalk",
+        _BASE_COLOURS["sidewalk"],
+    )
     _fill(label, inst, image, [(vx - 1, top), (vx + 1, top), (right, H), (left, H)], "road", _BASE_COLOURS["road"])
     # lane marking
     for t in np.linspace(0.15, 0.95, 7):
         y0, y1 = hz + (H - hz) * t, hz + (H - hz) * (t + 0.05)
         x0, x1 = vx + (W / 2 - vx) * t, vx + (W / 2 - vx) * (t + 0.05)
         w0, w1 = max(1, 0.01 * W * t), max(1, 0.01 * W * (t + 0.05))
-        cv2.fillPoly(image, [np.array([(x0 - w0, y0), (x0 + w0, y0), (x1 + w1, y1), (x1 - w1, y1)], np.int32)], (225, 225, 215))
+        cv2.fillPoly(
+            image, [np.array([(x0 - w0, y0), (x0 + w0, y0), (x1 + w1, y1), (x1 - w1, y1)], np.int32)], (225, 225, 215)
+        )
 
     def on_ground(v: float) -> float:  # pixel height of 1 m standing at row v
         return (v - hz) / CAMERA_Z
@@ -104,7 +120,12 @@ def render_scene(index: int, cfg: DemoScenesConfig, seed: int) -> tuple[np.ndarr
         x0, y0 = int(u - w / 2), int(v - h)
         body = [(x0, int(v - 0.55 * h)), (x0 + int(w), int(v - 0.55 * h)), (x0 + int(w), int(v)), (x0, int(v))]
         _fill(label, inst, image, body, "car", jitter(_BASE_COLOURS["car"]), instance=26000 + k)
-        cabin = [(x0 + int(0.2 * w), y0), (x0 + int(0.8 * w), y0), (x0 + int(0.9 * w), int(v - 0.55 * h)), (x0 + int(0.1 * w), int(v - 0.55 * h))]
+        cabin = [
+            (x0 + int(0.2 * w), y0),
+            (x0 + int(0.8 * w), y0),
+            (x0 + int(0.9 * w), int(v - 0.55 * h)),
+            (x0 + int(0.1 * w), int(v - 0.55 * h)),
+        ]
         _fill(label, inst, image, cabin, "car", jitter(_BASE_COLOURS["car"]), instance=26000 + k)
     for k in range(int(rng.integers(1, 4))):  # persons on the sidewalks
         v = hz + (H - hz) * rng.uniform(0.1, 0.6)

@@ -122,7 +122,11 @@ def poisson_blend(scene: np.ndarray, obj_rgb: np.ndarray, mask: np.ndarray, box)
     center = (x0 + (xs.min() + xs.max() + 1) // 2, y0 + (ys.min() + ys.max() + 1) // 2)
     try:
         blended = cv2.seamlessClone(
-            cv2.cvtColor(obj_rgb, cv2.COLOR_RGB2BGR), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR), m, center, cv2.NORMAL_CLONE
+            cv2.cvtColor(obj_rgb, cv2.COLOR_RGB2BGR),
+            cv2.cvtColor(scene, cv2.COLOR_RGB2BGR),
+            m,
+            center,
+            cv2.NORMAL_CLONE,
         )
     except cv2.error:
         return obj_rgb, False

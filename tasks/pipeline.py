@@ -116,7 +116,9 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
         bank_dir.mkdir(parents=True, exist_ok=True)
         write_rejects(bank_dir / REJECTS, rejects)
         reasons = ", ".join(sorted({r.reason for r in rejects})) or "no sources configured"
-        raise ValueError(f"object bank is empty: every candidate object was rejected ({reasons}); see {bank_dir}/rejects.parquet")
+        raise ValueError(
+            f"object bank is empty: every candidate object was rejected ({reasons}); see {bank_dir}/rejects.parquet"
+        )
     write_object_bank(bank_dir, objects, rejects, oc.objects_per_shard)
     write_json_atomic(stamp, {"hash": h, "objects": len(objects), "rejects": len(rejects)})
     log.info("object bank %s: %d objects, %d rejected", bank_dir, len(objects), len(rejects))
@@ -132,7 +134,9 @@ def finalize_shard_set(
     rows = [row for r in records for row in r["rows"]]
     rejects = list(extra_rejects) + [RejectRecord(**x) for r in records for x in r["rejects"]]
     write_table(out_dir / SAMPLES, rows, SAMPLE_SCHEMA)
-    write_table(out_dir / SHARDS, [{k: r[k] for k in ("shard", "sha256", "samples", "bytes")} for r in records], SHARD_SCHEMA)
+    write_table(
+        out_dir / SHARDS, [{k: r[k] for k in ("shard", "sha256", "samples", "bytes")} for r in records], SHARD_SCHEMA
+    )
     write_rejects(out_dir / REJECTS, rejects)
     summary = {
         "name": cfg.name,

@@ -72,7 +72,9 @@ class PlacementGrid:
         lab = label[::s, ::s]
         drivable = np.isin(lab, train_ids(cfg.drivable_classes))
         key = np.isin(lab, train_ids(cfg.key_classes))
-        return cls(s, label.shape[0], label.shape[1], drivable, _integral(drivable), _integral(key), np.zeros_like(drivable))
+        return cls(
+            s, label.shape[0], label.shape[1], drivable, _integral(drivable), _integral(key), np.zeros_like(drivable)
+        )
 
     def grid_box(self, y0, x0, y1, x1):
         """Full-resolution box (rows y0:y1, cols x0:x1) -> covering subsampled-grid box."""

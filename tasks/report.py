@@ -43,7 +43,11 @@ def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512
         for f in files.values():
             img_key = next(k for k in f if k.startswith("image."))
             meta = json.loads(f["meta.json"])
-            rows.append(composite_panel(decode_rgb(f[img_key]), decode_gray(f["mask.png"]), [o["box"] for o in meta["objects"]], width))
+            rows.append(
+                composite_panel(
+                    decode_rgb(f[img_key]), decode_gray(f["mask.png"]), [o["box"] for o in meta["objects"]], width
+                )
+            )
             if len(rows) >= max_samples:
                 break
         if len(rows) >= max_samples:
@@ -66,20 +70,36 @@ def object_grid(objects: list[BankObject], cell: int = 128, cols: int = 8) -> np
         r, c = divmod(i, cols)
         rgba = o.rgba
         s = (cell - 4) / max(rgba.shape[:2])
-        small = cv2.resize(rgba, (max(1, round(rgba.shape[1] * s)), max(1, round(rgba.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(
+            rgba, (max(1, round(rgba.shape[1] * s)), max(1, round(rgba.shape[0] * s))), interpolation=cv2.INTER_AREA
+        )
         tile = np.dstack([checker] * 3).copy()
-        a = (small[..., 3:] / 255.0)
+        a = small[..., 3:] / 255.0
         y0, x0 = (cell - small.shape[0]) // 2, (cell - small.shape[1]) // 2
         roi = tile[y0 : y0 + small.shape[0], x0 : x0 + small.shape[1]]
         roi[:] = (roi * (1 - a) + small[..., :3] * a).astype(np.uint8)
         oy, ox = r * (cell + 18), c * cell
         out[oy : oy + cell, ox : ox + cell] = tile
-        cv2.putText(out, o.record.class_name[:16], (ox + 3, oy + cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            o.record.class_name[:16],
+            (ox + 3, oy + cell + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.4,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return out
 
 
 def write_report(
-    run_dir: str | Path, shard_dir: str | Path, summary: dict, bank: list[BankObject], rejects: list, timings: dict[str, float]
+    run_dir: str | Path,
+    shard_dir: str | Path,
+    summary: dict,
+    bank: list[BankObject],
+    rejects: list,
+    timings: dict[str, float],
 ) -> Path:
     """Write ``report.md``, ``composites.png`` and ``objects.png`` under ``run_dir``; returns the markdown path."""
     run_dir = Path(run_dir)

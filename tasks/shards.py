@@ -95,10 +95,14 @@ SAMPLE_SCHEMA = pa.schema(
         ("config_hash", pa.string()),
     ]
 )
-SHARD_SCHEMA = pa.schema([("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())])
+SHARD_SCHEMA = pa.schema(
+    [("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())]
+)
 
 
-REJECT_SCHEMA = pa.schema([("stage", pa.string()), ("item", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+REJECT_SCHEMA = pa.schema(
+    [("stage", pa.string()), ("item", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
 
 
 def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:

@@ -103,7 +103,12 @@ class Compositor:
             picks = rng.choice(len(self.bank), size=n, replace=len(self.bank) < n)
             wanted = [self.bank[int(i)].record for i in picks]
             placements = place_objects(
-                scene.label, [(r.object_id, r.class_name, r.width, r.height) for r in wanted], horizon, cam_h, cfg.placement, rng
+                scene.label,
+                [(r.object_id, r.class_name, r.width, r.height) for r in wanted],
+                horizon,
+                cam_h,
+                cfg.placement,
+                rng,
             )
             if placements:
                 break
@@ -228,7 +233,9 @@ def synthesize_shard(
             comp = compositor.compose(cache[plan.scene_index], plan)
         except (BadInputError, NoPlacementError) as e:
             reason = "bad_scene" if isinstance(e, BadInputError) else "no_placement"
-            rejects.append(RejectRecord(stage="composite", item=f"{plan.key} ({ref.image})", reason=reason, detail=str(e)))
+            rejects.append(
+                RejectRecord(stage="composite", item=f"{plan.key} ({ref.image})", reason=reason, detail=str(e))
+            )
             log.warning("sample %s quarantined: %s", plan.key, e)
             continue
         samples.append(encode_sample(comp, cfg.image_format, cfg.jpeg_quality))

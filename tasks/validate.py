@@ -60,7 +60,9 @@ def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
         problems.append(f"{name}: meta.json invalid: {str(e).splitlines()[0]}")
     else:
         if (meta.width, meta.height) != (label.shape[1], label.shape[0]):
-            problems.append(f"{name}: meta.json says {meta.width}x{meta.height}, label is {label.shape[1]}x{label.shape[0]}")
+            problems.append(
+                f"{name}: meta.json says {meta.width}x{meta.height}, label is {label.shape[1]}x{label.shape[0]}"
+            )
     return problems
 
 

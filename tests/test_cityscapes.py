@@ -85,7 +85,9 @@ def test_real_cityscapes_sample():
     refs, rejects = index_cityscapes(root, split="val")
     assert [r.scene_id for r in refs] == ["frankfurt_000000_000294"] and not rejects
     scene = load_scene(refs[0])
-    ref_train = cv2.imread(str(root / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"), cv2.IMREAD_UNCHANGED)
+    ref_train = cv2.imread(
+        str(root / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"), cv2.IMREAD_UNCHANGED
+    )
     # our labelIds -> trainIds conversion agrees with the official trainIds file; the two shrunk files
     # were resampled separately upstream, so 77 boundary pixels of 32768 differ
     assert (scene.label == ref_train).mean() > 0.995

@@ -33,7 +33,15 @@ def coco_files(tmp_path):
         "images": [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 100}],
         "categories": [{"id": 1, "name": "dog"}, {"id": 2, "name": "person"}, {"id": 3, "name": "train"}],
         "annotations": [
-            {"id": i, "image_id": 1, "category_id": c, "bbox": list(b), "area": a, "iscrowd": cr, "segmentation": _poly(*b)}
+            {
+                "id": i,
+                "image_id": 1,
+                "category_id": c,
+                "bbox": list(b),
+                "area": a,
+                "iscrowd": cr,
+                "segmentation": _poly(*b),
+            }
             for i, c, b, a, cr in anns
         ],
     }
@@ -75,7 +83,9 @@ def test_extracted_object_is_the_masked_crop(coco_files):
 def test_unreadable_image_quarantines_its_instances(coco_files):
     (coco_files / "a.jpg").write_bytes(b"broken")
     coco = load_coco(coco_files / "ann.json")
-    kept, _ = filter_coco_instances(coco, CocoSourceConfig(annotations=coco_files / "ann.json", images=coco_files, min_area=500))
+    kept, _ = filter_coco_instances(
+        coco, CocoSourceConfig(annotations=coco_files / "ann.json", images=coco_files, min_area=500)
+    )
     objs, rejects = extract_coco_objects(coco, kept, coco_files, 256)
     assert objs == [] and rejects[0].reason == "bad_image" and "a.jpg" in rejects[0].detail
 

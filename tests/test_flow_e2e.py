@@ -22,7 +22,9 @@ CLI = [sys.executable, "-m", "flows.cli"]
 
 def _env(tmp_path):
     env = dict(os.environ)
-    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", U2NET_HOME=str(MODEL_HOME))
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", U2NET_HOME=str(MODEL_HOME)
+    )
     return env
 
 
@@ -40,7 +42,11 @@ def test_synth_flow_and_validate_cli(tmp_path):
     run = tmp_path / "run"
     res = subprocess.run(
         [*CLI, "synth", "--config", str(tmp_path / "cfg.yaml"), "--run-dir", str(run), "--set", "seed=5"],
-        cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"shards:  {run / 'shards'}" in res.stdout
@@ -76,8 +82,15 @@ def test_real_frames_and_real_object_photos(tmp_path):
         num_samples=4,
         scenes=ScenesConfig(kind="cityscapes", root=scenes, split="val"),
         objects=ObjectBankConfig(
-            files=[FilesSourceConfig(root=photos, manifest=Path("SOURCES.tsv"), class_column="object_class_guess",
-                                     mask_column="mask_file_or_empty", patterns=["danielgatis*.jpg", "xuebinqin*.jpg"])],
+            files=[
+                FilesSourceConfig(
+                    root=photos,
+                    manifest=Path("SOURCES.tsv"),
+                    class_column="object_class_guess",
+                    mask_column="mask_file_or_empty",
+                    patterns=["danielgatis*.jpg", "xuebinqin*.jpg"],
+                )
+            ],
             max_side=128,
         ),
         placement=PlacementConfig(min_height_px=6, search_stride=2),

@@ -23,7 +23,9 @@ def _scene_and_object():
 
 def test_full_strength_matches_surround_mean_zero_strength_keeps_object():
     scene, obj, mask, box = _scene_and_object()
-    out, alpha, rec = LabHarmonizer(HarmonizeConfig(strength_l=1.0, strength_ab=1.0, feather_px=0))(scene, obj, mask, box)
+    out, alpha, rec = LabHarmonizer(HarmonizeConfig(strength_l=1.0, strength_ab=1.0, feather_px=0))(
+        scene, obj, mask, box
+    )
     bg = _lab_mean(scene, np.ones(scene.shape[:2], bool))
     assert np.allclose(_lab_mean(out, mask), bg, atol=2.0)
     assert rec.method == "lab" and rec.params["strength_l"] == 1.0
@@ -34,7 +36,11 @@ def test_full_strength_matches_surround_mean_zero_strength_keeps_object():
 def test_partial_strength_moves_luminance_part_way():
     scene, obj, mask, box = _scene_and_object()
     out, _, _ = LabHarmonizer(HarmonizeConfig(strength_l=0.5, strength_ab=0.0))(scene, obj, mask, box)
-    l_obj, l_out, l_bg = _lab_mean(obj, mask)[0], _lab_mean(out, mask)[0], _lab_mean(scene, np.ones((100, 100), bool))[0]
+    l_obj, l_out, l_bg = (
+        _lab_mean(obj, mask)[0],
+        _lab_mean(out, mask)[0],
+        _lab_mean(scene, np.ones((100, 100), bool))[0],
+    )
     assert abs(l_out - (l_obj + 0.5 * (l_bg - l_obj))) < 1.5
 
 

@@ -29,17 +29,19 @@ def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
     bank_dir = build_object_bank(cfg, run / "objects")
     comp = Compositor(cfg, read_object_bank(bank_dir))
     claim_shard_dir(run / "shards", comp.config_hash)
-    shards = split_into_shards(plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard)
+    shards = split_into_shards(
+        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
+    )
     records = []
     for i, plans in enumerate(shards):
-        calls = {"n": 0}
+        done = {"n": 0}
 
-        def boom():
-            calls["n"] += 1
-            if i == fail_at_shard and calls["n"] == 2:
+        def count_and_maybe_crash(i=i, done=done):
+            done["n"] += 1
+            if i == fail_at_shard and done["n"] == 2:
                 raise KeyboardInterrupt  # Ctrl-C in the middle of a shard
 
-        records.append(synthesize_or_resume(run / "shards", i, plans, scenes, comp, on_sample=boom))
+        records.append(synthesize_or_resume(run / "shards", i, plans, scenes, comp, on_sample=count_and_maybe_crash))
     return finalize_shard_set(run / "shards", cfg, records, scene_rejects + read_rejects(bank_dir / "rejects.parquet"))
 
 
@@ -111,7 +113,9 @@ def test_scene_without_drivable_pixels_is_quarantined(tiny_config, tmp_path):
     summary = run_stage(tiny_config, tmp_path)
     rejects = read_rejects(tmp_path / "shards/rejects.parquet")
     assert summary["samples"] == 0
-    assert sum(r.reason == "no_placement" and "no drivable pixels" in r.detail for r in rejects) == tiny_config.num_samples
+    assert (
+        sum(r.reason == "no_placement" and "no drivable pixels" in r.detail for r in rejects) == tiny_config.num_samples
+    )
 
 
 def test_validate_catches_tampering(tiny_config, tmp_path):
@@ -153,7 +157,7 @@ def test_object_bank_round_trip_and_reuse(tiny_config, tmp_path):
     build_object_bank(tiny_config, tmp_path / "bank")  # same config: reused, not rebuilt
     assert (bank_dir / "objects.parquet").stat().st_mtime_ns == stamp
     again = read_object_bank(bank_dir)
-    assert all(np.array_equal(a.rgba, b.rgba) and a.record == b.record for a, b in zip(objs, again))
+    assert all(np.array_equal(a.rgba, b.rgba) and a.record == b.record for a, b in zip(objs, again, strict=True))
     write_object_photos(tiny_config.objects.files[0].root, n=4)  # a new photo in the source folder
     assert len(read_object_bank(build_object_bank(tiny_config, tmp_path / "bank"))) == 4
 

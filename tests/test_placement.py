@@ -33,9 +33,13 @@ def test_height_is_linear_in_distance_below_horizon():
 def test_objects_do_not_overlap_and_avoid_key_instances():
     lab = _road_scene()
     lab[120:200, 150:250] = 13  # a car in the middle of the road
-    cfg = PlacementConfig(objects_per_scene=(4, 4), candidates=64, search_stride=2, min_height_px=4, max_key_overlap=0.0)
+    cfg = PlacementConfig(
+        objects_per_scene=(4, 4), candidates=64, search_stride=2, min_height_px=4, max_key_overlap=0.0
+    )
     for seed in range(10):
-        placed = place_objects(lab, [(f"o{i}", "box", 20, 20) for i in range(4)], 80.0, 1.2, cfg, np.random.default_rng(seed))
+        placed = place_objects(
+            lab, [(f"o{i}", "box", 20, 20) for i in range(4)], 80.0, 1.2, cfg, np.random.default_rng(seed)
+        )
         assert placed
         boxes = [p.box for p in placed]
         for i, a in enumerate(boxes):
