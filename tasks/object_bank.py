@@ -20,12 +20,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 import yaml
 
 from data_manifests import MANIFEST_DIR
+from data_manifests.parquet import OBJECT_SCHEMA
 from schemas import FilesSourceConfig, MaskGateConfig, ObjectRecord, RejectRecord
 from tasks.imageio import (
     BadInputError,
@@ -221,26 +221,9 @@ def write_object_bank(
             o.record.model_dump(mode="json") | {"quality": json.dumps(o.record.quality, sort_keys=True), "shard": name}
             for o in chunk
         ]
-    write_table(bank_dir / OBJECT_MANIFEST, rows, _OBJECT_SCHEMA)
+    write_table(bank_dir / OBJECT_MANIFEST, rows, OBJECT_SCHEMA)
     write_rejects(bank_dir / REJECTS, rejects)
     return bank_dir / OBJECT_MANIFEST
-
-
-_OBJECT_SCHEMA = pa.schema(
-    [
-        ("object_id", pa.string()),
-        ("source", pa.string()),
-        ("class_name", pa.string()),
-        ("origin", pa.string()),
-        ("prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("mask_area", pa.int64()),
-        ("quality", pa.string()),  # JSON of the mask-quality figures
-        ("shard", pa.string()),
-    ]
-)
 
 
 def read_object_bank(bank_dir: str | Path) -> list[BankObject]:

@@ -11,6 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
 from schemas import RejectRecord, SynthConfig
 from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
@@ -35,9 +36,7 @@ from tasks.shards import (
     DATASET,
     PARTIAL_DIR,
     REJECTS,
-    SAMPLE_SCHEMA,
     SAMPLES,
-    SHARD_SCHEMA,
     SHARDS,
     write_json_atomic,
     write_rejects,

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
+from data_manifests.parquet import REJECT_SCHEMA
 from schemas import RejectRecord
 from tasks.imageio import atomic_path
 
@@ -76,33 +77,6 @@ def write_tar_shard(final: str | Path, samples: list[dict]) -> tuple[str, int]:
 def write_json_atomic(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-
-
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("scene_id", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("num_objects", pa.int32()),
-        ("object_ids", pa.list_(pa.string())),
-        ("classes", pa.list_(pa.string())),
-        ("sources", pa.list_(pa.string())),
-        ("boxes", pa.list_(pa.list_(pa.int32(), 4))),
-        ("anomaly_pixels", pa.int64()),
-        ("seed", pa.int64()),
-        ("config_hash", pa.string()),
-    ]
-)
-SHARD_SCHEMA = pa.schema(
-    [("shard", pa.string()), ("sha256", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64())]
-)
-
-
-REJECT_SCHEMA = pa.schema(
-    [("stage", pa.string()), ("item", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
-)
 
 
 def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
