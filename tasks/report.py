@@ -62,6 +62,7 @@ def object_grid(objects: list[BankObject], cell: int = 128, cols: int = 8) -> np
     """Bank objects on a checkerboard (so the mask edge is visible), with their class names."""
     if not objects:
         return None
+    cols = min(cols, len(objects))
     rows = -(-len(objects) // cols)
     yy, xx = np.mgrid[0:cell, 0:cell]
     checker = np.where(((yy // 16) + (xx // 16)) % 2 == 0, 200, 150).astype(np.uint8)
