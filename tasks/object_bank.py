@@ -202,10 +202,8 @@ def write_object_bank(
     # the same photo listed twice is one object: ids are content hashes
     objects = sorted({o.record.object_id: o for o in objects}.values(), key=lambda o: o.record.object_id)
     rows = []
-    for s in range(0, max(1, len(objects)), objects_per_shard):
+    for s in range(0, len(objects), objects_per_shard):
         chunk = objects[s : s + objects_per_shard]
-        if not chunk:
-            break
         name = f"objects-{s // objects_per_shard:06d}.tar"
         samples = [
             {
