@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tarfile
 from pathlib import Path
 
@@ -108,7 +107,3 @@ def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[
             on_shard(rec["shard"])
     problems += [f"{k}: listed in {SAMPLES} but in no shard" for k in sorted(set(listed_samples) - seen)]
     return checked, problems
-
-
-def dataset_summary(shard_dir: str | Path) -> dict:
-    return json.loads((Path(shard_dir) / "dataset.json").read_text())

@@ -86,3 +86,9 @@ def test_resize_object_keeps_a_binary_mask_and_flips():
     rgb, m = resize_object(rgba, 10, 20, flip=True)
     assert rgb.shape == (20, 10, 3) and m.dtype == bool
     assert m[:, 5:].all() and not m[:, :5].any()
+
+
+def test_method_none_keeps_colours_and_only_feathers():
+    scene, obj, mask, box = _scene_and_object()
+    out, alpha, rec = make_harmonizer(HarmonizeConfig(method="none", feather_px=1.0))(scene, obj, mask, box)
+    assert out is obj and rec.method == "none" and (alpha[~mask] == 0).all() and alpha.max() == 1.0
