@@ -91,4 +91,4 @@ def test_resize_object_keeps_a_binary_mask_and_flips():
 def test_method_none_keeps_colours_and_only_feathers():
     scene, obj, mask, box = _scene_and_object()
     out, alpha, rec = make_harmonizer(HarmonizeConfig(method="none", feather_px=1.0))(scene, obj, mask, box)
-    assert out is obj and rec.method == "none" and (alpha[~mask] == 0).all() and alpha.max() == 1.0
+    assert out is obj and rec.method == "none" and (alpha[~mask] == 0).all() and alpha.max() > 0.99
