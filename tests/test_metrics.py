@@ -1,0 +1,162 @@
+"""PixelMetrics against scikit-learn on random and adversarial inputs (to 1e-4, the contract)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from tasks.metrics import PixelMetrics
+
+
+def reference(scores, labels):
+    s = scores.astype(np.float32).astype(np.float64).ravel()  # PixelMetrics compares at float32
+    y = labels.ravel()
+    keep = y != 255
+    s, y = s[keep], y[keep]
+    s = np.nan_to_num(s, posinf=1e300, neginf=-1e300)  # sklearn refuses inf; order is kept
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    p, n = (y == 1).sum(), (y == 0).sum()
+    order = np.argsort(-s, kind="stable")
+    ss, yy = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(ss)), ss.size - 1]  # end of each tie group
+    tp, fp = np.cumsum(yy == 1)[last], np.cumsum(yy == 0)[last]
+    f1 = 2 * tp / (tp + fp + p)
+    return {
+        "auroc": roc_auc_score(y, s),
+        "ap": average_precision_score(y, s),
+        "fpr95": fpr[np.argmax(tpr >= 0.95)],
+        "f1_best": f1.max(),
+        "n": n,
+    }
+
+
+def run(scores, labels, chunks=1, **kw):
+    m = PixelMetrics(**kw)
+    for i, (s, y) in enumerate(zip(np.array_split(scores, chunks), np.array_split(labels, chunks), strict=True)):
+        m.update(s, y, name=f"img{i}")
+    return m.compute()
+
+
+rng = np.random.default_rng(0)
+N = 60_000
+
+
+def _labels(p=0.05, n=N):
+    return (rng.random(n) < p).astype(np.uint8)
+
+
+def _case(name):
+    y = _labels()
+    if name == "normal":
+        return rng.normal(size=N) + y, y
+    if name == "heavy_ties":
+        return np.round(rng.normal(size=N) + y, 1), y
+    if name == "few_values":
+        return rng.integers(0, 4, N).astype(np.float64) + (rng.random(N) < 0.3 * y), y
+    if name == "constant":
+        return np.full(N, 3.0), y
+    if name == "infinities":
+        s = rng.normal(size=N) + y
+        s[rng.random(N) < 0.02] = np.inf
+        s[rng.random(N) < 0.02] = -np.inf
+        return s, y
+    if name == "magnitudes":
+        return 10.0 ** rng.uniform(-30, 30, N) * (1 + 3 * y), y
+    if name == "narrow":
+        return 0.5 + 1e-5 * (rng.random(N) + 0.3 * y), y
+    if name == "signed_tiny":
+        return rng.normal(size=N) * 1e-20 + y * 1e-21, y
+    if name == "void":
+        y2 = y.copy()
+        y2[rng.random(N) < 0.2] = 255
+        return rng.normal(size=N) + y, y2
+    if name == "rare_anomaly":
+        y = _labels(0.001)
+        return rng.gamma(2.0, size=N) * (1 + y), y
+    if name == "perfect":
+        return y.astype(np.float64) + rng.random(N) * 0.5, y
+    if name == "inverted":
+        return -(y.astype(np.float64)) + rng.random(N) * 0.5, y
+    raise KeyError(name)
+
+
+CASES = ["normal", "heavy_ties", "few_values", "constant", "infinities", "magnitudes", "narrow",
+         "signed_tiny", "void", "rare_anomaly", "perfect", "inverted"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("chunks", [1, 9])
+def test_agrees_with_sklearn(case, chunks):
+    scores, labels = _case(case)
+    got, ref = run(scores, labels, chunks), reference(scores, labels)
+    for k in ("auroc", "ap", "fpr95", "f1_best"):
+        assert abs(got[k] - ref[k]) < 1e-4, (k, got[k], ref[k])
+    assert got["auroc_error_bound"] < 1e-4
+    assert got["pixels"] == (labels != 255).sum()
+
+
+def test_hand_computed_example():
+    # scores 4 3 3 2 1 with labels 1 0 1 0 0: tie group {3: one pos, one neg}
+    m = PixelMetrics()
+    m.update(np.array([4.0, 3, 3, 2, 1]), np.array([1, 0, 1, 0, 0]))
+    out = m.compute()
+    # ROC points (0,0) (0,.5) (1/3,1) (2/3,1) (1,1): area = .5*(1/3)*(.5+1)/... = 1/3*.75 + 2/3*1
+    assert out["auroc"] == pytest.approx(1 / 3 * 0.75 + 2 / 3)
+    # AP = .5*1 + .5*(2/3)
+    assert out["ap"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+    assert out["fpr95"] == pytest.approx(1 / 3)
+    assert out["f1_best"] == pytest.approx(0.8) and out["f1_threshold"] == 3.0
+
+
+def test_torch_tensors_and_2d_maps():
+    scores, labels = _case("normal")
+    m = PixelMetrics()
+    m.update(torch.from_numpy(scores.reshape(200, 300)).half().float(), torch.from_numpy(labels.reshape(200, 300)))
+    ref = reference(torch.from_numpy(scores).half().float().numpy(), labels)
+    assert abs(m.compute()["auroc"] - ref["auroc"]) < 1e-4
+
+
+def test_nan_names_the_image():
+    m = PixelMetrics()
+    s = np.zeros(10)
+    s[7] = np.nan
+    with pytest.raises(ValueError, match="road_042: score is NaN at pixel 7"):
+        m.update(s, np.zeros(10, np.uint8), name="road_042")
+
+
+def test_bad_labels_and_shapes_are_errors():
+    m = PixelMetrics()
+    with pytest.raises(ValueError, match="label 2 at pixel 1"):
+        m.update(np.zeros(3), np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match="3 scores but 2 labels"):
+        m.update(np.zeros(3), np.array([0, 1]))
+
+
+def test_images_without_anomalies_are_fine_but_a_dataset_without_is_an_error():
+    m = PixelMetrics()
+    m.update(np.arange(10.0), np.zeros(10, np.uint8))
+    with pytest.raises(ValueError, match="no anomaly pixel"):
+        m.compute()
+    m.update(np.arange(10.0) + 5, np.r_[np.zeros(5), np.ones(5)].astype(np.uint8))
+    assert 0.5 < m.compute()["auroc"] <= 1.0
+
+
+def test_per_image_average():
+    a_s, a_y = np.array([3.0, 2, 1, 0]), np.array([1, 0, 0, 0])  # perfect: AUROC 1
+    b_s, b_y = np.array([0.0, 1, 2, 3]), np.array([1, 0, 0, 0])  # inverted: AUROC 0
+    c_s, c_y = np.array([1.0, 2]), np.array([0, 0])  # no anomaly: not in the average
+    m = PixelMetrics(per_image=True)
+    for s, y in ((a_s, a_y), (b_s, b_y), (c_s, c_y)):
+        m.update(s, y)
+    out = m.compute()
+    assert out["per_image"]["auroc"] == pytest.approx(0.5) and out["per_image"]["images"] == 2
+
+
+def test_memory_does_not_grow_with_pixels():
+    m = PixelMetrics()
+    sizes = []
+    for _ in range(6):
+        s, y = _case("normal")
+        m.update(s, y)
+        sizes.append(m.compute()["memory_bytes"])
+    assert sizes[-1] == sizes[2]  # after the score range is covered, more pixels cost nothing
