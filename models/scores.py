@@ -1,0 +1,73 @@
+"""Anomaly scores from segmentation logits. One sign convention: higher = more anomalous.
+
+All take logits ``(B, C, H, W)`` over the C inlier classes (slice extra channels off first, e.g.
+``logits[:, :19]`` for a 20-channel Cityscapes head) and return ``(B, H, W)``.
+
+* ``msp``         1 − max_c softmax(x)_c                      (Hendrycks & Gimpel, 2017)
+* ``max_logit``   −max_c x_c                                    (Hendrycks et al., 2022)
+* ``entropy``     H = −Σ_c p_c log p_c
+* ``energy``      −E with E = logsumexp_c x_c … i.e. −logsumexp (Liu et al., 2020; used by PEBAL/RPL)
+* ``eel``         α·H(ŷ) − logsumexp(ŷ)                          (DiffEEL energy-entropy score, α = 1)
+* ``max_min``     −(max_c x_c − min_c x_c)                       (max-min logit margin)
+
+``smooth`` applies the Gaussian smoothing RPL and PEBAL use at inference (kernel 7, σ = 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def msp(logits: torch.Tensor) -> torch.Tensor:
+    return 1.0 - logits.softmax(dim=1).amax(dim=1)
+
+
+def max_logit(logits: torch.Tensor) -> torch.Tensor:
+    return -logits.amax(dim=1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    logp = logits.log_softmax(dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def energy(logits: torch.Tensor) -> torch.Tensor:
+    return -torch.logsumexp(logits, dim=1)
+
+
+def eel(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    return alpha * entropy(logits) + energy(logits)
+
+
+def max_min(logits: torch.Tensor) -> torch.Tensor:
+    return -(logits.amax(dim=1) - logits.amin(dim=1))
+
+
+SCORES = {"msp": msp, "max_logit": max_logit, "entropy": entropy, "energy": energy, "eel": eel, "max_min": max_min}
+
+
+def gaussian_kernel1d(size: int = 7, sigma: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def smooth(score: torch.Tensor, size: int = 7, sigma: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, H, W)`` maps with reflect padding (size odd)."""
+    k = gaussian_kernel1d(size, sigma, score.device, score.dtype)
+    x = score[:, None]
+    pad = size // 2
+    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def anomaly_score(logits: torch.Tensor, name: str = "energy", smoothing: bool = False, **kw) -> torch.Tensor:
+    """Score map by name (see ``SCORES``), optionally Gaussian-smoothed."""
+    try:
+        fn = SCORES[name]
+    except KeyError:
+        raise KeyError(f"unknown anomaly score {name!r}; choose from {', '.join(SCORES)}") from None
+    s = fn(logits, **kw)
+    return smooth(s) if smoothing else s

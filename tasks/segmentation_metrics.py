@@ -1,0 +1,118 @@
+"""Component-level anomaly metrics (SegmentMeIfYouCan) and inlier mIoU.
+
+Component metrics (Chan et al., "SegmentMeIfYouCan", NeurIPS 2021 datasets track). Per image, with the
+prediction ``score >= threshold`` (the best-F1 pixel threshold):
+
+* ground-truth components: 8-connected components of the anomaly label; those smaller than ``min_gt``
+  pixels become void; predictions inside void are zeroed;
+* predicted components: 8-connected components of the prediction, smaller than ``min_pred`` dropped;
+* sIoU(k) = |k ∩ K̂| / |(k ∪ K̂) \\ A|, K̂ the union of predicted components touching GT component k and
+  A the pixels of K̂ lying on other GT components;
+* PPV(k̂) = |k̂ ∩ K| / |k̂|, K the union of GT components touching predicted component k̂;
+* for τ in linspace(0.25, 0.75, 11): TP = #GT with sIoU ≥ τ, FN = #GT with sIoU < τ, FP = #pred with
+  PPV < τ, counts summed over images, F1(τ) = 2TP / (2TP + FN + FP).
+
+Reported: mean sIoU over GT components, mean PPV over predicted components, mean F1 over τ.
+Defaults ``min_pred=500, min_gt=100`` for anomaly-track data; ``50, 10`` for obstacle-track data.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from tasks.labels import EVAL_ANOMALY, EVAL_VOID, NUM_TRAIN_CLASSES, VOID
+
+TAUS = np.linspace(0.25, 0.75, 11)
+DEFAULT_SIZES = {"anomaly": (500, 100), "obstacle": (50, 10)}  # (min_pred, min_gt)
+
+
+def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return n, lab, stats[:, cv2.CC_STAT_AREA]
+
+
+def image_components(
+    pred: np.ndarray, labels: np.ndarray, min_pred: int, min_gt: int
+) -> tuple[list[float], list[float]]:
+    """(sIoU per GT component, PPV per predicted component) of one image."""
+    labels = labels.copy()
+    n_gt, gt, gt_area = _components(labels == EVAL_ANOMALY)
+    small = np.flatnonzero(gt_area[1:] < min_gt) + 1
+    if small.size:
+        labels[np.isin(gt, small)] = EVAL_VOID
+        gt[np.isin(gt, small)] = 0
+    pred = pred & (labels != EVAL_VOID)
+    n_pr, pr, pr_area = _components(pred)
+    big = np.flatnonzero(pr_area[1:] >= min_pred) + 1
+    keep = np.isin(pr, big)
+    pr = np.where(keep, pr, 0)
+    # overlap counts between GT components (rows) and predicted components (cols), background at 0
+    inter = np.zeros((n_gt, n_pr), np.int64)
+    np.add.at(inter, (gt.ravel(), pr.ravel()), 1)
+    gt_sizes = np.bincount(gt.ravel(), minlength=n_gt)
+    pr_sizes = np.bincount(pr.ravel(), minlength=n_pr)
+    sious = []
+    for k in range(1, n_gt):
+        if gt_sizes[k] == 0:
+            continue
+        touching = np.flatnonzero(inter[k, 1:]) + 1  # predicted components touching k
+        k_hat = pr_sizes[touching].sum()
+        inside = inter[k, touching].sum()  # |k ∩ K̂|
+        on_other_gt = inter[1:, touching].sum() - inside  # A: K̂ on other GT components
+        union = gt_sizes[k] + k_hat - inside - on_other_gt
+        sious.append(inside / union)
+    ppvs = []
+    for j in big.tolist():
+        touching_gt = inter[1:, j].sum()  # pixels of k̂ on GT components that touch it
+        ppvs.append(touching_gt / pr_sizes[j])
+    return sious, ppvs
+
+
+class ComponentMetrics:
+    """Accumulates SMIYC component metrics over images at a fixed score threshold."""
+
+    def __init__(self, threshold: float, min_pred: int = 500, min_gt: int = 100):
+        self.threshold, self.min_pred, self.min_gt = threshold, min_pred, min_gt
+        self.sious: list[float] = []
+        self.ppvs: list[float] = []
+
+    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        s, p = image_components(np.asarray(scores) >= self.threshold, np.asarray(labels), self.min_pred, self.min_gt)
+        self.sious += s
+        self.ppvs += p
+
+    def compute(self) -> dict[str, float]:
+        siou, ppv = np.asarray(self.sious, float), np.asarray(self.ppvs, float)
+        f1 = []
+        for tau in TAUS:
+            tp, fn, fp = (siou >= tau).sum(), (siou < tau).sum(), (ppv < tau).sum()
+            f1.append(2 * tp / (2 * tp + fn + fp) if (tp + fn + fp) else float("nan"))
+        return {
+            "siou": float(siou.mean()) if siou.size else float("nan"),
+            "ppv": float(ppv.mean()) if ppv.size else float("nan"),
+            "f1_components": float(np.nanmean(f1)) if not np.all(np.isnan(f1)) else float("nan"),
+            "gt_components": int(siou.size),
+            "pred_components": int(ppv.size),
+        }
+
+
+class ConfusionMatrix:
+    """Inlier segmentation mIoU over the 19 Cityscapes trainIds (255 ignored)."""
+
+    def __init__(self, num_classes: int = NUM_TRAIN_CLASSES):
+        self.n = num_classes
+        self.mat = np.zeros((num_classes, num_classes), np.int64)
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
+        keep = (target != VOID) & (target < self.n)
+        self.mat += np.bincount(target[keep].astype(np.int64) * self.n + pred[keep], minlength=self.n**2).reshape(
+            self.n, self.n
+        )
+
+    def compute(self) -> dict:
+        tp = np.diag(self.mat).astype(float)
+        denom = self.mat.sum(0) + self.mat.sum(1) - tp
+        iou = np.divide(tp, denom, out=np.full(self.n, np.nan), where=denom > 0)
+        return {"miou": float(np.nanmean(iou)), "iou": iou.tolist()}
