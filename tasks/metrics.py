@@ -372,6 +372,19 @@ class PixelMetrics:
                 self._per_image.append(metrics_from_groups(keys, neg, pos))
         self._images += 1
 
+    def curves(self, max_points: int = 2000) -> dict[str, np.ndarray]:
+        """ROC (fpr, tpr) and PR (recall, precision) points, thinned to about ``max_points``."""
+        _, neg, pos = self._tree.groups()
+        tp, fp = np.cumsum(pos), np.cumsum(neg)
+        idx = np.unique(np.linspace(0, tp.size - 1, min(max_points, tp.size)).astype(int))
+        tp, fp = tp[idx], fp[idx]
+        return {
+            "fpr": np.r_[0.0, fp / max(fp[-1], 1)],
+            "tpr": np.r_[0.0, tp / max(tp[-1], 1)],
+            "recall": tp / max(tp[-1], 1),
+            "precision": tp / np.maximum(tp + fp, 1),
+        }
+
     def compute(self) -> dict:
         keys, neg, pos = self._tree.groups()
         P, N = pos.sum(), neg.sum()
