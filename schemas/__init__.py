@@ -1,8 +1,10 @@
 """Pydantic v2 configs and records. Every config serialises to YAML/JSON and is stored beside its output."""
 
 from schemas.config import (
+    BenchmarkConfig,
     CocoSourceConfig,
     DemoScenesConfig,
+    EvalConfig,
     FilesSourceConfig,
     HarmonizeConfig,
     MaskGateConfig,
@@ -13,6 +15,7 @@ from schemas.config import (
     ShardConfig,
     SynthConfig,
     load_config,
+    load_eval_config,
 )
 from schemas.records import (
     HarmonizationRecord,
@@ -23,6 +26,9 @@ from schemas.records import (
 )
 
 __all__ = [
+    "BenchmarkConfig",
+    "EvalConfig",
+    "load_eval_config",
     "CocoSourceConfig",
     "DemoScenesConfig",
     "FilesSourceConfig",

@@ -198,8 +198,7 @@ class SynthConfig(_Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
-    """Read a YAML config; relative paths inside it stay relative to the working directory."""
+def _read_yaml(path: str | Path, overrides: dict | None) -> dict:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -213,4 +212,40 @@ def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return SynthConfig.model_validate(data)
+    return data
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
+    """Read a YAML config; relative paths inside it stay relative to the working directory."""
+    return SynthConfig.model_validate(_read_yaml(path, overrides))
+
+
+class BenchmarkConfig(_Strict):
+    """One evaluation dataset (layouts in data_manifests/benchmarks.md)."""
+
+    kind: Literal["fishyscapes", "road_anomaly", "road_anomaly_pre", "smiyc", "lost_and_found", "folder"]
+    root: Path
+    name: str | None = None
+    split: str = "test"
+    track: Literal["anomaly", "obstacle"] = "anomaly"  # component sizes: 500/100 or 50/10 px
+    limit: int | None = Field(None, ge=1)
+
+
+class EvalConfig(_Strict):
+    """Evaluation of a model + anomaly score over benchmarks (``anomalyforge eval``)."""
+
+    model: Path = Field(..., description="TorchScript file mapping (B,3,H,W) normalized RGB to (B,C,h,w) logits")
+    datasets: list[BenchmarkConfig]
+    score: Literal["msp", "max_logit", "entropy", "energy", "eel", "max_min"] = "energy"
+    smoothing: bool = True
+    num_classes: int = Field(19, ge=1, description="inlier classes: logits[:, :num_classes]")
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: tuple[int, int] | None = Field(None, description="(W, H) the model runs at; None = native")
+    device: str = "cpu"
+    per_image: bool = False
+    panels: int = Field(4, ge=0, description="qualitative panels per dataset")
+
+
+def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
+    return EvalConfig.model_validate(_read_yaml(path, overrides))

@@ -1,0 +1,106 @@
+"""Evaluation outputs: metrics.json, a markdown table, PR / ROC curves and qualitative panels (PNG)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
+
+COLUMNS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per dataset and per tagged condition, metrics in percent as papers report them."""
+    rows = []
+    for r in results:
+        m = r["metrics"]
+        rows.append({"dataset": r["name"], "condition": "all", **{c: round(100 * m[c], 2) for c in COLUMNS if c in m}})
+        for cond, cm in m.get("conditions", {}).items():
+            row = {"dataset": r["name"], "condition": cond}
+            row |= {c: round(100 * cm[c], 2) for c in COLUMNS if c in cm} if "error" not in cm else {"auroc": None}
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ["dataset", "condition", *COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
+    for r in rows:
+        lines.append("| " + " | ".join("–" if r.get(h) is None else str(r.get(h)) for h in head) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[dict], out: Path) -> tuple[Path, Path]:
+    roc, pr = out / "roc.png", out / "pr.png"
+    for path, (x, y, xl, yl) in (
+        (roc, ("fpr", "tpr", "false-positive rate", "true-positive rate")),
+        (pr, ("recall", "precision", "recall", "precision")),
+    ):
+        fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+        for r in results:
+            m = r["metrics"]
+            label = (
+                f"{r['name']} (AUROC {100 * m['auroc']:.1f})" if x == "fpr" else f"{r['name']} (AP {100 * m['ap']:.1f})"
+            )
+            ax.plot(r["curves"][x], r["curves"][y], label=label)
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+    return roc, pr
+
+
+def panel(image: np.ndarray, label: np.ndarray, score: np.ndarray, width: int = 384) -> np.ndarray:
+    """image | ground truth (anomaly red, void grey) | score map (colour scale over the image's range)."""
+    gt = np.zeros_like(image)
+    gt[label == 1] = (230, 30, 30)
+    gt[label == 255] = (90, 90, 90)
+    lo, hi = np.percentile(score, [1, 99])
+    norm = np.clip((score - lo) / max(hi - lo, 1e-12), 0, 1)
+    heat = cv2.cvtColor(cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+    h = round(image.shape[0] * width / image.shape[1])
+    return np.hstack([cv2.resize(a, (width, h), interpolation=cv2.INTER_AREA) for a in (image, gt, heat)])
+
+
+def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> dict[str, Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table_rows(results)
+    metrics = {"settings": settings, "datasets": {r["name"]: r["metrics"] for r in results}, "table": rows}
+    write_bytes_atomic(out / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
+    roc, pr = plot_curves(results, out)
+    files = {"metrics": out / "metrics.json", "roc": roc, "pr": pr}
+    for r in results:
+        if r["panels"]:
+            p = out / f"panels_{r['name']}.png"
+            write_rgb(p, np.vstack([panel(img, lab, sc) for _, img, lab, sc in r["panels"]]))
+            files[f"panels_{r['name']}"] = p
+    md = [
+        "# anomalyforge evaluation",
+        "",
+        f"score `{settings['score']}`{' (Gaussian-smoothed)' if settings['smoothing'] else ''}, model `{settings['model']}`; values in %.",
+        "",
+        markdown_table(rows),
+        "",
+        "![ROC](roc.png) ![PR](pr.png)",
+        "",
+        *[f"![{k}]({v.name})" for k, v in files.items() if k.startswith("panels_")],
+        "",
+    ]
+    write_bytes_atomic(out / "report.md", "\n".join(md).encode())
+    files["report"] = out / "report.md"
+    files["table"] = out / "report.md"
+    return files

@@ -1,0 +1,110 @@
+"""Evaluation end to end with a tiny TorchScript model the test builds: red squares are the anomalies."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from schemas import BenchmarkConfig, EvalConfig
+from tasks.eval_report import write_eval_report
+from tasks.evaluate import evaluate_dataset, load_torchscript
+from tests.conftest import ROOT
+
+
+class RedIsUnknown(torch.nn.Module):
+    """Confident class 0 everywhere except on red pixels, where all 19 logits are equal."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, 0:1] - x[:, 1:2]).clamp(min=0)  # normalized R minus G
+        conf = 8.0 * (1.0 - (red / 2.0).clamp(max=1.0))
+        zeros = torch.zeros_like(conf).repeat(1, 18, 1, 1)
+        return torch.cat([conf, zeros], dim=1)
+
+
+def _write_dataset(root, n=4, conditions=None):
+    rng = np.random.default_rng(1)
+    (root / "original").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["image,label,condition"]
+    for i in range(n):
+        img = rng.integers(60, 140, (48, 64, 3)).astype(np.uint8)
+        img[..., 2] = img[..., 1]  # grey-ish (RGB: R=G=B-ish) scene
+        lab = np.zeros((48, 64), np.uint8)
+        y, x = 8 + 4 * i, 10 + 6 * i
+        img[y : y + 12, x : x + 12] = (220, 20, 20)  # RGB red object
+        lab[y : y + 12, x : x + 12] = 1
+        lab[:2] = 255
+        cv2.imwrite(str(root / "original" / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "labels" / f"{i:04d}.png"), lab)
+        rows.append(
+            f"original/{i:04d}.png,labels/{i:04d}.png,{(conditions or ['clear'])[i % len(conditions or ['clear'])]}"
+        )
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+
+
+@pytest.fixture
+def setup(tmp_path):
+    model_path = tmp_path / "model.ts.pt"
+    torch.jit.save(torch.jit.script(RedIsUnknown()), str(model_path))
+    _write_dataset(tmp_path / "fs", conditions=["clear", "fog"])
+    return tmp_path, model_path
+
+
+def test_evaluate_dataset_finds_the_red_objects(setup):
+    tmp, model_path = setup
+    cfg = EvalConfig(model=model_path, datasets=[BenchmarkConfig(kind="fishyscapes", root=tmp / "fs")], score="energy")
+    model = load_torchscript(cfg.model)
+    res = evaluate_dataset(model, cfg.datasets[0], cfg)
+    m = res["metrics"]
+    assert m["auroc"] > 0.99 and m["ap"] > 0.9 and m["fpr95"] < 0.05
+    # 144-px objects count as GT (>= min_gt 100) but predictions under 500 px are dropped on the anomaly track
+    assert m["gt_components"] == 4 and m["pred_components"] == 0 and m["siou"] == 0.0
+    assert res["panels"] and res["curves"]["tpr"][-1] == 1.0
+
+
+def test_conditions_components_and_report(setup):
+    tmp, model_path = setup
+    cfg = EvalConfig(
+        model=model_path,
+        datasets=[BenchmarkConfig(kind="folder", root=tmp / "fs", name="weather", track="obstacle")],
+        score="eel",
+        smoothing=False,
+    )
+    res = evaluate_dataset(load_torchscript(cfg.model), cfg.datasets[0], cfg)
+    m = res["metrics"]
+    assert set(m["conditions"]) == {"clear", "fog"}
+    assert m["gt_components"] == 4 and m["siou"] > 0.8 and m["f1_components"] > 0.8
+    files = write_eval_report([res], tmp / "out", cfg.model_dump(mode="json"))
+    saved = json.loads(files["metrics"].read_text())
+    assert [r["condition"] for r in saved["table"]] == ["all", "clear", "fog"]
+    assert files["roc"].stat().st_size > 5000 and files["panels_weather"].is_file()
+    assert "| weather | fog |" in files["report"].read_text()
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model not found.*TorchScript"):
+        load_torchscript(tmp_path / "nope.pt")
+
+
+@pytest.mark.slow
+def test_eval_cli_runs_the_prefect_flow(setup):
+    tmp, model_path = setup
+    cfg = {"model": str(model_path), "datasets": [{"kind": "fishyscapes", "root": str(tmp / "fs"), "name": "tiny"}]}
+    (tmp / "eval.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PREFECT_HOME=str(tmp / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    res = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "eval", "--config", str(tmp / "eval.yaml"), "--out-dir", str(tmp / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "| tiny | all |" in res.stdout and (tmp / "out" / "metrics.json").is_file()
