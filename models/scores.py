@@ -6,8 +6,8 @@ All take logits ``(B, C, H, W)`` over the C inlier classes (slice extra channels
 * ``msp``         1 − max_c softmax(x)_c                      (Hendrycks & Gimpel, 2017)
 * ``max_logit``   −max_c x_c                                    (Hendrycks et al., 2022)
 * ``entropy``     H = −Σ_c p_c log p_c
-* ``energy``      −E with E = logsumexp_c x_c … i.e. −logsumexp (Liu et al., 2020; used by PEBAL/RPL)
-* ``eel``         α·H(ŷ) − logsumexp(ŷ)                          (DiffEEL energy-entropy score, α = 1)
+* ``energy``      −logsumexp_c x_c, the free energy (Liu et al., 2020; used by PEBAL and RPL)
+* ``eel``         α·H(ŷ) − logsumexp(ŷ): DiffEEL's S = α·H − E with E = logsumexp (α = 1 default)
 * ``max_min``     −(max_c x_c − min_c x_c)                       (max-min logit margin)
 
 ``smooth`` applies the Gaussian smoothing RPL and PEBAL use at inference (kernel 7, σ = 1).

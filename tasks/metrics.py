@@ -9,8 +9,9 @@ Scores are compared at float32 precision. A float32 is mapped to a 32-bit key wh
 the float order (``-inf < … < -0 < +0 < … < +inf``), so ``±inf`` and scores spanning many orders of
 magnitude need no range guess. Counts are kept per class in a radix tree over the key:
 
-* level 2: the top 24 key bits (2^15 bins per octave, 3e-5 relative width), in 256-bin blocks that are
-  allocated for the 16-bit prefixes actually seen;
+* level 2: the top 22 key bits (2^13 bins per octave, 1.2e-4 relative width), in 64-bin blocks that are
+  allocated for the 16-bit prefixes actually seen (the counts of a typical score map then fit in a core's
+  cache, which is what makes counting fast);
 * level 3: the full 32-bit key (exact float32 values), allocated for level-2 bins that hold both classes
   and whose ties would cost accuracy. After each update, while the tie error bound below exceeds
   ``error_budget`` (default 5e-5), mixed bins that alone hold more than 1/1024 of the budget are refined,
@@ -21,8 +22,8 @@ Within a bin, positives and negatives are treated as tied, so the AUROC error is
 ``Σ_b pos_b·neg_b / (2·P·N)`` over bins that mix classes and are not exact values; ``compute()`` reports
 that bound as ``auroc_error_bound``. A bin refined *after* it already received pixels keeps those as a
 residual, which is spread over its exact sub-bins in proportion to their counts and counted in the bound.
-Memory is at most 256 MB for level 2 (every 16-bit prefix seen) plus ``max_refined`` × 4 KB, whatever the
-number of pixels; typical anomaly maps use a few MB.
+Per counting thread, memory is at most 32 MB for level 2 (every 16-bit prefix seen) plus ``max_refined``
+× 8 KB, whatever the number of pixels; typical anomaly maps use a few MB in all.
 
 Metric definitions follow scikit-learn: AUROC is the trapezoidal area under the ROC curve over all
 distinct thresholds, AP = Σ_n (R_n − R_{n−1})·P_n, FPR95 is the FPR at the first threshold whose TPR
@@ -36,7 +37,12 @@ import numpy as np
 
 from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID
 
-_SUB = 256  # bins per block, at level 2 (key bits 15..8) and level 3 (bits 7..0)
+_SHIFT = 10  # key bits below a level-2 bin
+_SUB2 = 1 << (16 - _SHIFT)  # level-2 bins per 16-bit prefix (key bits 15..10)
+_SUB3 = 1 << _SHIFT  # exact level-3 bins per refined level-2 bin (key bits 9..0)
+_LOW2 = np.uint32(_SUB2 - 1)
+_LOW3 = np.uint32(_SUB3 - 1)
+_MISSED_BUFFER = 1 << 16  # per thread: pixels of unseen key ranges noted for a second, targeted pass
 
 
 @numba.njit(cache=True, nogil=True)
@@ -50,63 +56,148 @@ def _monotone_key(bits: np.uint32) -> np.uint32:
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _mark_prefixes(bits, labels, touched):
-    """touched[p] = 1 for every 16-bit key prefix p of a counted pixel (benign write race; reading first
-    keeps the threads from fighting over cache lines)."""
-    for i in numba.prange(bits.size):
-        if labels[i] != 255:
-            p = _monotone_key(bits[i]) >> 16
-            if touched[p] == 0:
-                touched[p] = 1
+def _scan(bits, labels, rows):
+    """One parallel pass of checks and counts: (first NaN pixel, first pixel whose label is not inlier,
+    anomaly or void,
+    inlier count, anomaly count); -1 where there is none."""
+    n = bits.size
+    out = np.full((rows, 4), -1, np.int64)
+    for t in numba.prange(rows):
+        neg = 0
+        pos = 0
+        for i in range(n * t // rows, n * (t + 1) // rows):
+            lab = labels[i]
+            if lab == EVAL_INLIER:
+                neg += 1
+            elif lab == EVAL_ANOMALY:
+                pos += 1
+            elif lab != EVAL_VOID and out[t, 1] < 0:
+                out[t, 1] = i
+            if (bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) and out[t, 0] < 0:
+                out[t, 0] = i
+        out[t, 2] = neg
+        out[t, 3] = pos
+    first_nan = -1
+    first_bad = -1
+    for t in range(rows):  # rows cover ascending pixel ranges
+        if first_nan < 0:
+            first_nan = out[t, 0]
+        if first_bad < 0:
+            first_bad = out[t, 1]
+    return first_nan, first_bad, out[:, 2].sum(), out[:, 3].sum()
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _accumulate(bits, labels, slot_of_prefix, level2, level3):
-    """Count pixels into level 2, or level 3 where their level-2 bin is refined; thread t owns row t.
+def _accumulate(bits, labels, slot_of_prefix, level2, missed, n_missed):
+    """Count pixels into level 2 (22-bit keys); thread t counts its share of the pixels into row t.
 
-    A refined level-2 bin holds ``-(block + 1)`` in its first cell (in every row). Returns each row's
-    change of Σ pos·neg over its unrefined bins (one more pixel of class c raises pos·neg by the bin's
-    count of the other class).
+    Pixels whose 16-bit key prefix has no block yet are skipped; thread t notes their indices in
+    ``missed[t]`` (all of them counted in ``n_missed[t]``, even past the buffer) for ``_count_missed``.
     """
     rows = level2.shape[0]
-    d_ties = np.zeros(rows)
     n = bits.size
+    cap = missed.shape[1]
     for t in numba.prange(rows):
         l2 = level2[t]
-        l3 = level3[t]
-        d = 0.0
+        k = 0
         for i in range(n * t // rows, n * (t + 1) // rows):
             lab = labels[i]
-            if lab == 255:
+            if lab == EVAL_VOID:
                 continue
             key = _monotone_key(bits[i])
-            j = 2 * (slot_of_prefix[key >> 16] * 256 + ((key >> 8) & np.uint32(255)))
-            c = l2[j]
-            if c < 0:
-                l3[2 * ((-c - 1) * 256 + (key & np.uint32(255))) + lab] += 1
-            else:
-                d += l2[j + 1 - lab]
-                l2[j + lab] += 1
-        d_ties[t] = d
-    return d_ties
+            slot = slot_of_prefix[key >> 16]
+            if slot < 0:
+                if k < cap:
+                    missed[t, k] = i
+                k += 1
+                continue
+            l2[2 * (slot * _SUB2 + ((key >> _SHIFT) & _LOW2)) + lab] += 1
+        n_missed[t] = k
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign_slots(bits, index, slot_of_prefix, used):
+    """Give level-2 blocks to the 16-bit key prefixes of the pixels in ``index`` that have none yet.
+    Returns the new number of blocks in use."""
+    for i in index:
+        p = _monotone_key(bits[i]) >> 16
+        if slot_of_prefix[p] < 0:
+            slot_of_prefix[p] = used
+            used += 1
+    return used
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_missed(bits, labels, index, slot_of_prefix, level2):
+    """Count the pixels in ``index`` (whose prefixes now have blocks) into row 0 of level 2."""
+    l2 = level2[0]
+    for i in index:
+        key = _monotone_key(bits[i])
+        l2[2 * (slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)) + labels[i]] += 1
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _move_to_level3(bits, labels, slot_of_prefix, level2, level3, residual, first_new):
-    """Move this call's pixels of bins refined just now (block >= first_new) from residual to level 3."""
-    rows = level2.shape[0]
+def _count_level3(bits, labels, slot_of_prefix, block_of_bin, level3, first_block):
+    """Count the pixels of refined level-2 bins (block >= first_block) into their exact level-3 bins."""
+    rows = level3.shape[0]
     n = bits.size
     for t in numba.prange(rows):
+        l3 = level3[t]
         for i in range(n * t // rows, n * (t + 1) // rows):
             lab = labels[i]
-            if lab == 255:
+            if lab == EVAL_VOID:
                 continue
             key = _monotone_key(bits[i])
-            c = level2[t, 2 * (slot_of_prefix[key >> 16] * 256 + ((key >> 8) & np.uint32(255)))]
-            if c < 0 and -c - 1 >= first_new:
-                r = -c - 1
-                level3[t, 2 * (r * 256 + (key & np.uint32(255))) + lab] += 1
-                residual[t, r, lab] -= 1
+            r = block_of_bin[slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)]
+            if r >= first_block:
+                l3[2 * (r * _SUB3 + (key & _LOW3)) + lab] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep(slots_desc, prefix_of_slot, c2, block_of_bin, level3, P, N):
+    """One pass over the bins from the highest key down: AUROC, AP, FPR95 and best F1 (as in
+    ``metrics_from_groups``) without materialising the groups. ``level3[block, sub, class]`` holds a refined
+    bin's exact counts with its residual already spread."""
+    tp = 0.0
+    fp = 0.0
+    auc2 = 0.0  # Σ Δfp · (tp + tp_prev)
+    ap = 0.0
+    key95 = np.uint32(0)
+    fp95 = -1.0
+    best_f1 = -1.0
+    key_f1 = np.uint32(0)
+    refined = block_of_bin.size > 0
+    for slot in slots_desc:
+        base = np.uint32(prefix_of_slot[slot]) << np.uint32(16)
+        for sub in range(_SUB2 - 1, -1, -1):
+            j = slot * _SUB2 + sub
+            block = block_of_bin[j] if refined else -1
+            for e in range(_SUB3 - 1 if block >= 0 else 0, -1, -1):
+                if block >= 0:
+                    n_, p_ = level3[block, e, 0], level3[block, e, 1]
+                    key = base | (np.uint32(sub) << np.uint32(_SHIFT)) | np.uint32(e)
+                else:
+                    n_, p_ = float(c2[j, 0]), float(c2[j, 1])
+                    key = base | (np.uint32(sub) << np.uint32(_SHIFT))
+                if n_ + p_ == 0:
+                    continue
+                tp_new, fp_new = tp + p_, fp + n_
+                auc2 += n_ * (tp_new + tp)
+                ap += p_ * tp_new / (tp_new + fp_new)
+                tp, fp = tp_new, fp_new
+                if fp95 < 0 and tp >= 0.95 * P:
+                    fp95, key95 = fp, key
+                f1 = 2.0 * tp / (tp + fp + P)
+                if f1 > best_f1:
+                    best_f1, key_f1 = f1, key
+    return auc2 / (2.0 * P * N), ap / P, fp95 / N, best_f1, key_f1, key95
+
+
+def _scores_keys(bits: np.ndarray) -> np.ndarray:
+    """Monotone keys of float32 bit patterns, vectorised (the slow path of ``_Tree.add``)."""
+    keys = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint32)
+    keys[bits == np.uint32(0x80000000)] = np.uint32(0x80000000)
+    return keys
 
 
 def _key_to_float(keys: np.ndarray) -> np.ndarray:
@@ -129,15 +220,7 @@ def _labels_u8(labels, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"{name}: labels outside 0..255 (min {labels.min()}, max {labels.max()})")
-    y = np.ascontiguousarray(labels.reshape(-1), dtype=np.uint8)
-    bad = (y > EVAL_ANOMALY) & (y != EVAL_VOID)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(
-            f"{name}: label {y[i]} at pixel {i}; labels must be {EVAL_INLIER} inlier, "
-            f"{EVAL_ANOMALY} anomaly or {EVAL_VOID} ignored"
-        )
-    return y
+    return np.ascontiguousarray(labels.reshape(-1), dtype=np.uint8)  # values are checked by _scan
 
 
 def _padded_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,8 +235,10 @@ def _padded_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Tree:
     """The radix tree of per-class counts (see the module docstring).
 
-    Counts live in one row per worker thread (merged on read), so the counting pass runs in parallel
-    without atomics.
+    Counts live in one int32 row per worker thread (summed on read, spilled into int64 totals long before
+    a row could overflow), so counting runs in parallel without atomics. Level 2 counts every pixel; a
+    refined bin's level-3 block counts its pixels from the refinement on, so its residual is
+    ``level 2 − level 3``.
     """
 
     def __init__(self, error_budget: float, max_refined: int):
@@ -162,149 +247,186 @@ class _Tree:
         self.rows = max(1, numba.get_num_threads())
         self.slot_of_prefix = np.full(1 << 16, -1, np.int32)
         self.used = 0  # level-2 blocks in use
-        # int32 rows keep the working set in cache; before any row could overflow they are spilled into
-        # the int64 totals below
-        self.level2 = np.zeros((self.rows, 2 * _SUB * 64), np.int32)  # [row, (slot*256 + sub)*2 + class]
-        self.level3 = np.zeros((self.rows, 0), np.int32)  # [row, (block*256 + sub)*2 + class]
+        self.level2 = np.zeros((self.rows, 2 * _SUB2 * 64), np.int32)  # [row, (slot*_SUB2 + sub)*2 + class]
+        self.level3 = np.zeros((self.rows, 0), np.int32)  # [row, (block*_SUB3 + sub)*2 + class]
         self.spilled2 = np.zeros(0, np.int64)
         self.spilled3 = np.zeros(0, np.int64)
         self.since_spill = 0
-        self.residual = np.zeros((self.rows, 0, 2), np.int64)  # counts a bin had before it was refined
+        self.block_of_bin = np.zeros(0, np.int32)  # level-2 bin -> level-3 block (-1: none); lazily
         self.refined = 0
-        self.ties_rows = 0.0  # Σ over rows of each row's Σ pos·neg (cheap trigger for the exact check)
         self.pos = 0
         self.neg = 0
+        self.next_check = 0  # pixel count at which the tie bound is next computed
 
-    def add(self, bits: np.ndarray, labels: np.ndarray) -> None:
+    def add(self, bits: np.ndarray, labels: np.ndarray, neg: int, pos: int) -> None:
+        """Count one image (checked by ``_scan``, which also gave its ``neg``/``pos`` counts)."""
         if self.since_spill + bits.size >= 2**31 - 1:
             self._spill()
         self.since_spill += bits.size
-        touched = np.zeros(1 << 16, np.uint8)
-        _mark_prefixes(bits, labels, touched)
-        new = np.flatnonzero(touched & (self.slot_of_prefix < 0))
-        if new.size:
-            self.slot_of_prefix[new] = np.arange(self.used, self.used + new.size, dtype=np.int32)
-            self.used += new.size
-            capacity = self.level2.shape[1] // (2 * _SUB)
-            if self.used > capacity:
-                grow = max(self.used, 2 * capacity) - capacity
-                self.level2 = np.concatenate([self.level2, np.zeros((self.rows, 2 * _SUB * grow), np.int32)], axis=1)
-        self.ties_rows += float(_accumulate(bits, labels, self.slot_of_prefix, self.level2, self.level3).sum())
-        self.pos += int(np.count_nonzero(labels == EVAL_ANOMALY))
-        self.neg += int(np.count_nonzero(labels == EVAL_INLIER))
-        first_new = self.refined
-        if self._refine():
-            _move_to_level3(bits, labels, self.slot_of_prefix, self.level2, self.level3, self.residual, first_new)
+        missed = np.empty((self.rows, _MISSED_BUFFER), np.int64)
+        n_missed = np.zeros(self.rows, np.int64)
+        _accumulate(bits, labels, self.slot_of_prefix, self.level2, missed, n_missed)
+        if n_missed.any():  # pixels in key ranges not seen before: give those blocks and count them
+            if (n_missed > _MISSED_BUFFER).any():  # too many to have been noted: find them again
+                keys = _scores_keys(bits[labels != EVAL_VOID])
+                index = np.flatnonzero(labels != EVAL_VOID)[self.slot_of_prefix[keys >> 16] < 0]
+            else:
+                index = np.concatenate([missed[t, : n_missed[t]] for t in range(self.rows)])
+            self.used = _assign_slots(bits, index, self.slot_of_prefix, self.used)
+            self._reserve(self.used)
+            _count_missed(bits, labels, index, self.slot_of_prefix, self.level2)
+        if self.refined:
+            self._grow_block_map()
+            _count_level3(bits, labels, self.slot_of_prefix, self.block_of_bin, self.level3, 0)
+        self.pos += pos
+        self.neg += neg
+        if self.pos + self.neg >= self.next_check:  # at the first update, then each time the count doubles
+            self.next_check = 2 * (self.pos + self.neg)
+            first_new = self.refined
+            if self._refine():
+                _count_level3(bits, labels, self.slot_of_prefix, self.block_of_bin, self.level3, first_new)
+
+    def _reserve(self, blocks: int) -> None:
+        """Make room for at least ``blocks`` level-2 blocks (capacity doubles)."""
+        capacity = self.level2.shape[1] // (2 * _SUB2)
+        if blocks > capacity:
+            grow = max(blocks, 2 * capacity) - capacity
+            self.level2 = np.concatenate([self.level2, np.zeros((self.rows, 2 * _SUB2 * grow), np.int32)], axis=1)
+
+    def _grow_block_map(self) -> None:
+        n = self.used * _SUB2
+        if self.block_of_bin.size < n:
+            self.block_of_bin = np.concatenate([self.block_of_bin, np.full(n - self.block_of_bin.size, -1, np.int32)])
 
     def _spill(self) -> None:
-        """Move the int32 row counts into the int64 totals (markers of refined bins stay in the rows)."""
-        marker = self.level2[0] < 0
-        rows2 = np.where(marker, 0, self.level2).astype(np.int64).sum(axis=0)
-        self.spilled2 = _padded_add(self.spilled2, rows2)
+        """Move the int32 row counts into the int64 totals."""
+        self.spilled2 = _padded_add(self.spilled2, self.level2.astype(np.int64).sum(axis=0))
         self.spilled3 = _padded_add(self.spilled3, self.level3.astype(np.int64).sum(axis=0))
-        self.level2[:, ~marker] = 0
+        self.level2[:] = 0
         self.level3[:] = 0
         self.since_spill = 0
 
     def _counts2(self) -> np.ndarray:
-        """Merged level-2 counts [bin, class]; refined bins have their marker in column 0."""
-        n = 2 * _SUB * self.used
-        c = self.level2[:, :n]
-        marker = c[0] < 0
-        merged = c.sum(axis=0, dtype=np.int64)
-        merged[: self.spilled2.size] += self.spilled2[:n]
-        merged[marker] = c[0][marker]
+        """Merged level-2 counts [bin, class] (refined bins included, residual and all)."""
+        n = 2 * _SUB2 * self.used
+        merged = self.level2[:, :n].sum(axis=0, dtype=np.int64)
+        merged[: min(n, self.spilled2.size)] += self.spilled2[:n]
         return merged.reshape(-1, 2)
 
-    def ties(self) -> float:
-        """Σ pos·neg over unrefined level-2 bins of the merged counts."""
-        c = self._counts2()
-        return float(np.sum(np.where(c[:, 0] > 0, c[:, 0].astype(np.float64) * c[:, 1], 0.0)))
+    def _level3(self) -> np.ndarray:
+        """Merged level-3 counts [block, sub, class]."""
+        return _padded_add(self.level3.sum(axis=0, dtype=np.int64), self.spilled3).reshape(-1, _SUB3, 2)
+
+    def _unrefined_cost(self, c2: np.ndarray) -> np.ndarray:
+        cost = c2[:, 0].astype(np.float64) * c2[:, 1]
+        if self.refined:
+            cost[self.block_of_bin[: cost.size] >= 0] = 0.0
+        return cost
 
     def _refine(self) -> bool:
-        """While the tie bound Σ pos·neg / (2PN) exceeds the budget, give exact sub-bins to mixed level-2
-        bins that alone hold more than 1/1024 of it, costliest first. Returns whether any bin was refined."""
+        """If the tie bound Σ pos·neg / (2PN) over unrefined bins exceeds the budget, give exact sub-bins to
+        mixed level-2 bins that alone hold more than 1/1024 of it, costliest first. Returns whether any was."""
         allowed = self.error_budget * 2.0 * self.pos * self.neg
         room = self.max_refined - self.refined
-        # rows hold similar samples: merged ties ~ rows × Σ row ties; only then pay for the exact sum
-        if self.rows * self.ties_rows <= allowed or room <= 0:
+        if room <= 0 or allowed == 0:
             return False
-        c = self._counts2()
-        cost = np.where(c[:, 0] > 0, c[:, 0].astype(np.float64) * c[:, 1], 0.0)
+        cost = self._unrefined_cost(self._counts2())
         total = float(cost.sum())
-        self.ties_rows = total / self.rows  # re-anchor the trigger on the exact value
         if total <= allowed:
             return False
-        # smooth score distributions spread their ties over many cheap bins whose real error is ~0;
-        # refining those would cost speed and 4 KB each
+        # a smooth score distribution spreads its ties over many cheap bins whose real error is ~0;
+        # refining those would cost speed and 8 KB each
         bins = np.flatnonzero(cost > allowed / 1024)
         order = np.argsort(-cost[bins], kind="stable")
         bins, cost = bins[order], cost[bins][order]
         take = bins[: min(int(np.searchsorted(np.cumsum(cost), total - allowed)) + 1, room)]
         if take.size == 0:
             return False
-        blocks = np.arange(self.refined, self.refined + take.size)
-        res = np.zeros((self.rows, take.size, 2), np.int64)  # row 0 holds it; rows subtract what they move
-        res[0] = c[take]
-        self.residual = np.concatenate([self.residual, res], axis=1)
-        l2 = self.level2.reshape(self.rows, -1, 2)
-        l2[:, take, 0] = -(blocks + 1)
-        l2[:, take, 1] = 0
-        self.level3 = np.concatenate([self.level3, np.zeros((self.rows, 2 * _SUB * take.size), np.int32)], axis=1)
+        self._grow_block_map()
+        self.block_of_bin[take] = np.arange(self.refined, self.refined + take.size, dtype=np.int32)
+        self.level3 = np.concatenate([self.level3, np.zeros((self.rows, 2 * _SUB3 * take.size), np.int32)], axis=1)
         self.refined += take.size
-        self.ties_rows -= float(cost[: take.size].sum()) / self.rows
         return True
 
-    def _level3(self) -> tuple[np.ndarray, np.ndarray]:
-        level3 = _padded_add(self.level3.sum(axis=0, dtype=np.int64), self.spilled3)
-        return level3.reshape(-1, _SUB, 2), self.residual.sum(axis=0)
+    def _exact_blocks(self, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(refined level-2 bins, their level-3 counts [block, sub, class] with residuals spread in
+        proportion to the sub-bins' counts) — float64."""
+        if not self.refined:
+            return np.zeros(0, np.int64), np.zeros((0, _SUB3, 2))
+        bins = np.flatnonzero(self.block_of_bin >= 0)
+        blocks = self.block_of_bin[bins]
+        c3 = np.zeros((self.refined, _SUB3, 2))
+        c3[blocks] = self._level3()[blocks]
+        residual = np.zeros((self.refined, 2))
+        residual[blocks] = c2[bins] - c3[blocks].sum(axis=1)
+        tot = c3.sum(axis=1, keepdims=True)
+        share = np.divide(c3, tot, out=np.full_like(c3, 1.0 / _SUB3), where=tot > 0)
+        return bins, c3 + residual[:, None, :] * share
 
-    def groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(lowest key, neg, pos) per non-empty bin, sorted by descending key; counts as float64.
-
-        Residuals of refined bins are spread over their exact sub-bins in proportion to the sub-bins' counts.
-        """
-        prefix_of_slot = np.empty(self.used, np.uint64)
+    def _slots(self) -> tuple[np.ndarray, np.ndarray]:
+        prefix_of_slot = np.empty(self.used, np.int64)
         seen = np.flatnonzero(self.slot_of_prefix >= 0)
         prefix_of_slot[self.slot_of_prefix[seen]] = seen
-        c2 = self._counts2()
-        sub = np.arange(_SUB, dtype=np.uint64)
-        key2 = ((prefix_of_slot[:, None] << np.uint64(16)) | (sub[None, :] << np.uint64(8))).reshape(-1)
-        by_prefix = np.argsort(prefix_of_slot)  # bins of a slot are already in key order
-        order2 = (by_prefix[:, None] * _SUB + np.arange(_SUB)[None, :]).reshape(-1)
-        key2, c2 = key2[order2], c2[order2]
-        refined = c2[:, 0] < 0
-        keys, neg, pos = key2[~refined], c2[~refined, 0].astype(np.float64), c2[~refined, 1].astype(np.float64)
-        if refined.any():
-            level3, residual = self._level3()
-            blocks = -c2[refined, 0] - 1
-            c3 = level3[blocks].astype(np.float64)
-            tot = c3.sum(axis=1, keepdims=True)
-            share = np.divide(c3, tot, out=np.full_like(c3, 1.0 / _SUB), where=tot > 0)
-            c3 += residual[blocks][:, None, :] * share
-            keys3 = (key2[refined][:, None] + sub[None, :]).reshape(-1)  # ascending
-            at = np.searchsorted(keys, keys3)
-            keys = np.insert(keys, at, keys3)
-            neg = np.insert(neg, at, c3[..., 0].reshape(-1))
-            pos = np.insert(pos, at, c3[..., 1].reshape(-1))
-        keep = (neg + pos) > 0
-        return keys[keep][::-1].astype(np.uint32), neg[keep][::-1], pos[keep][::-1]
+        return prefix_of_slot, np.argsort(prefix_of_slot)
 
-    def error_bound(self) -> float:
+    def metrics(self, c2: np.ndarray) -> dict[str, float]:
+        """AUROC, AP, FPR95, best F1 (and thresholds) in one sweep over the tree (see ``_sweep``)."""
+        prefix_of_slot, by_prefix = self._slots()
+        _, level3 = self._exact_blocks(c2)
+        block_map = self.block_of_bin if self.refined else np.zeros(0, np.int32)
+        auroc, ap, fpr95, f1, key_f1, key95 = _sweep(
+            by_prefix[::-1].copy(), prefix_of_slot, c2, block_map, level3, float(self.pos), float(self.neg)
+        )
+        thresholds = _key_to_float(np.array([key_f1, key95], np.uint32))
+        return {
+            "auroc": auroc,
+            "ap": ap,
+            "fpr95": fpr95,
+            "f1_best": f1,
+            "f1_threshold": float(thresholds[0]),
+            "threshold_fpr95": float(thresholds[1]),
+        }
+
+    def groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lowest key, neg, pos) per non-empty bin, sorted by descending key; counts as float64."""
+        c2 = self._counts2()
+        prefix_of_slot, by_prefix = self._slots()
+        order2 = (by_prefix[:, None] * _SUB2 + np.arange(_SUB2)[None, :]).reshape(-1)  # ascending keys
+        keys = ((prefix_of_slot[order2 // _SUB2] << 16) | ((order2 % _SUB2) << _SHIFT)).astype(np.uint32)
+        neg, pos = c2[order2, 0].astype(np.float64), c2[order2, 1].astype(np.float64)
+        bins, c3 = self._exact_blocks(c2)
+        if bins.size:
+            rank = np.empty(order2.size, np.int64)
+            rank[order2] = np.arange(order2.size)
+            at = rank[bins]
+            keys3 = (keys[at][:, None] + np.arange(_SUB3, dtype=np.uint32)[None, :]).reshape(-1)
+            keep = np.ones(keys.size, bool)
+            keep[at] = False
+            keys, neg, pos = keys[keep], neg[keep], pos[keep]
+            c3 = c3[self.block_of_bin[bins]]
+            where = np.searchsorted(keys, keys3)
+            keys = np.insert(keys, where, keys3)
+            neg = np.insert(neg, where, c3[..., 0].reshape(-1))
+            pos = np.insert(pos, where, c3[..., 1].reshape(-1))
+        keep = (neg + pos) > 0
+        return keys[keep][::-1], neg[keep][::-1], pos[keep][::-1]
+
+    def error_bound(self, c2: np.ndarray) -> float:
         """Upper bound of the AUROC error: ties in unrefined bins, and residuals of refined bins (taken as
         tied with everything of the other class in their bin)."""
         if self.pos == 0 or self.neg == 0:
             return 0.0
-        bound = self.ties()
+        bound = float(self._unrefined_cost(c2).sum())
         if self.refined:
-            level3, residual = self._level3()
-            res = residual.astype(np.float64)
-            sub = level3.sum(axis=1).astype(np.float64)
-            bound += float(np.sum(res[:, 0] * (sub[:, 1] + res[:, 1]) + res[:, 1] * sub[:, 0]))
+            bins = np.flatnonzero(self.block_of_bin >= 0)
+            sub = self._level3()[self.block_of_bin[bins]].sum(axis=1).astype(np.float64)
+            tot = c2[bins].astype(np.float64)
+            res = tot - sub
+            bound += float(np.sum(res[:, 0] * tot[:, 1] + res[:, 1] * sub[:, 0]))
         return bound / (2.0 * self.pos * self.neg)
 
     def nbytes(self) -> int:
-        arrays = (self.level2, self.level3, self.spilled2, self.spilled3, self.slot_of_prefix, self.residual)
+        arrays = (self.level2, self.level3, self.spilled2, self.spilled3, self.slot_of_prefix, self.block_of_bin)
         return sum(a.nbytes for a in arrays)
 
 
@@ -342,7 +464,7 @@ class PixelMetrics:
     (``compute()["per_image"]``).
     """
 
-    def __init__(self, per_image: bool = False, error_budget: float = 5e-5, max_refined: int = 1 << 14):
+    def __init__(self, per_image: bool = False, error_budget: float = 5e-5, max_refined: int = 1 << 13):
         self.per_image = per_image
         self.error_budget = error_budget
         self.max_refined = max_refined
@@ -360,13 +482,19 @@ class PixelMetrics:
         y = _labels_u8(labels, name)
         if s.size != y.size:
             raise ValueError(f"{name}: {s.size} scores but {y.size} labels")
-        if np.isnan(s).any():
-            raise ValueError(f"{name}: score is NaN at pixel {int(np.argmax(np.isnan(s)))}")
         bits = s.view(np.uint32)
-        self._tree.add(bits, y)
+        first_nan, first_bad, neg, pos = _scan(bits, y, self._tree.rows)
+        if first_nan >= 0:
+            raise ValueError(f"{name}: score is NaN at pixel {first_nan}")
+        if first_bad >= 0:
+            raise ValueError(
+                f"{name}: label {y[first_bad]} at pixel {first_bad}; labels must be {EVAL_INLIER} inlier, "
+                f"{EVAL_ANOMALY} anomaly or {EVAL_VOID} ignored"
+            )
+        self._tree.add(bits, y, int(neg), int(pos))
         if self.per_image:
             one = _Tree(self.error_budget, self.max_refined)
-            one.add(bits, y)
+            one.add(bits, y, int(neg), int(pos))
             keys, neg, pos = one.groups()
             if neg.sum() > 0 and pos.sum() > 0:
                 self._per_image.append(metrics_from_groups(keys, neg, pos))
@@ -386,8 +514,7 @@ class PixelMetrics:
         }
 
     def compute(self) -> dict:
-        keys, neg, pos = self._tree.groups()
-        P, N = pos.sum(), neg.sum()
+        P, N = self._tree.pos, self._tree.neg
         if P == 0:
             raise ValueError(
                 f"no anomaly pixel (label {EVAL_ANOMALY}) in {self._images} images: AP/AUROC/FPR95 are undefined"
@@ -396,8 +523,9 @@ class PixelMetrics:
             raise ValueError(
                 f"no inlier pixel (label {EVAL_INLIER}) in {self._images} images: AUROC/FPR95 are undefined"
             )
-        out: dict = metrics_from_groups(keys, neg, pos)
-        bound = self._tree.error_bound()
+        c2 = self._tree._counts2()
+        out: dict = self._tree.metrics(c2)
+        bound = self._tree.error_bound(c2)
         out |= {
             "auroc_error_bound": bound,
             "pixels": int(P + N),
