@@ -108,3 +108,14 @@ def test_eval_cli_runs_the_prefect_flow(setup):
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "| tiny | all |" in res.stdout and (tmp / "out" / "metrics.json").is_file()
+    # the table was published as a Prefect artifact (read back from the same local database)
+    art = subprocess.run(
+        [sys.executable, "-m", "prefect", "artifact", "inspect", "anomaly-metrics"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert art.returncode == 0, art.stdout[-2000:] + art.stderr[-2000:]
+    assert "tiny" in art.stdout and "auroc" in art.stdout.lower()
