@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--pixels", type=int, default=20_000_000)
     ap.add_argument("--images", type=int, default=20)
     ap.add_argument("--anomaly-rate", type=float, default=0.01)
-    ap.add_argument("--repeats", type=int, default=3, help="best of N for PixelMetrics")
+    ap.add_argument("--repeats", type=int, default=5, help="best of N for PixelMetrics")
     ap.add_argument("--robust-pixels", type=int, default=5_000_000, help="pixels per robustness case (0: skip)")
     args = ap.parse_args()
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 import yaml
+
+# Flows run locally on Prefect's temporary server. Its default start-up wait (20 s) is too short on a busy
+# 2-core machine; a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Forge anomalies into driving scenes.")
 

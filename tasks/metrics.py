@@ -12,16 +12,23 @@ magnitude need no range guess. Counts are kept per class in a radix tree over th
 * level 2: the top 22 key bits (2^13 bins per octave, 1.2e-4 relative width), in 64-bin blocks that are
   allocated for the 16-bit prefixes actually seen (the counts of a typical score map then fit in a core's
   cache, which is what makes counting fast);
-* level 3: the full 32-bit key (exact float32 values), allocated for level-2 bins that hold both classes
-  and whose ties would cost accuracy. After each update, while the tie error bound below exceeds
-  ``error_budget`` (default 5e-5), mixed bins that alone hold more than 1/1024 of the budget are refined,
-  costliest first. Heavy ties and narrow score ranges are thus resolved exactly; a smooth distribution
-  spreads its ties over so many bins that they cost nothing measurable (and the bound says so).
+* level 3: the full 32-bit key (exact float32 values), allocated for level-2 bins whose pixels, if left
+  unordered, could cost accuracy.
 
-Within a bin, positives and negatives are treated as tied, so the AUROC error is at most
-``Σ_b pos_b·neg_b / (2·P·N)`` over bins that mix classes and are not exact values; ``compute()`` reports
-that bound as ``auroc_error_bound``. A bin refined *after* it already received pixels keeps those as a
-residual, which is spread over its exact sub-bins in proportion to their counts and counted in the bound.
+Inside an unrefined bin the pixels are treated as tied. ``_bin_costs`` bounds what that can cost each
+metric, sweeping the bins with the exact cumulative counts at their edges: pos·neg/(2PN) for AUROC,
+pos/P times the spread of precisions the bin's positives could have for AP, neg/N for FPR95 in the bin
+where the TPR crosses 0.95. ``compute()`` reports the three bounds (``*_error_bound``). After the first
+image, and whenever the pixel count has grown by half since, bins that alone hold more than 1/1024 of
+the budget (``tolerance``/2) are refined, costliest first, until the bounds fit it. Heavy ties and narrow
+score ranges are thus resolved exactly; a smooth distribution spreads its ties over so many bins that
+they cost nothing measurable (and the bounds say so).
+
+A bin refined *after* it received pixels keeps those as a residual, entered as one tied group in the
+middle of its exact counts and counted in the bounds. That is the one way a single pass can miss the
+tolerance (scores whose distribution shifts late, e.g. ties that only appear after many images);
+``needs_second_pass()`` then says so and a second pass over the same images recounts the costly bins
+exactly — ``tasks/evaluate.py`` does it from its score cache.
 Per counting thread, memory is at most 32 MB for level 2 (every 16-bit prefix seen) plus ``max_refined``
 × 8 KB, whatever the number of pixels; typical anomaly maps use a few MB in all.
 
@@ -31,6 +38,8 @@ reaches 0.95, and F1 is maximised over thresholds (predict anomaly where score >
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numba
 import numpy as np
@@ -42,98 +51,76 @@ _SUB2 = 1 << (16 - _SHIFT)  # level-2 bins per 16-bit prefix (key bits 15..10)
 _SUB3 = 1 << _SHIFT  # exact level-3 bins per refined level-2 bin (key bits 9..0)
 _LOW2 = np.uint32(_SUB2 - 1)
 _LOW3 = np.uint32(_SUB3 - 1)
-_MISSED_BUFFER = 1 << 16  # per thread: pixels of unseen key ranges noted for a second, targeted pass
+_EAGER = 512  # while no more level-2 bins than this are occupied, all are refined (8 KB each per thread)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _monotone_key(bits: np.uint32) -> np.uint32:
-    """float32 bits -> key whose unsigned order is the float order (-0.0 and +0.0 share a key)."""
-    if bits == np.uint32(0x80000000):
-        return np.uint32(0x80000000)
-    if bits & np.uint32(0x80000000):
-        return ~bits
-    return bits | np.uint32(0x80000000)
+    """float32 bits -> key whose unsigned order is the float order (-0.0 and +0.0 share a key).
+
+    Branch-free (it runs once per pixel): negative floats flip all bits, others only the sign bit; -0.0
+    would land one below +0.0 and is moved up onto it."""
+    mask = np.uint32(np.int32(bits) >> np.int32(31))  # all ones for negative floats
+    key = np.uint32(bits ^ (mask | np.uint32(0x80000000)))
+    return np.uint32(key + np.uint32(key == np.uint32(0x7FFFFFFF)))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _scan(bits, labels, rows):
+def _scan(bits, labels, known, seen):
     """One parallel pass of checks and counts: (first NaN pixel, first pixel whose label is not inlier,
-    anomaly or void,
-    inlier count, anomaly count); -1 where there is none."""
+    anomaly or void, inlier count, anomaly count), -1 where there is none; and ``seen[t, prefix] = 1`` for
+    the 16-bit key prefixes without a level-2 block yet (``known``: a bitmap of those with one, small
+    enough to stay in L1 cache) among the labelled pixels of thread t's share."""
+    rows = seen.shape[0]
     n = bits.size
-    out = np.full((rows, 4), -1, np.int64)
+    out = np.zeros((rows, 3), np.int64)
     for t in numba.prange(rows):
         neg = 0
         pos = 0
-        for i in range(n * t // rows, n * (t + 1) // rows):
+        bad = 0
+        mark = seen[t]
+        for i in range(n * t // rows, n * (t + 1) // rows):  # branch-free but for new prefixes
             lab = labels[i]
-            if lab == EVAL_INLIER:
-                neg += 1
-            elif lab == EVAL_ANOMALY:
-                pos += 1
-            elif lab != EVAL_VOID and out[t, 1] < 0:
-                out[t, 1] = i
-            if (bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) and out[t, 0] < 0:
-                out[t, 0] = i
-        out[t, 2] = neg
-        out[t, 3] = pos
+            neg += lab == EVAL_INLIER
+            pos += lab == EVAL_ANOMALY
+            bad += (lab > EVAL_ANOMALY) & (lab != EVAL_VOID)
+            bad += (bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)  # NaN
+            prefix = _monotone_key(bits[i]) >> 16
+            if lab != EVAL_VOID and not known[prefix >> 3] & (1 << (prefix & 7)):
+                mark[prefix] = 1
+        out[t, 0] = neg
+        out[t, 1] = pos
+        out[t, 2] = bad
     first_nan = -1
     first_bad = -1
-    for t in range(rows):  # rows cover ascending pixel ranges
-        if first_nan < 0:
-            first_nan = out[t, 0]
-        if first_bad < 0:
-            first_bad = out[t, 1]
-    return first_nan, first_bad, out[:, 2].sum(), out[:, 3].sum()
+    if out[:, 2].sum():  # rare: find the first of each kind
+        for i in range(n):
+            if first_nan < 0 and (bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+                first_nan = i
+            if first_bad < 0 and labels[i] > EVAL_ANOMALY and labels[i] != EVAL_VOID:
+                first_bad = i
+    return first_nan, first_bad, out[:, 0].sum(), out[:, 1].sum()
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _accumulate(bits, labels, slot_of_prefix, level2, missed, n_missed):
-    """Count pixels into level 2 (22-bit keys); thread t counts its share of the pixels into row t.
-
-    Pixels whose 16-bit key prefix has no block yet are skipped; thread t notes their indices in
-    ``missed[t]`` (all of them counted in ``n_missed[t]``, even past the buffer) for ``_count_missed``.
-    """
+def _accumulate(bits, labels, slot_of_prefix, level2, refined_bits, block_of_bin, level3):
+    """Count pixels into level 2 (22-bit keys) and, for refined bins, level 3 (exact keys); thread t counts
+    its share of the pixels into row t. Every prefix has its block already (see ``_Tree.add``)."""
     rows = level2.shape[0]
     n = bits.size
-    cap = missed.shape[1]
+    refined = level3.shape[1] > 0
     for t in numba.prange(rows):
         l2 = level2[t]
-        k = 0
+        l3 = level3[t]
         for i in range(n * t // rows, n * (t + 1) // rows):
             lab = labels[i]
             if lab == EVAL_VOID:
                 continue
             key = _monotone_key(bits[i])
-            slot = slot_of_prefix[key >> 16]
-            if slot < 0:
-                if k < cap:
-                    missed[t, k] = i
-                k += 1
-                continue
-            l2[2 * (slot * _SUB2 + ((key >> _SHIFT) & _LOW2)) + lab] += 1
-        n_missed[t] = k
-
-
-@numba.njit(cache=True, nogil=True)
-def _assign_slots(bits, index, slot_of_prefix, used):
-    """Give level-2 blocks to the 16-bit key prefixes of the pixels in ``index`` that have none yet.
-    Returns the new number of blocks in use."""
-    for i in index:
-        p = _monotone_key(bits[i]) >> 16
-        if slot_of_prefix[p] < 0:
-            slot_of_prefix[p] = used
-            used += 1
-    return used
-
-
-@numba.njit(cache=True, nogil=True)
-def _count_missed(bits, labels, index, slot_of_prefix, level2):
-    """Count the pixels in ``index`` (whose prefixes now have blocks) into row 0 of level 2."""
-    l2 = level2[0]
-    for i in index:
-        key = _monotone_key(bits[i])
-        l2[2 * (slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)) + labels[i]] += 1
+            j = slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)
+            l2[2 * j + lab] += 1
+            if refined and refined_bits[j >> 3] & (1 << (j & 7)):  # a small bitmap first: cache-friendly
+                l3[2 * (block_of_bin[j] * _SUB3 + (key & _LOW3)) + lab] += 1
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -151,6 +138,82 @@ def _count_level3(bits, labels, slot_of_prefix, block_of_bin, level3, first_bloc
             r = block_of_bin[slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)]
             if r >= first_block:
                 l3[2 * (r * _SUB3 + (key & _LOW3)) + lab] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_rows(rows, spilled, n):
+    """The first n counts summed over the per-thread rows and the spilled int64 totals."""
+    out = np.zeros(n, np.int64)
+    for r in range(rows.shape[0]):
+        for i in range(n):
+            out[i] += rows[r, i]
+    for i in range(min(n, spilled.size)):
+        out[i] += spilled[i]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_totals(level3, spilled3, blocks):
+    """Per level-3 block, its (neg, pos) counts summed over sub-bins, rows and spilled totals."""
+    out = np.zeros((blocks, 2), np.int64)
+    for r in range(level3.shape[0]):
+        for i in range(min(level3.shape[1], 2 * _SUB3 * blocks)):
+            out[i // (2 * _SUB3), i & 1] += level3[r, i]
+    for i in range(min(spilled3.size, 2 * _SUB3 * blocks)):
+        out[i // (2 * _SUB3), i & 1] += spilled3[i]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _bin_costs(slots_desc, c2, kind, residual, P, N):
+    """Per level-2 bin, how far each metric can be off because the bin's pixels are not ordered exactly.
+
+    ``kind``: 0 unrefined (pixels treated as tied), 1 refined and exact, 2 refined with a residual (pixels
+    counted before the refinement, whose place inside the bin is unknown). Sweeping from the highest key
+    with the exact cumulative counts ``tp``/``fp`` at the bin's upper edge:
+
+    * AUROC: an unrefined bin gets half credit for its pos·neg pairs, the truth is anywhere in
+      [0, pos·neg]: pos·neg / (2PN). A residual bin: its pairs that involve a residual pixel, / (PN).
+    * AP: every positive of the bin has, in any order, a precision between
+      lo = (tp+1)/(tp+1+fp+neg) and hi = (tp+pos)/(tp+pos+fp): pos/P·(hi − lo). In a residual bin the
+      residual positives get hi − lo and the exact ones at most
+      (res_pos·(fp+neg) + res_neg·(tp+pos)) / (tp+fp+1)², how far the residual can move a precision.
+    * FPR95: the bin where the TPR crosses 0.95, if it holds negatives: neg/N.
+
+    Returns (cost per bin: the three summed, sums [auroc, ap, fpr95])."""
+    cost = np.zeros(c2.shape[0])
+    sums = np.zeros(3)
+    tp = 0.0
+    fp = 0.0
+    for slot in slots_desc:
+        for sub in range(_SUB2 - 1, -1, -1):
+            j = slot * _SUB2 + sub
+            n_, p_ = float(c2[j, 0]), float(c2[j, 1])
+            if n_ + p_ == 0:
+                continue
+            k = kind[j]
+            if k != 1:
+                hi = (tp + p_) / (tp + p_ + fp) if p_ > 0 else 0.0
+                lo = (tp + 1.0) / (tp + 1.0 + fp + n_)
+                crossing = tp < 0.95 * P <= tp + p_
+                if k == 0:
+                    a = p_ * n_ / (2.0 * P * N)
+                    b = p_ / P * (hi - lo) if p_ > 0 else 0.0
+                else:
+                    rn, rp = residual[j, 0], residual[j, 1]
+                    a = (rp * n_ + rn * (p_ - rp)) / (P * N)
+                    # precision (a+x)/(a+b+x+y) moves by at most (b+y)/S² per residual positive placed
+                    # differently and (a+x)/S² per residual negative, S >= tp+fp+1
+                    shift = (rp * (fp + n_) + rn * (tp + p_)) / (tp + fp + 1.0) ** 2
+                    b = rp / P * (hi - lo) + (p_ - rp) / P * min(1.0, shift)
+                f = n_ / N if crossing and n_ > 0 and (k == 0 or rn + rp > 0) else 0.0
+                cost[j] = a + b + f
+                sums[0] += a
+                sums[1] += b
+                sums[2] += f
+            tp += p_
+            fp += n_
+    return cost, sums
 
 
 @numba.njit(cache=True, nogil=True)
@@ -191,13 +254,6 @@ def _sweep(slots_desc, prefix_of_slot, c2, block_of_bin, level3, P, N):
                 if f1 > best_f1:
                     best_f1, key_f1 = f1, key
     return auc2 / (2.0 * P * N), ap / P, fp95 / N, best_f1, key_f1, key95
-
-
-def _scores_keys(bits: np.ndarray) -> np.ndarray:
-    """Monotone keys of float32 bit patterns, vectorised (the slow path of ``_Tree.add``)."""
-    keys = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000)).astype(np.uint32)
-    keys[bits == np.uint32(0x80000000)] = np.uint32(0x80000000)
-    return keys
 
 
 def _key_to_float(keys: np.ndarray) -> np.ndarray:
@@ -246,45 +302,95 @@ class _Tree:
         self.max_refined = max_refined
         self.rows = max(1, numba.get_num_threads())
         self.slot_of_prefix = np.full(1 << 16, -1, np.int32)
+        self.known = np.zeros((1 << 16) // 8, np.uint8)  # bitmap of the prefixes that have a block
+        self.seen = np.zeros((self.rows, 1 << 16), np.uint8)  # new key prefixes of the image being added
         self.used = 0  # level-2 blocks in use
         self.level2 = np.zeros((self.rows, 2 * _SUB2 * 64), np.int32)  # [row, (slot*_SUB2 + sub)*2 + class]
         self.level3 = np.zeros((self.rows, 0), np.int32)  # [row, (block*_SUB3 + sub)*2 + class]
         self.spilled2 = np.zeros(0, np.int64)
         self.spilled3 = np.zeros(0, np.int64)
         self.since_spill = 0
-        self.block_of_bin = np.zeros(0, np.int32)  # level-2 bin -> level-3 block (-1: none); lazily
+        self.block_of_bin = np.full(self.level2.shape[1] // 2, -1, np.int32)  # level-2 bin -> level-3 block
         self.refined = 0
         self.pos = 0
         self.neg = 0
-        self.next_check = 0  # pixel count at which the tie bound is next computed
+        self.next_check = 0  # labelled-pixel count at which the refinement is next considered
+        self.recount = False  # second pass: only refined bins are counted (from zero), see start_recount
+        self.recounted = 0
+
+    def scan(self, bits: np.ndarray, labels: np.ndarray) -> tuple[int, int, int, int]:
+        """Check one image and note its key prefixes: (first NaN pixel, first bad label, neg, pos)."""
+        self.seen[:] = 0
+        first_nan, first_bad, neg, pos = _scan(bits, labels, self.known, self.seen)
+        return int(first_nan), int(first_bad), int(neg), int(pos)
 
     def add(self, bits: np.ndarray, labels: np.ndarray, neg: int, pos: int) -> None:
-        """Count one image (checked by ``_scan``, which also gave its ``neg``/``pos`` counts)."""
+        """Count one image, right after ``scan`` of it (which gave its ``neg``/``pos`` counts)."""
         if self.since_spill + bits.size >= 2**31 - 1:
             self._spill()
         self.since_spill += bits.size
-        missed = np.empty((self.rows, _MISSED_BUFFER), np.int64)
-        n_missed = np.zeros(self.rows, np.int64)
-        _accumulate(bits, labels, self.slot_of_prefix, self.level2, missed, n_missed)
-        if n_missed.any():  # pixels in key ranges not seen before: give those blocks and count them
-            if (n_missed > _MISSED_BUFFER).any():  # too many to have been noted: find them again
-                keys = _scores_keys(bits[labels != EVAL_VOID])
-                index = np.flatnonzero(labels != EVAL_VOID)[self.slot_of_prefix[keys >> 16] < 0]
-            else:
-                index = np.concatenate([missed[t, : n_missed[t]] for t in range(self.rows)])
-            self.used = _assign_slots(bits, index, self.slot_of_prefix, self.used)
-            self._reserve(self.used)
-            _count_missed(bits, labels, index, self.slot_of_prefix, self.level2)
-        if self.refined:
-            self._grow_block_map()
+        if self.recount:
             _count_level3(bits, labels, self.slot_of_prefix, self.block_of_bin, self.level3, 0)
+            self.recounted += neg + pos
+            return
+        new = np.flatnonzero(self.seen.any(axis=0))
+        if new.size:  # key ranges not seen before get their level-2 blocks
+            self.slot_of_prefix[new] = np.arange(self.used, self.used + new.size, dtype=np.int32)
+            self.known = np.packbits(self.slot_of_prefix >= 0, bitorder="little")
+            self.used += new.size
+            self._reserve(self.used)
+        first = self.pos + self.neg == 0
+        check = not first and self.pos + self.neg + neg + pos >= self.next_check
+        if check:  # refine from the counts so far, so that this image already counts in the new bins
+            self._refine()
+        refined_bits = np.packbits(self.block_of_bin >= 0, bitorder="little") if self.refined else self.known
+        _accumulate(bits, labels, self.slot_of_prefix, self.level2, refined_bits, self.block_of_bin, self.level3)
         self.pos += pos
         self.neg += neg
-        if self.pos + self.neg >= self.next_check:  # at the first update, then each time the count doubles
+        if check or first:  # at the first image, then each time the count doubles
             self.next_check = 2 * (self.pos + self.neg)
+        if first:  # nothing to go by before the first image: refine after it and count it again
             first_new = self.refined
             if self._refine():
                 _count_level3(bits, labels, self.slot_of_prefix, self.block_of_bin, self.level3, first_new)
+
+    def start_recount(self) -> None:
+        """Second pass: refine every bin that still costs accuracy (costliest first, until the rest is
+        within half the budget) and count all refined bins again from zero; once the same images have been
+        fed again, every refined bin is exact."""
+        c2 = self._counts2()
+        cost, sums = self._costs(c2)
+        bins = np.flatnonzero(cost > 0)
+        order = np.argsort(-cost[bins], kind="stable")
+        bins, cost = bins[order], cost[bins][order]
+        take = bins[: int(np.searchsorted(np.cumsum(cost), float(sums.sum()) - self.error_budget / 2)) + 1]
+        new = take[self.block_of_bin[take] < 0][: max(0, self.max_refined - self.refined)]
+        self._add_blocks(new)
+        self.level3[:] = 0
+        self.spilled3 = np.zeros(0, np.int64)
+        self.recount, self.recounted = True, 0
+
+    def finish_recount(self) -> None:
+        """End the second pass; refuse it if it did not see the pixels of the first."""
+        self.recount = False
+        if self.recounted != self.pos + self.neg:
+            raise ValueError(
+                f"the second pass saw {self.recounted} labelled pixels, the first {self.pos + self.neg}: "
+                "feed the same images again"
+            )
+        c2 = self._counts2()
+        bins = np.flatnonzero(self.block_of_bin >= 0)
+        if not np.array_equal(
+            _block_totals(self.level3, self.spilled3, self.refined)[self.block_of_bin[bins]], c2[bins]
+        ):
+            raise ValueError("the second pass saw other scores than the first: feed the same images again")
+
+    def _add_blocks(self, bins: np.ndarray) -> None:
+        """Give exact level-3 blocks to the level-2 ``bins``."""
+        self.block_of_bin[bins] = np.arange(self.refined, self.refined + bins.size, dtype=np.int32)
+        grow = np.zeros((self.rows, 2 * _SUB3 * bins.size), np.int32)
+        self.level3 = np.concatenate([self.level3, grow], axis=1)
+        self.refined += bins.size
 
     def _reserve(self, blocks: int) -> None:
         """Make room for at least ``blocks`` level-2 blocks (capacity doubles)."""
@@ -292,9 +398,10 @@ class _Tree:
         if blocks > capacity:
             grow = max(blocks, 2 * capacity) - capacity
             self.level2 = np.concatenate([self.level2, np.zeros((self.rows, 2 * _SUB2 * grow), np.int32)], axis=1)
+            self._grow_block_map()  # the kernels index it by level-2 bin without bounds checks
 
     def _grow_block_map(self) -> None:
-        n = self.used * _SUB2
+        n = self.level2.shape[1] // 2  # as many bins as level 2 has room for
         if self.block_of_bin.size < n:
             self.block_of_bin = np.concatenate([self.block_of_bin, np.full(n - self.block_of_bin.size, -1, np.int32)])
 
@@ -308,32 +415,46 @@ class _Tree:
 
     def _counts2(self) -> np.ndarray:
         """Merged level-2 counts [bin, class] (refined bins included, residual and all)."""
-        n = 2 * _SUB2 * self.used
-        merged = self.level2[:, :n].sum(axis=0, dtype=np.int64)
-        merged[: min(n, self.spilled2.size)] += self.spilled2[:n]
-        return merged.reshape(-1, 2)
+        return _merge_rows(self.level2, self.spilled2, 2 * _SUB2 * self.used).reshape(-1, 2)
 
     def _level3(self) -> np.ndarray:
         """Merged level-3 counts [block, sub, class]."""
         return _padded_add(self.level3.sum(axis=0, dtype=np.int64), self.spilled3).reshape(-1, _SUB3, 2)
 
-    def _unrefined_cost(self, c2: np.ndarray) -> np.ndarray:
-        cost = c2[:, 0].astype(np.float64) * c2[:, 1]
+    def _costs(self, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cost per level-2 bin, bounds [auroc, ap, fpr95]) — see ``_bin_costs``."""
+        kind = np.zeros(c2.shape[0], np.int8)
+        residual = np.zeros((c2.shape[0], 2))
         if self.refined:
-            cost[self.block_of_bin[: cost.size] >= 0] = 0.0
-        return cost
+            bins = np.flatnonzero(self.block_of_bin[: c2.shape[0]] >= 0)
+            totals = _block_totals(self.level3, self.spilled3, self.refined)
+            residual[bins] = c2[bins] - totals[self.block_of_bin[bins]]
+            kind[bins] = np.where(residual[bins].sum(axis=1) > 0, 2, 1)
+        _, by_prefix = self._slots()
+        return _bin_costs(by_prefix[::-1].copy(), c2, kind, residual, float(self.pos), float(self.neg))
 
     def _refine(self) -> bool:
-        """If the tie bound Σ pos·neg / (2PN) over unrefined bins exceeds the budget, give exact sub-bins to
-        mixed level-2 bins that alone hold more than 1/1024 of it, costliest first. Returns whether any was."""
-        allowed = self.error_budget * 2.0 * self.pos * self.neg
+        """While at most ``_EAGER`` level-2 bins are occupied, refine all of them. Beyond, if the bound of
+        AUROC + AP + FPR95 errors (``_bin_costs``) exceeds the budget, give exact sub-bins to unrefined bins
+        that alone hold more than 1/1024 of it, costliest first. Returns whether any bin was refined."""
         room = self.max_refined - self.refined
-        if room <= 0 or allowed == 0:
+        if room <= 0:
             return False
-        cost = self._unrefined_cost(self._counts2())
-        total = float(cost.sum())
+        c2 = self._counts2()
+        unrefined = np.flatnonzero(((c2[:, 0] > 0) | (c2[:, 1] > 0)) & (self.block_of_bin[: c2.shape[0]] < 0))
+        if self.refined + unrefined.size <= min(_EAGER, self.max_refined):
+            # few distinct bins (ties, narrow ranges, small data): make them all exact now, before later
+            # images could leave a residual in them
+            self._add_blocks(unrefined)
+            return unrefined.size > 0
+        if self.pos == 0 or self.neg == 0:
+            return False
+        cost, sums = self._costs(c2)
+        total, allowed = float(sums.sum()), self.error_budget
         if total <= allowed:
             return False
+        if self.refined:
+            cost[self.block_of_bin[: cost.size] >= 0] = 0.0  # already refined: cannot be refined again
         # a smooth score distribution spreads its ties over many cheap bins whose real error is ~0;
         # refining those would cost speed and 8 KB each
         bins = np.flatnonzero(cost > allowed / 1024)
@@ -342,26 +463,26 @@ class _Tree:
         take = bins[: min(int(np.searchsorted(np.cumsum(cost), total - allowed)) + 1, room)]
         if take.size == 0:
             return False
-        self._grow_block_map()
-        self.block_of_bin[take] = np.arange(self.refined, self.refined + take.size, dtype=np.int32)
-        self.level3 = np.concatenate([self.level3, np.zeros((self.rows, 2 * _SUB3 * take.size), np.int32)], axis=1)
-        self.refined += take.size
+        self._add_blocks(take)
         return True
 
     def _exact_blocks(self, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(refined level-2 bins, their level-3 counts [block, sub, class] with residuals spread in
-        proportion to the sub-bins' counts) — float64."""
+        """(refined level-2 bins, their level-3 counts [block, sub, class] with residuals added as one tied
+        group) — float64."""
         if not self.refined:
             return np.zeros(0, np.int64), np.zeros((0, _SUB3, 2))
         bins = np.flatnonzero(self.block_of_bin >= 0)
         blocks = self.block_of_bin[bins]
         c3 = np.zeros((self.refined, _SUB3, 2))
         c3[blocks] = self._level3()[blocks]
-        residual = np.zeros((self.refined, 2))
-        residual[blocks] = c2[bins] - c3[blocks].sum(axis=1)
-        tot = c3.sum(axis=1, keepdims=True)
-        share = np.divide(c3, tot, out=np.full_like(c3, 1.0 / _SUB3), where=tot > 0)
-        return bins, c3 + residual[:, None, :] * share
+        # the residual (pixels counted before the bin was refined) goes in as one tied group, at the sub-bin
+        # that halves the bin's exact counts: an order the pixels could really have, so every metric stays
+        # within the bounds of ``_bin_costs``
+        residual = c2[bins] - c3[blocks].sum(axis=1)
+        mass = np.cumsum(c3[blocks].sum(axis=2), axis=1)
+        half = np.where(mass[:, -1] > 0, np.argmax(mass >= mass[:, -1:] / 2, axis=1), _SUB3 // 2)
+        c3[blocks, half] += residual
+        return bins, c3
 
     def _slots(self) -> tuple[np.ndarray, np.ndarray]:
         prefix_of_slot = np.empty(self.used, np.int64)
@@ -411,19 +532,12 @@ class _Tree:
         keep = (neg + pos) > 0
         return keys[keep][::-1], neg[keep][::-1], pos[keep][::-1]
 
-    def error_bound(self, c2: np.ndarray) -> float:
-        """Upper bound of the AUROC error: ties in unrefined bins, and residuals of refined bins (taken as
-        tied with everything of the other class in their bin)."""
+    def error_bounds(self, c2: np.ndarray) -> dict[str, float]:
+        """Upper bounds of the AUROC, AP and FPR95 errors left by bins that are not exact."""
         if self.pos == 0 or self.neg == 0:
-            return 0.0
-        bound = float(self._unrefined_cost(c2).sum())
-        if self.refined:
-            bins = np.flatnonzero(self.block_of_bin >= 0)
-            sub = self._level3()[self.block_of_bin[bins]].sum(axis=1).astype(np.float64)
-            tot = c2[bins].astype(np.float64)
-            res = tot - sub
-            bound += float(np.sum(res[:, 0] * tot[:, 1] + res[:, 1] * sub[:, 0]))
-        return bound / (2.0 * self.pos * self.neg)
+            return {"auroc": 0.0, "ap": 0.0, "fpr95": 0.0}
+        _, sums = self._costs(c2)
+        return {"auroc": float(sums[0]), "ap": float(sums[1]), "fpr95": float(sums[2])}
 
     def nbytes(self) -> int:
         arrays = (self.level2, self.level3, self.spilled2, self.spilled3, self.slot_of_prefix, self.block_of_bin)
@@ -458,22 +572,44 @@ class PixelMetrics:
     >>> m = PixelMetrics()
     >>> for name, scores, labels in data:   # one image at a time: numpy or torch, any shape
     ...     m.update(scores, labels, name=name)
-    >>> m.compute()  # {"auroc", "ap", "fpr95", "f1_best", "f1_threshold", ..., "auroc_error_bound"}
+    >>> if m.needs_second_pass():   # rare: the bounds say a metric may be off by more than `tolerance`
+    ...     m.start_second_pass()
+    ...     for name, scores, labels in data:   # the same images again, in any order
+    ...         m.update(scores, labels, name=name)
+    >>> m.compute()  # {"auroc", "ap", "fpr95", "f1_best", "f1_threshold", ..., "ap_error_bound", ...}
 
-    ``per_image=True`` also averages each metric over images that contain both classes
-    (``compute()["per_image"]``).
+    One pass is exact to well within ``tolerance`` unless the score distribution shifts after many
+    pixels have been counted (e.g. heavy ties that only appear late); ``compute()`` reports an upper bound
+    of each metric's error, and ``needs_second_pass()`` says when a bound exceeds ``tolerance``. The
+    second pass recounts the costly bins exactly. ``per_image=True`` also averages each metric over images
+    that contain both classes (``compute()["per_image"]``).
     """
 
-    def __init__(self, per_image: bool = False, error_budget: float = 5e-5, max_refined: int = 1 << 13):
+    def __init__(self, per_image: bool = False, tolerance: float = 1e-4, max_refined: int = 1 << 13):
         self.per_image = per_image
-        self.error_budget = error_budget
+        self.tolerance = tolerance
         self.max_refined = max_refined
         self.reset()
 
     def reset(self) -> None:
-        self._tree = _Tree(self.error_budget, self.max_refined)
+        self._tree = _Tree(self.tolerance / 2, self.max_refined)
         self._images = 0
+        self._passes = 1
         self._per_image: list[dict[str, float]] = []
+
+    def needs_second_pass(self) -> bool:
+        """Whether a metric's error bound exceeds ``tolerance`` (after the first pass)."""
+        tree = self._tree
+        if tree.recount or self._passes > 1 or tree.pos == 0 or tree.neg == 0:
+            return False
+        return max(tree.error_bounds(tree._counts2()).values()) > self.tolerance
+
+    def start_second_pass(self) -> None:
+        """Refine the bins that cost accuracy; then ``update`` with the same images again."""
+        if self._passes > 1:
+            raise RuntimeError("the second pass has already been started")
+        self._tree.start_recount()
+        self._passes = 2
 
     def update(self, scores, labels, name: str | None = None) -> None:
         """Add one image. ``scores`` and ``labels`` must have the same number of elements."""
@@ -483,7 +619,7 @@ class PixelMetrics:
         if s.size != y.size:
             raise ValueError(f"{name}: {s.size} scores but {y.size} labels")
         bits = s.view(np.uint32)
-        first_nan, first_bad, neg, pos = _scan(bits, y, self._tree.rows)
+        first_nan, first_bad, neg, pos = self._tree.scan(bits, y)
         if first_nan >= 0:
             raise ValueError(f"{name}: score is NaN at pixel {first_nan}")
         if first_bad >= 0:
@@ -491,10 +627,13 @@ class PixelMetrics:
                 f"{name}: label {y[first_bad]} at pixel {first_bad}; labels must be {EVAL_INLIER} inlier, "
                 f"{EVAL_ANOMALY} anomaly or {EVAL_VOID} ignored"
             )
-        self._tree.add(bits, y, int(neg), int(pos))
+        self._tree.add(bits, y, neg, pos)
+        if self._tree.recount:
+            return
         if self.per_image:
-            one = _Tree(self.error_budget, self.max_refined)
-            one.add(bits, y, int(neg), int(pos))
+            one = _Tree(self.tolerance / 2, self.max_refined)
+            one.scan(bits, y)
+            one.add(bits, y, neg, pos)
             keys, neg, pos = one.groups()
             if neg.sum() > 0 and pos.sum() > 0:
                 self._per_image.append(metrics_from_groups(keys, neg, pos))
@@ -523,16 +662,29 @@ class PixelMetrics:
             raise ValueError(
                 f"no inlier pixel (label {EVAL_INLIER}) in {self._images} images: AUROC/FPR95 are undefined"
             )
+        if self._tree.recount:
+            self._tree.finish_recount()
         c2 = self._tree._counts2()
         out: dict = self._tree.metrics(c2)
-        bound = self._tree.error_bound(c2)
+        bounds = self._tree.error_bounds(c2)
         out |= {
-            "auroc_error_bound": bound,
+            "auroc_error_bound": bounds["auroc"],
+            "ap_error_bound": bounds["ap"],
+            "fpr95_error_bound": bounds["fpr95"],
+            "within_tolerance": max(bounds.values()) <= self.tolerance,
+            "passes": self._passes,
             "pixels": int(P + N),
             "anomaly_pixels": int(P),
             "images": self._images,
             "memory_bytes": self._tree.nbytes(),
         }
+        if not out["within_tolerance"] and self._passes == 1:
+            worst = max(bounds, key=bounds.get)
+            warnings.warn(
+                f"PixelMetrics: the {worst} error may reach {bounds[worst]:.1e} (> tolerance {self.tolerance:g}); "
+                "call start_second_pass() and update() with the same images again for the exact value",
+                stacklevel=2,
+            )
         if self.per_image:
             keys_ = ("auroc", "ap", "fpr95", "f1_best")
             out["per_image"] = {
