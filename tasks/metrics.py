@@ -220,7 +220,7 @@ def _bin_costs(slots_desc, c2, kind, residual, P, N):
 def _sweep(slots_desc, prefix_of_slot, c2, block_of_bin, level3, P, N):
     """One pass over the bins from the highest key down: AUROC, AP, FPR95 and best F1 (as in
     ``metrics_from_groups``) without materialising the groups. ``level3[block, sub, class]`` holds a refined
-    bin's exact counts with its residual already spread."""
+    bin's exact counts with its residual already added as one tied group."""
     tp = 0.0
     fp = 0.0
     auc2 = 0.0  # Σ Δfp · (tp + tp_prev)
