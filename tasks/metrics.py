@@ -102,25 +102,30 @@ def _scan(bits, labels, known, seen):
     return first_nan, first_bad, out[:, 0].sum(), out[:, 1].sum()
 
 
+@numba.njit(cache=True, nogil=True)
+def _accumulate_part(bits, labels, slot_of_prefix, l2, refined_bits, block_of_bin, l3):
+    """``_accumulate`` for one thread's share, counted into its rows ``l2`` and ``l3``."""
+    refined = l3.size > 0
+    for i in range(bits.size):
+        lab = labels[i]
+        if lab == EVAL_VOID:
+            continue
+        key = _monotone_key(bits[i])
+        j = slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)
+        l2[2 * j + lab] += 1
+        if refined and refined_bits[j >> 3] & (1 << (j & 7)):  # a small bitmap first: cache-friendly
+            l3[2 * (block_of_bin[j] * _SUB3 + (key & _LOW3)) + lab] += 1
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _accumulate(bits, labels, slot_of_prefix, level2, refined_bits, block_of_bin, level3):
     """Count pixels into level 2 (22-bit keys) and, for refined bins, level 3 (exact keys); thread t counts
     its share of the pixels into row t. Every prefix has its block already (see ``_Tree.add``)."""
     rows = level2.shape[0]
     n = bits.size
-    refined = level3.shape[1] > 0
     for t in numba.prange(rows):
-        l2 = level2[t]
-        l3 = level3[t]
-        for i in range(n * t // rows, n * (t + 1) // rows):
-            lab = labels[i]
-            if lab == EVAL_VOID:
-                continue
-            key = _monotone_key(bits[i])
-            j = slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)
-            l2[2 * j + lab] += 1
-            if refined and refined_bits[j >> 3] & (1 << (j & 7)):  # a small bitmap first: cache-friendly
-                l3[2 * (block_of_bin[j] * _SUB3 + (key & _LOW3)) + lab] += 1
+        lo, hi = n * t // rows, n * (t + 1) // rows
+        _accumulate_part(bits[lo:hi], labels[lo:hi], slot_of_prefix, level2[t], refined_bits, block_of_bin, level3[t])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -162,6 +167,41 @@ def _block_totals(level3, spilled3, blocks):
     for i in range(min(spilled3.size, 2 * _SUB3 * blocks)):
         out[i // (2 * _SUB3), i & 1] += spilled3[i]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_level3(level3, spilled3, blocks_total, bins, blocks, c2):
+    """Level-3 counts [block, sub, class] merged over rows and spilled totals (float64), each refined bin's
+    residual (pixels counted before it was refined: level 2 minus level 3) added as one tied group at the
+    sub-bin that halves the bin's exact counts: an order the pixels could really have, so every metric
+    stays within the bounds of ``_bin_costs``."""
+    c3 = np.zeros((blocks_total, _SUB3, 2))
+    flat = c3.reshape(-1)
+    n = flat.size
+    for r in range(level3.shape[0]):
+        for i in range(min(n, level3.shape[1])):
+            flat[i] += level3[r, i]
+    for i in range(min(n, spilled3.size)):
+        flat[i] += spilled3[i]
+    for k in range(bins.size):
+        b = blocks[k]
+        neg = 0.0
+        pos = 0.0
+        for e in range(_SUB3):
+            neg += c3[b, e, 0]
+            pos += c3[b, e, 1]
+        total = neg + pos
+        half = _SUB3 // 2
+        if total > 0:
+            mass = 0.0
+            for e in range(_SUB3):
+                mass += c3[b, e, 0] + c3[b, e, 1]
+                if mass >= total / 2:
+                    half = e
+                    break
+        c3[b, half, 0] += c2[bins[k], 0] - neg
+        c3[b, half, 1] += c2[bins[k], 1] - pos
+    return c3
 
 
 @numba.njit(cache=True, nogil=True)
@@ -468,20 +508,11 @@ class _Tree:
 
     def _exact_blocks(self, c2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(refined level-2 bins, their level-3 counts [block, sub, class] with residuals added as one tied
-        group) — float64."""
+        group, see ``_exact_level3``) — float64."""
         if not self.refined:
             return np.zeros(0, np.int64), np.zeros((0, _SUB3, 2))
         bins = np.flatnonzero(self.block_of_bin >= 0)
-        blocks = self.block_of_bin[bins]
-        c3 = np.zeros((self.refined, _SUB3, 2))
-        c3[blocks] = self._level3()[blocks]
-        # the residual (pixels counted before the bin was refined) goes in as one tied group, at the sub-bin
-        # that halves the bin's exact counts: an order the pixels could really have, so every metric stays
-        # within the bounds of ``_bin_costs``
-        residual = c2[bins] - c3[blocks].sum(axis=1)
-        mass = np.cumsum(c3[blocks].sum(axis=2), axis=1)
-        half = np.where(mass[:, -1] > 0, np.argmax(mass >= mass[:, -1:] / 2, axis=1), _SUB3 // 2)
-        c3[blocks, half] += residual
+        c3 = _exact_level3(self.level3, self.spilled3, self.refined, bins, self.block_of_bin[bins], c2)
         return bins, c3
 
     def _slots(self) -> tuple[np.ndarray, np.ndarray]:
