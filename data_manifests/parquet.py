@@ -20,6 +20,7 @@ OBJECT_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("mask_area", pa.int64()),
         ("quality", pa.string()),  # JSON of the mask-quality figures
+        ("height_m", pa.list_(pa.float64(), 2)),  # real-world height range, when the source knows it
         ("shard", pa.string()),
     ]
 )

@@ -129,11 +129,81 @@ class SaliencyConfig(_Strict):
     gate: MaskGateConfig = MaskGateConfig()
 
 
+ObjectKind = Literal[
+    "static_obstacle", "dynamic_obstacle", "animal", "unconventional_vehicle", "debris", "lost_cargo"
+]
+
+
+class PromptObject(_Strict):
+    """One anomaly type of the prompt vocabulary."""
+
+    name: str
+    kind: ObjectKind
+    height_m: tuple[float, float] = Field(description="real-world height range in metres, for the placement")
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptObject:
+        lo, hi = self.height_m
+        if not 0 < lo <= hi:
+            raise ValueError(f"{self.name}: height_m must be 0 < min <= max, got {self.height_m}")
+        return self
+
+
+class PromptVocabulary(_Strict):
+    """Anomaly types x backgrounds, composed with ``template`` (see data_manifests/prompt_vocabulary.yaml)."""
+
+    template: str = "one {object} in the {background}"
+    negative_prompt: str = ""
+    backgrounds: list[str] = Field(min_length=1)
+    objects: list[PromptObject] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PromptVocabulary:
+        if "{object}" not in self.template:
+            raise ValueError(f"template {self.template!r} has no {{object}} field")
+        names = [o.name for o in self.objects]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"objects listed twice: {', '.join(dupes)}")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """Stable Diffusion object generation (SD 1.x/2.x or SDXL through diffusers).
+
+    ``model`` is a Hugging Face hub id (read from the local HF cache: ``cache_dir``, else ``HF_HUB_CACHE`` /
+    ``HF_HOME``) or a local pipeline directory. Nothing is downloaded unless ``local_files_only`` is false.
+    """
+
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    cache_dir: Path | None = None
+    local_files_only: bool = True
+    revision: str | None = None
+    vocabulary: Path | None = Field(None, description="YAML vocabulary; default: the packaged one")
+    objects: list[str] | None = Field(None, description="use only these anomaly types of the vocabulary")
+    backgrounds: list[str] | None = Field(None, description="use only these backgrounds")
+    seeds_per_prompt: int = Field(1, ge=1, description="images per prompt (rounds of seeds)")
+    new_objects: int | None = Field(
+        None, ge=1, description="incremental runs: at most this many new (prompt, seed) specs, next rounds first"
+    )
+    steps: int = Field(25, ge=1)
+    guidance: float = Field(7.5, ge=0)
+    width: int = Field(512, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    scheduler: Literal["dpmpp_2m", "dpmpp_2m_karras", "euler_a", "pipeline"] = "dpmpp_2m"
+    batch_size: int = Field(4, ge=1, description="images per denoising batch (one Prefect task each)")
+    device: str = Field("auto", description="auto: cuda if available, else cpu")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    channels_last: bool = True
+    compile: bool = Field(False, description="torch.compile the UNet (pays off from a few hundred images on)")
+
+
 class ObjectBankConfig(_Strict):
     max_side: int = Field(384, ge=16, description="objects are stored downscaled to this longest side")
     objects_per_shard: int = Field(256, ge=1)
     demo_objects: bool = False
     coco: CocoSourceConfig | None = None
+    diffusion: DiffusionConfig | None = None
     files: list[FilesSourceConfig] = []
 
 

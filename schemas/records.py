@@ -22,6 +22,7 @@ class ObjectRecord(BaseModel):
     height: int
     mask_area: int
     quality: dict[str, float] = {}
+    height_m: tuple[float, float] | None = None  # real-world height range, when the source knows it
 
 
 class PlacementRecord(BaseModel):
