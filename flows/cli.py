@@ -31,14 +31,25 @@ def synth(
     run_dir: Path = typer.Option(Path("runs/demo"), help="where scenes/, objects/, shards/ and the report go"),
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
     workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),
+    sources: str = typer.Option("", help="object sources to use, e.g. diffusion,coco (default: all configured)"),
+    scenes: str = typer.Option(None, help="'demo' or a Cityscapes root, instead of the config's scenes"),
 ) -> None:
-    """Run the `synth` Prefect flow locally (no server needed)."""
+    """Run the `synth` Prefect flow locally (no server needed): a new shard-set version under RUN_DIR/versions."""
     from flows.synth import run_synth
 
-    res = run_synth(str(config), str(run_dir), _parse_overrides(set_) or None, workers or None)
+    res = run_synth(
+        str(config),
+        str(run_dir),
+        _parse_overrides(set_) or None,
+        workers or None,
+        sources=[s.strip() for s in sources.split(",")] if sources else None,
+        scenes=scenes,
+    )
+    typer.echo(f"version: {res['version']} ({res['status']}, parent {res.get('parent_version')})")
     typer.echo(
         f"shards:  {res['shard_dir']}  ({res['samples']} samples in {res['shards']} shards, {res['rejects']} rejects)"
     )
+    typer.echo(f"latest:  {res['latest']} -> {res['version']}")
     typer.echo(f"report:  {res['report']}")
 
 

@@ -1,37 +1,40 @@
-"""The ``synth`` flow: scenes + object bank -> placed, harmonized composites -> validated WebDataset shards.
+"""The ``synth`` flow: object sources + scenes -> placed, harmonized composites -> a new shard-set version.
 
-One Prefect task per stage and per shard (never per image). Shards already finished by an earlier run of
-the same config are skipped, so an interrupted run is resumed by running it again.
+Stages: (diffusion objects, as a subflow or on the GPU pool through ``run_deployment``) -> object bank ->
+version plan -> one Prefect task per shard -> manifest -> validation -> publish + retention -> report and
+artifacts. A version whose content (config + bank) equals the latest one is not made again; an
+interrupted version is resumed by running the same thing again.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import json
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
+from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.object_bank import read_object_bank
-from tasks.pipeline import (
-    build_object_bank,
-    finalize_shard_set,
-    prepare_scenes,
-)
+from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.report import write_report
-from tasks.shards import read_rejects
-from tasks.synthesize import (
-    Compositor,
-    claim_shard_dir,
-    plan_samples,
-    split_into_shards,
-    synthesize_or_resume,
-)
+from tasks.shards import DATASET, read_rejects
+from tasks.synthesize import Compositor, claim_shard_dir, plan_samples, split_into_shards, synthesize_or_resume
 from tasks.validate import validate_shard_set
+from tasks.versions import plan_version, prune_versions, publish_version
 
 prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
@@ -43,53 +46,166 @@ write_shard_task = task(
 )
 
 
+def _generate(cfg: SynthConfig, store: Path, deployment: str | None) -> dict:
+    """Run the generation here (subflow) or on the deployment's work pool, and wait for it."""
+    if not deployment:
+        return generate_objects(cfg.model_dump(mode="json"), str(store))
+    from prefect.deployments import run_deployment
+    from prefect.runtime import flow_run
+
+    key = f"{flow_run.get_id() or 'local'}"
+    fr = run_deployment(
+        deployment,
+        parameters={"config": cfg.model_dump(mode="json"), "store_dir": str(store.resolve()), "run_key": key},
+        timeout=None,  # wait for it
+    )
+    if not fr.state or not fr.state.is_completed():
+        raise RuntimeError(f"generation deployment {deployment!r} ended {fr.state.name if fr.state else 'unknown'}")
+    return json.loads((store / "runs" / f"{key}.json").read_text())
+
+
+def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> None:
+    by_class = collections.Counter(o.record.class_name for o in bank)
+    by_source = collections.Counter((o.record.class_name, o.record.source) for o in bank)
+    create_table_artifact(
+        [
+            {"class": c, "objects": n, "sources": ", ".join(sorted(s for (k, s) in by_source if k == c))}
+            for c, n in sorted(by_class.items())
+        ],
+        key="synth-objects-per-class",
+        description="object bank of this version, per class",
+    )
+    reasons = collections.Counter(f"{r.stage}/{r.reason}" for r in rejects)
+    gen = summary.get("generation")
+    md = [
+        f"# synth `{summary['name']}`: version `{summary['version']}` ({summary['status']})",
+        "",
+        f"- parent version: `{summary.get('parent_version')}`; config `{summary['config_hash']}`, "
+        f"bank `{summary['bank_hash']}`",
+        f"- {summary['samples']} samples in {summary['shards']} shards at `{summary['shard_dir']}`",
+        f"- object bank: {len(bank)} objects in {len(by_class)} classes",
+        *(
+            [
+                f"- generated this run: {gen['planned']} images, {gen['accepted']} accepted, {gen['rejected']} "
+                f"rejected, {gen.get('images_per_s', 0):.3g} images/s"
+            ]
+            if gen
+            else []
+        ),
+        "",
+        "| rejects by reason | count |",
+        "|---|---:|",
+        *([f"| {k} | {v} |" for k, v in sorted(reasons.items())] or ["| none | 0 |"]),
+        "",
+        "| stage | seconds |",
+        "|---|---:|",
+        *[f"| {k} | {v:.2f} |" for k, v in timings.items()],
+        "",
+        f"Report with pictures (composites, objects, generated images and masks): `{report}`",
+    ]
+    create_markdown_artifact("\n".join(md), key="synth-summary", description="synth run summary")
+
+
 @flow(name="synth")
-def synth(config_path: str = "configs/demo.yaml", run_dir: str = "runs/demo", overrides: dict | None = None) -> dict:
-    """Run the synthesis for a YAML config; outputs go under ``run_dir`` (scenes/, objects/, shards/, report.md)."""
-    cfg: SynthConfig = load_config(config_path, overrides)
+def synth(
+    config_path: str = "configs/demo.yaml",
+    run_dir: str = "runs/demo",
+    overrides: dict | None = None,
+    sources: list[str] | None = None,
+    scenes: str | None = None,
+    generation_deployment: str | None = None,
+    keep_versions: int = 5,
+) -> dict:
+    """Synthesize a new shard-set version under ``run_dir/versions/`` (``run_dir/shards`` -> the latest).
+
+    ``sources``: object sources to use among those configured (diffusion, coco, files, demo; default all);
+    ``scenes``: "demo" or a Cityscapes root, instead of the config's; ``generation_deployment``: run the
+    diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead of in this process;
+    ``keep_versions``: retention of complete versions.
+    """
+    cfg: SynthConfig = select_sources(load_config(config_path, overrides), sources, scenes)
     log = get_run_logger()
     run = Path(run_dir)
-    shard_dir, bank_dir = run / "shards", run / "objects"
+    bank_dir, store = run / "objects", run / "generated"
     timings: dict[str, float] = {}
 
-    t = time.perf_counter()
-    scenes, scene_rejects = prepare_scenes_task(cfg, run)
-    timings["scenes"] = time.perf_counter() - t
-    log.info("%d scenes (%d rejected)", len(scenes), len(scene_rejects))
+    generation = None
+    if cfg.objects.diffusion is not None:
+        t = time.perf_counter()
+        generation = _generate(cfg, store, generation_deployment)
+        timings["generate objects"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    build_bank_task(cfg, bank_dir)
+    scenes_, scene_rejects = prepare_scenes_task(cfg, run)
+    timings["scenes"] = time.perf_counter() - t
+    log.info("%d scenes (%d rejected)", len(scenes_), len(scene_rejects))
+
+    t = time.perf_counter()
+    build_bank_task(cfg, bank_dir, generated=store)
     bank = read_object_bank(bank_dir)
     bank_rejects = read_rejects(bank_dir / "rejects.parquet")
     timings["object bank"] = time.perf_counter() - t
     log.info("object bank: %d objects, %d rejected", len(bank), len(bank_rejects))
 
-    t = time.perf_counter()
     compositor = Compositor(cfg, bank)
-    claim_shard_dir(shard_dir, compositor.config_hash)
-    shards = split_into_shards(
-        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
-    )
-    futures = [write_shard_task.submit(shard_dir, i, plans, scenes, compositor) for i, plans in enumerate(shards)]
-    records = []
-    for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
-        rec = fut.result()
-        records.append(rec)
-        log.info("%s: %d samples%s", rec["shard"], rec["samples"], " (already done)" if rec.get("skipped") else "")
-    timings["composite + shards"] = time.perf_counter() - t
-
-    summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects)
+    bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
+    content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}".encode()).hexdigest()
+    plan = plan_version(run, content_hash)
+    shard_dir = plan.version.path
+    log.info("version %s (%s), parent %s", plan.version.id, plan.status, plan.parent)
+    if plan.status == "unchanged":
+        summary = json.loads((shard_dir / DATASET).read_text())
+    else:
+        t = time.perf_counter()
+        claim_shard_dir(shard_dir, compositor.config_hash)
+        shards = split_into_shards(
+            plan_samples([s.scene_id for s in scenes_], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
+        )
+        progress = create_progress_artifact(0.0, description=f"{plan.version.id}: {len(shards)} shards")
+        futures = [write_shard_task.submit(shard_dir, i, plans, scenes_, compositor) for i, plans in enumerate(shards)]
+        records = []
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
+            rec = fut.result()
+            records.append(rec)
+            update_progress_artifact(progress, 100.0 * len(records) / len(futures))
+            log.info("%s: %d samples%s", rec["shard"], rec["samples"], " (already done)" if rec.get("skipped") else "")
+        timings["composite + shards"] = time.perf_counter() - t
+        version = {
+            "version": plan.version.id,
+            "parent_version": plan.parent,
+            "content_hash": content_hash,
+            "bank_hash": bank_hash,
+            "objects": len(bank),
+            "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
+        }
+        summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects, version)
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t
-    report = report_task(run, shard_dir, summary, bank, read_rejects(shard_dir / "rejects.parquet"), timings)
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
-    log.info("%d samples validated; shards in %s; report %s", checked, shard_dir, report)
-    return summary | {"shard_dir": str(shard_dir), "report": str(report), "validated": checked}
+    publish_version(run, plan.version)
+    removed = prune_versions(run, keep_versions, protect=plan.version.id)
+    if removed:
+        log.info("retention (keep %d): removed %s", keep_versions, ", ".join(removed))
+    previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
+    rejects = read_rejects(shard_dir / "rejects.parquet")
+    report = report_task(shard_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
+    summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
+    summary |= {"shard_dir": str(shard_dir), "latest": str(run / "shards"), "report": str(report), "validated": checked}
+    _artifacts(summary, bank, rejects, timings, report)
+    log.info("%d samples validated; version %s in %s; report %s", checked, plan.version.id, shard_dir, report)
+    return summary
 
 
-def run_synth(config_path: str, run_dir: str, overrides: dict | None = None, workers: int | None = None) -> dict:
+def run_synth(
+    config_path: str,
+    run_dir: str,
+    overrides: dict | None = None,
+    workers: int | None = None,
+    **params,
+) -> dict:
     """Run the flow with a thread pool of ``workers`` shard tasks (default: the config's ``workers``)."""
     n = workers or load_config(config_path, overrides).workers
-    return synth.with_options(task_runner=ThreadPoolTaskRunner(max_workers=n))(config_path, run_dir, overrides)
+    runner = ThreadPoolTaskRunner(max_workers=n)
+    return synth.with_options(task_runner=runner)(config_path, run_dir, overrides, **params)

@@ -129,9 +129,7 @@ class SaliencyConfig(_Strict):
     gate: MaskGateConfig = MaskGateConfig()
 
 
-ObjectKind = Literal[
-    "static_obstacle", "dynamic_obstacle", "animal", "unconventional_vehicle", "debris", "lost_cargo"
-]
+ObjectKind = Literal["static_obstacle", "dynamic_obstacle", "animal", "unconventional_vehicle", "debris", "lost_cargo"]
 
 
 class PromptObject(_Strict):
@@ -193,7 +191,9 @@ class DiffusionConfig(_Strict):
     scheduler: Literal["dpmpp_2m", "dpmpp_2m_karras", "euler_a", "pipeline"] = "dpmpp_2m"
     batch_size: int = Field(4, ge=1, description="images per denoising batch (one Prefect task each)")
     device: str = Field("auto", description="auto: cuda if available, else cpu")
-    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="auto: fp16 on GPU, fp32 on CPU")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: fp16 on GPU, fp32 on CPU"
+    )
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the UNet (pays off from a few hundred images on)")
 

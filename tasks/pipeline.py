@@ -23,12 +23,14 @@ from tasks.coco import (
     load_coco,
 )
 from tasks.demo_scenes import write_demo_scenes
+from tasks.diffusion import GeneratedStore
 from tasks.object_bank import (
     OBJECT_MANIFEST,
     BankObject,
     demo_object_photos,
     list_photo_files,
     objects_from_files,
+    read_object_bank,
     write_object_bank,
 )
 from tasks.saliency import LazyMasker
@@ -38,6 +40,7 @@ from tasks.shards import (
     REJECTS,
     SAMPLES,
     SHARDS,
+    read_rejects,
     write_json_atomic,
     write_rejects,
     write_table,
@@ -58,9 +61,52 @@ def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef
     return index_cityscapes(root, sc.split, sc.cities, sc.limit)
 
 
-def _bank_hash(cfg: SynthConfig) -> str:
-    """Identity of a bank: its config plus the names and sizes of the source files it reads."""
+SOURCES = ("diffusion", "coco", "files", "demo")
+
+
+def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: str | None = None) -> SynthConfig:
+    """The config restricted to the object ``sources`` named (others switched off) and, if ``scenes`` is
+    given, reading scenes from it ("demo", or a Cityscapes root). A source that is named but not configured
+    is an error: a run never silently does less than asked."""
+    update: dict = {}
+    if sources is not None:
+        unknown = [s for s in sources if s not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown object sources {unknown}; known: {', '.join(SOURCES)}")
+        oc = cfg.objects
+        configured = {
+            "diffusion": oc.diffusion is not None,
+            "coco": oc.coco is not None,
+            "files": bool(oc.files),
+            "demo": True,  # the packaged demo photos need no configuration
+        }
+        missing = [s for s in sources if not configured[s]]
+        if missing:
+            raise ValueError(f"object sources {missing} were asked for but the config has no section for them")
+        update["objects"] = oc.model_copy(
+            update={
+                "diffusion": oc.diffusion if "diffusion" in sources else None,
+                "coco": oc.coco if "coco" in sources else None,
+                "files": oc.files if "files" in sources else [],
+                "demo_objects": "demo" in sources,
+            }
+        )
+    if scenes is not None:
+        sc = cfg.scenes
+        update["scenes"] = (
+            sc.model_copy(update={"kind": "demo", "root": None})
+            if scenes == "demo"
+            else sc.model_copy(update={"kind": "cityscapes", "root": Path(scenes)})
+        )
+    return SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
+
+
+def _bank_hash(cfg: SynthConfig, generated: Path | None = None) -> str:
+    """Identity of a bank: its config, the names and sizes of the source files it reads, and the generated
+    objects it takes from the store."""
     sources = [(str(p), p.stat().st_size) for fs in cfg.objects.files for p in list_photo_files(fs)]
+    if generated is not None:
+        sources.append(("generated", GeneratedStore(generated).object_ids()))
     if cfg.objects.coco is not None and cfg.objects.coco.annotations.is_file():
         sources.append((str(cfg.objects.coco.annotations), cfg.objects.coco.annotations.stat().st_size))
     payload = {
@@ -78,15 +124,17 @@ def _excluded_classes(cfg: SynthConfig) -> set[str]:
     return {canonical_class(n) for n in names} | {"rider"}  # rider: a Cityscapes class with no COCO twin
 
 
-def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Path:
+def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None, generated: str | Path | None = None) -> Path:
     """Extract objects from every configured source into a bank; reuse a bank built from the same config.
 
     ``masker`` (soft mask from RGB) defaults to rembg with ``cfg.saliency``; it is created only if a
-    photo without a mask needs it.
+    photo without a mask needs it. ``generated``: the diffusion object store whose accepted objects join
+    the bank (when the config has a diffusion source).
     """
     bank_dir = Path(bank_dir)
     stamp = bank_dir / BANK_STAMP
-    h = _bank_hash(cfg)
+    generated = Path(generated) if generated is not None and cfg.objects.diffusion is not None else None
+    h = _bank_hash(cfg, generated)
     if (bank_dir / OBJECT_MANIFEST).is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == h:
         log.info("object bank %s is up to date (hash %s)", bank_dir, h)
         return bank_dir
@@ -111,6 +159,9 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
         got, rej = extract_coco_objects(coco, kept, oc.coco.images, oc.max_side)
         objects += [BankObject(r, rgba) for r, rgba in got]
         rejects += rej
+    if generated is not None and (generated / OBJECT_MANIFEST).is_file():
+        objects += read_object_bank(generated)
+        rejects += read_rejects(generated / REJECTS)
     if not objects:
         bank_dir.mkdir(parents=True, exist_ok=True)
         write_rejects(bank_dir / REJECTS, rejects)
@@ -125,7 +176,11 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None) -> Pa
 
 
 def finalize_shard_set(
-    out_dir: str | Path, cfg: SynthConfig, records: list[dict], extra_rejects: list[RejectRecord]
+    out_dir: str | Path,
+    cfg: SynthConfig,
+    records: list[dict],
+    extra_rejects: list[RejectRecord],
+    version: dict | None = None,
 ) -> dict:
     """Write samples/shards/rejects parquet and dataset.json from the shard records; drop the scratch dir."""
     out_dir = Path(out_dir)
@@ -145,6 +200,7 @@ def finalize_shard_set(
         "samples": len(rows),
         "shards": len(records),
         "rejects": len(rejects),
+        **(version or {}),
         "config": cfg.model_dump(mode="json"),
     }
     write_json_atomic(out_dir / DATASET, summary)

@@ -101,10 +101,32 @@ def write_report(
     bank: list[BankObject],
     rejects: list,
     timings: dict[str, float],
+    generation: dict | None = None,
+    previews: list[Path] | None = None,
 ) -> Path:
-    """Write ``report.md``, ``composites.png`` and ``objects.png`` under ``run_dir``; returns the markdown path."""
+    """Write ``report.md``, ``composites.png``, ``objects.png`` (and ``generated.jpg``, the generated images
+    of this run with their masks and verdicts) under ``run_dir``; returns the markdown path."""
     run_dir = Path(run_dir)
     shard_dir = Path(shard_dir)
+    gen_lines: list[str] = []
+    if generation is not None:
+        sheets = [decode_rgb(p.read_bytes(), str(p)) for p in (previews or [])[:4] if p.is_file()]
+        if sheets:
+            w = min(s.shape[1] for s in sheets)
+            write_rgb(
+                run_dir / "generated.jpg", np.hstack([s[:, :w] for s in sheets]) if len(sheets) > 1 else sheets[0]
+            )
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(generation.get("reasons", {}).items())) or "none"
+        gen_lines = [
+            "## Generated objects (Stable Diffusion)",
+            "",
+            f"- this run: {generation['planned']} images generated, {generation['accepted']} accepted, "
+            f"{generation['rejected']} rejected ({reasons}); {generation['seconds']:.1f} s, "
+            f"{generation.get('images_per_s', 0):.3g} images/s",
+            f"- objects in the store: {generation.get('store_objects', 0)}",
+            "",
+            *(["![generated](generated.jpg)", ""] if sheets else []),
+        ]
     grid = composite_grid(shard_dir)
     if grid is not None:
         write_rgb(run_dir / "composites.png", grid)
@@ -123,6 +145,7 @@ def write_report(
         f"- object bank: {len(bank)} objects; {summary['rejects']} items quarantined (see `rejects.parquet`)",
         f"- objects placed: {sum(placed.values())} ({', '.join(f'{k}: {v}' for k, v in sorted(placed.items()))})",
         "",
+        *gen_lines,
         "## Timings",
         "",
         "| stage | seconds |",

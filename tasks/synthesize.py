@@ -80,11 +80,17 @@ class Compositor:
     def __init__(self, cfg: SynthConfig, bank: list[BankObject], harmonizer: Harmonizer | None = None):
         if not bank:
             raise ValueError("the object bank is empty: no object passed extraction and the quality gate")
+        self.config_hash = cfg.content_hash()  # of the config as given: what dataset.json records
+        # objects that know their real-world height (generated ones: from the vocabulary) bring it to the
+        # placement; a size_prior in the config wins
+        heights = {o.record.class_name: o.record.height_m for o in bank if o.record.height_m is not None}
+        if heights:
+            prior = heights | cfg.placement.size_prior
+            cfg = cfg.model_copy(update={"placement": cfg.placement.model_copy(update={"size_prior": prior})})
         self.cfg = cfg
         self.bank = bank
         self.by_id = {o.record.object_id: o for o in bank}
         self.harmonizer = harmonizer or make_harmonizer(cfg.harmonize)
-        self.config_hash = cfg.content_hash()
 
     def compose(self, scene: Scene, plan: SamplePlan) -> Composite:
         cfg = self.cfg

@@ -49,9 +49,9 @@ def test_synth_flow_and_validate_cli(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert f"shards:  {run / 'shards'}" in res.stdout
-    assert (run / "report.md").is_file() and (run / "composites.png").stat().st_size > 1000
-    assert "seed 5" in (run / "report.md").read_text()
+    assert f"shards:  {run / 'versions'}/v0001-" in res.stdout and "(new, parent None)" in res.stdout
+    assert (run / "shards" / "report.md").is_file() and (run / "shards" / "composites.png").stat().st_size > 1000
+    assert "seed 5" in (run / "shards" / "report.md").read_text()
     ok = subprocess.run([*CLI, "validate", str(run / "shards")], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "ok:" in ok.stdout
     shard = sorted((run / "shards").glob("*.tar"))[0]
