@@ -127,7 +127,12 @@ def save_random_pipeline(dest: str | Path, family: Family = "sd", size: Size = "
     tokenizer = CLIPTokenizer.from_pretrained(dest / "_tokenizer")
     vocab = len(tokenizer)
     scheduler = PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, set_alpha_to_one=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     if family == "sd":
         hidden = 768 if size == "sd15" else 32
