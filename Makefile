@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo eval bench bench-synth bench-metrics clean
+.PHONY: install lint test test-fast demo synth serve eval bench bench-synth bench-metrics bench-diffusion clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -35,18 +35,34 @@ test-fast:
 demo:
 	$(BIN)/anomalyforge synth --config configs/demo.yaml --run-dir $(RUN_DIR)
 	$(BIN)/anomalyforge validate $(RUN_DIR)/shards
-	@echo "demo outputs: $(RUN_DIR)/shards (WebDataset + parquet manifest), $(RUN_DIR)/report.md, $(RUN_DIR)/composites.png"
+	@echo "demo outputs: $(RUN_DIR)/shards -> the latest version (WebDataset + parquet manifest, report.md, composites.png)"
+
+# one-off local run without a server (Prefect's temporary one), e.g. make synth SYNTH_CONFIG=configs/diffusion.yaml
+SYNTH_CONFIG ?= configs/demo.yaml
+SYNTH_DIR ?= runs/$(basename $(notdir $(SYNTH_CONFIG)))
+synth:
+	$(BIN)/anomalyforge synth --config $(SYNTH_CONFIG) --run-dir $(SYNTH_DIR)
+
+# local server (SQLite) + cpu/gpu pools + deployments + workers; then `prefect deployment run synth/diffusion`
+PORT ?= 4200
+serve:
+	$(BIN)/anomalyforge serve --port $(PORT)
 
 eval:
 	$(BIN)/anomalyforge eval --config $(EVAL_CONFIG) --out-dir $(EVAL_DIR)
 
-bench: bench-synth bench-metrics
+bench: bench-synth bench-metrics bench-diffusion
 
 bench-synth:
 	$(BIN)/python bench/synth_throughput.py
 
 bench-metrics:
 	$(BIN)/python bench/metrics_throughput.py
+
+# tiny UNet on CPU; on a GPU machine: make bench-diffusion DIFFUSION_BENCH="--size sd15"
+DIFFUSION_BENCH ?=
+bench-diffusion:
+	$(BIN)/python bench/diffusion_throughput.py $(DIFFUSION_BENCH)
 
 clean:
 	rm -rf runs .pytest_cache

