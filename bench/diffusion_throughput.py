@@ -121,7 +121,7 @@ def main() -> None:
         f"{args.size} UNet ({params:.0f} M params), {res}x{res}, batch {n}, {args.steps} steps with CFG, "
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'})"
     )
-    print(f"work per image: {flops / n / 1e12:.3f} TFLOP (UNet x steps x 2 for guidance, + text encoder + VAE)")
+    print(f"work per image: {flops / n / 1e9:.2f} GFLOP (UNet x steps x 2 for guidance, + text encoder + VAE)")
     for name, t, dt, pk, src, sched in (
         ("plain diffusers", t_plain, torch.float32, peak_plain, src_plain, "pipeline default"),
         ("ours", t_ours, ours.dtype, peak_ours, src_ours, cfg.scheduler),
