@@ -145,6 +145,8 @@ def test_deployment_run_synth_diffusion_against_a_local_server(tmp_path):
         listed = stack.run("deployment", "ls").stdout
         for name in ("synth/diffusion", "synth/coco", "synth/nightly", "generate-objects/gpu"):
             assert name in listed, listed
+        limit = stack.run("concurrency-limit", "inspect", "gpu").stdout  # one generation batch per GPU
+        assert "Concurrency Limit ID" in limit and "gpu" in limit, limit  # inspect fails for an unknown tag
         nightly = json.loads(stack.run("deployment", "inspect", "synth/nightly", "--output", "json").stdout)
         assert nightly["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
         res = stack.run(
