@@ -33,8 +33,8 @@ import torch
 
 from data_manifests.parquet import OBJECT_SCHEMA
 from schemas import DiffusionConfig, MaskGateConfig, ObjectRecord, RejectRecord
-from tasks.imageio import encode_gray_png, encode_rgb, encode_rgba_png, write_bytes_atomic
-from tasks.object_bank import OBJECT_MANIFEST, BankObject, gated_object
+from tasks.imageio import encode_rgb, write_bytes_atomic
+from tasks.object_bank import OBJECT_MANIFEST, BankObject, bank_sample, gated_object, manifest_row
 from tasks.prompts import PromptSpec
 from tasks.shards import REJECTS, write_json_atomic, write_rejects, write_table, write_tar_shard
 
@@ -247,16 +247,9 @@ class GeneratedStore:
         """Tar of the accepted objects, then the preview, then the batch record (last: the batch is done)."""
         shard = f"{bid}.tar" if objects else None
         if shard:
-            samples = [
-                {
-                    "__key__": o.record.object_id,
-                    "rgba.png": encode_rgba_png(o.rgba),
-                    "mask.png": encode_gray_png(np.where(o.mask, 255, 0).astype(np.uint8)),
-                    "json": o.record.model_dump_json().encode(),
-                }
-                for o in sorted(objects, key=lambda o: o.record.object_id)
-            ]
-            write_tar_shard(self.root / shard, samples)
+            write_tar_shard(
+                self.root / shard, [bank_sample(o) for o in sorted(objects, key=lambda o: o.record.object_id)]
+            )
         if preview is not None:
             (self.root / "previews").mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(self.root / "previews" / f"{bid}.jpg", encode_rgb(preview, "jpg", 90))
@@ -278,7 +271,7 @@ class GeneratedStore:
         rows, rejects = [], []
         for rec in self.records():
             for o in rec["objects"]:
-                rows.append(o | {"quality": json.dumps(o["quality"], sort_keys=True), "shard": rec["shard"]})
+                rows.append(manifest_row(o, rec["shard"]))
             rejects += [RejectRecord(**r) for r in rec["rejects"]]
         rows.sort(key=lambda r: r["object_id"])
         write_table(self.root / OBJECT_MANIFEST, rows, OBJECT_SCHEMA)

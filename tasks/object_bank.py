@@ -193,6 +193,21 @@ def demo_object_photos(dest: str | Path) -> FilesSourceConfig:
 # ---------------------------------------------------------------- bank storage
 
 
+def bank_sample(o: BankObject) -> dict:
+    """The WebDataset sample of one bank object."""
+    return {
+        "__key__": o.record.object_id,
+        "rgba.png": encode_rgba_png(o.rgba),
+        "mask.png": encode_gray_png(np.where(o.mask, 255, 0).astype(np.uint8)),
+        "json": o.record.model_dump_json().encode(),
+    }
+
+
+def manifest_row(record: dict, shard: str | None) -> dict:
+    """An ``objects.parquet`` row from an ObjectRecord dumped as JSON."""
+    return record | {"quality": json.dumps(record["quality"], sort_keys=True), "shard": shard}
+
+
 def write_object_bank(
     bank_dir: str | Path, objects: list[BankObject], rejects: list[RejectRecord], objects_per_shard: int
 ) -> Path:
@@ -205,20 +220,8 @@ def write_object_bank(
     for s in range(0, len(objects), objects_per_shard):
         chunk = objects[s : s + objects_per_shard]
         name = f"objects-{s // objects_per_shard:06d}.tar"
-        samples = [
-            {
-                "__key__": o.record.object_id,
-                "rgba.png": encode_rgba_png(o.rgba),
-                "mask.png": encode_gray_png(np.where(o.mask, 255, 0).astype(np.uint8)),
-                "json": o.record.model_dump_json().encode(),
-            }
-            for o in chunk
-        ]
-        write_tar_shard(bank_dir / name, samples)
-        rows += [
-            o.record.model_dump(mode="json") | {"quality": json.dumps(o.record.quality, sort_keys=True), "shard": name}
-            for o in chunk
-        ]
+        write_tar_shard(bank_dir / name, [bank_sample(o) for o in chunk])
+        rows += [manifest_row(o.record.model_dump(mode="json"), name) for o in chunk]
     write_table(bank_dir / OBJECT_MANIFEST, rows, OBJECT_SCHEMA)
     write_rejects(bank_dir / REJECTS, rejects)
     return bank_dir / OBJECT_MANIFEST
