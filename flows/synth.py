@@ -190,7 +190,10 @@ def synth(
         log.info("retention (keep %d): removed %s", keep_versions, ", ".join(removed))
     previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
     rejects = read_rejects(shard_dir / "rejects.parquet")
-    report = report_task(shard_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
+    if plan.status == "unchanged":  # a published version keeps the report of the run that made it
+        report = shard_dir / "report.md"
+    else:
+        report = report_task(shard_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
     summary |= {"shard_dir": str(shard_dir), "latest": str(run / "shards"), "report": str(report), "validated": checked}
     _artifacts(summary, bank, rejects, timings, report)

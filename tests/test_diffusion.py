@@ -12,7 +12,7 @@ import yaml
 from schemas import DiffusionConfig, MaskGateConfig
 from tasks.diffusion import GeneratedStore, WeightsNotFoundError, generate_images, load_pipeline, run_batch
 from tasks.object_bank import read_object_bank
-from tasks.prompts import cityscapes_class_of, load_vocabulary, plan_specs, round_specs
+from tasks.prompts import DEFAULT_VOCABULARY, cityscapes_class_of, load_vocabulary, plan_specs, round_specs
 from tasks.random_pipeline import save_random_pipeline
 from tasks.shards import DATASET
 from tasks.versions import latest_version, plan_version, prune_versions, publish_version
@@ -59,7 +59,7 @@ def test_vocabulary_covers_the_comsamy_kinds_and_has_no_cityscapes_class():
 
 
 def test_overlapping_classes_are_refused_with_their_names(tmp_path):
-    v = yaml.safe_load(open(load_vocabulary.__globals__["DEFAULT_VOCABULARY"]).read())
+    v = yaml.safe_load(DEFAULT_VOCABULARY.read_text())
     v["objects"] += [
         {"name": "fire truck", "kind": "unconventional_vehicle", "height_m": [3, 3.5]},
         {"name": "Pedestrian", "kind": "dynamic_obstacle", "height_m": [1.5, 1.9]},

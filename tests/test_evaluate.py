@@ -103,25 +103,17 @@ def test_eval_cli_runs_the_prefect_flow(setup):
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",  # a busy CI machine starts it slowly
     )
-    res = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "eval", "--config", str(tmp / "eval.yaml"), "--out-dir", str(tmp / "out")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    res = run("flows.cli", "eval", "--config", str(tmp / "eval.yaml"), "--out-dir", str(tmp / "out"))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "| tiny | all |" in res.stdout and (tmp / "out" / "metrics.json").is_file()
     # the table was published as a Prefect artifact (read back from the same local database)
-    art = subprocess.run(
-        [sys.executable, "-m", "prefect", "artifact", "inspect", "anomaly-metrics"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    art = run("prefect", "artifact", "inspect", "anomaly-metrics")
     assert art.returncode == 0, art.stdout[-2000:] + art.stderr[-2000:]
     assert "tiny" in art.stdout and "auroc" in art.stdout.lower()
 
