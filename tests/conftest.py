@@ -3,6 +3,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Prefect reads its settings once, at import: this must come before anything imports prefect. A busy
+# 2-core CI machine running two test workers can take well over Prefect's default 20 s to start the
+# ephemeral API server that in-process flow runs use.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+
 import cv2
 import numpy as np
 import pytest

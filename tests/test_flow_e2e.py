@@ -186,7 +186,6 @@ def test_synth_flow_is_incremental_and_versions_the_shards(tmp_path):
     model = save_random_pipeline(tmp_path / "tiny-sd", "sd")
     run = tmp_path / "run"
     p = _diffusion_params(tmp_path, model, run)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     kw = dict(sources=p["sources"], scenes="demo")
     first = run_synth("configs/diffusion.yaml", str(run), p["overrides"], 1, **kw)
     assert first["status"] == "new" and first["generation"]["planned"] == 2
