@@ -1,0 +1,169 @@
+"""Training losses of the anomaly methods. Logits are N×C×H×W; labels N×H×W in the shard convention
+(trainIds 0-18, ``ANOMALY_ID`` 254, ``IGNORE_ID`` 255).
+
+Normalisation: the papers write sums over pixels; like the reference code, every term here is a *mean* over
+the pixels it ranges over (so learning rates do not depend on the crop size), and a term whose pixel set is
+empty in a batch contributes 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tasks.labels import ANOMALY as ANOMALY_ID
+from tasks.labels import VOID as IGNORE_ID
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H(y) = −Σ_c p_c log p_c with p = softmax(y) over dim 1 (natural log), N×H×W."""
+    logp = F.log_softmax(logits, dim=1)
+    return -(logp.exp() * logp).sum(1)
+
+
+def logsumexp_energy(logits: torch.Tensor) -> torch.Tensor:
+    """The energy response log Σ_c exp(y_c) (= −E(y) with E the free energy), N×H×W. High on inliers."""
+    return torch.logsumexp(logits, dim=1)
+
+
+def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    anomaly = labels == ANOMALY_ID
+    inlier = ~anomaly & (labels != IGNORE_ID)
+    return inlier, anomaly
+
+
+def _mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x[mask].mean() if mask.any() else x.sum() * 0.0  # keeps the graph when a term is empty
+
+
+def rpl_loss(
+    logits: torch.Tensor, frozen: torch.Tensor, labels: torch.Tensor, t: float = 1.0, out_weight: float = 0.05
+) -> dict[str, torch.Tensor]:
+    """RPL: ℓ = ℓ_in + 0.05·ℓ_out with
+    ℓ_in = mean over inlier pixels [ CE(onehot(argmax ỹ), ŷ) + ((H(ỹ) − H(ŷ)) / t)² ] and
+    ℓ_out = mean over anomaly pixels max(−E(ŷ), 0) = relu(logsumexp ŷ).
+    "Inlier" excludes void (255) as well as anomaly (254) pixels, as RPL's code does."""
+    inlier, anomaly = _masks(labels)
+    frozen = frozen.detach()
+    ce = F.cross_entropy(logits, frozen.argmax(1), reduction="none")
+    ent = ((softmax_entropy(frozen) - softmax_entropy(logits)) / t) ** 2
+    out = F.relu(logsumexp_energy(logits))
+    parts = {"in_ce": _mean(ce, inlier), "in_entropy": _mean(ent, inlier), "out_energy": _mean(out, anomaly)}
+    parts["loss"] = parts["in_ce"] + parts["in_entropy"] + out_weight * parts["out_energy"]
+    return parts
+
+
+def eel_loss(logits: torch.Tensor, labels: torch.Tensor, alpha: float = 1.0) -> dict[str, torch.Tensor]:
+    """DiffEEL's energy-entropy learning (Eq. 7). With E(ŷ) = log Σ_c exp ŷ_c and the anomaly probability
+    p = sigmoid(−E):
+
+        ℓ_eel = mean over anomaly pixels [ −log p − α·H(ŷ) ] + mean over inlier pixels [ −log(1 − p) + α·H(ŷ) ]
+
+    Our reading of the paper's ambiguously typeset Eq. 7: a binary cross-entropy that pushes the energy response
+    down on anomalies and up on inliers, plus an entropy term that is rewarded on anomalies (flat softmax) and
+    penalised on inliers (confident softmax). −log sigmoid(−E) = softplus(E), −log(1 − sigmoid(−E)) =
+    softplus(−E), which is how it is computed (stable for any E)."""
+    inlier, anomaly = _masks(labels)
+    e = logsumexp_energy(logits)
+    h = softmax_entropy(logits)
+    parts = {
+        "eel_anomaly": _mean(F.softplus(e) - alpha * h, anomaly),
+        "eel_inlier": _mean(F.softplus(-e) + alpha * h, inlier),
+    }
+    parts["eel"] = parts["eel_anomaly"] + parts["eel_inlier"]
+    return parts
+
+
+def consistency_loss(logits: torch.Tensor, frozen: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DiffEEL's L_cons = mean over inlier pixels [ CE(ỹ, ŷ) + KL(ỹ ‖ ŷ) + (H(ỹ) − H(ŷ))² ].
+    CE(ỹ, ŷ) is read as RPL's: cross-entropy of ŷ against the frozen prediction argmax ỹ (with soft targets
+    CE + KL would just count the KL twice)."""
+    inlier, _ = _masks(labels)
+    frozen = frozen.detach()
+    logp_frozen = F.log_softmax(frozen, 1)
+    logp = F.log_softmax(logits, 1)
+    ce = F.cross_entropy(logits, frozen.argmax(1), reduction="none")
+    kl = (logp_frozen.exp() * (logp_frozen - logp)).sum(1)
+    ent = (softmax_entropy(frozen) - softmax_entropy(logits)) ** 2
+    parts = {"cons_ce": _mean(ce, inlier), "cons_kl": _mean(kl, inlier), "cons_entropy": _mean(ent, inlier)}
+    parts["cons"] = parts["cons_ce"] + parts["cons_kl"] + parts["cons_entropy"]
+    return parts
+
+
+def rpl_eel_loss(
+    logits: torch.Tensor, frozen: torch.Tensor, labels: torch.Tensor, lam: float = 0.05, alpha: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """DiffEEL on RPL: L = L_cons + λ·ℓ_eel, λ = 0.05."""
+    parts = consistency_loss(logits, frozen, labels) | eel_loss(logits, labels, alpha)
+    parts["loss"] = parts["cons"] + lam * parts["eel"]
+    return parts
+
+
+def supervised_contrastive(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    contrast: torch.Tensor,
+    contrast_labels: torch.Tensor,
+    tau: float = 0.1,
+    anchors_in_contrast: bool = True,
+) -> torch.Tensor:
+    """Supervised InfoNCE over L2-normalised embeddings (rows). For anchor a with positives P(a) (same label,
+    itself excluded) and negatives N(a) (other label):
+
+        ℓ_a = −1/|P(a)| Σ_{p∈P(a)} log( exp(s_ap/τ) / (exp(s_ap/τ) + Σ_{n∈N(a)} exp(s_an/τ)) ),  s = cosine
+
+    averaged over anchors with at least one positive. With ``anchors_in_contrast`` the first rows of
+    ``contrast`` are the anchors themselves (CoroCL's layout), so the self pair is not a positive."""
+    a = F.normalize(anchors, dim=1)
+    c = F.normalize(contrast, dim=1)
+    logits = a @ c.T / tau
+    logits = logits - logits.max(1, keepdim=True).values.detach()
+    same = anchor_labels[:, None] == contrast_labels[None, :]
+    pos = same.clone()
+    if anchors_in_contrast:
+        idx = torch.arange(len(a), device=a.device)
+        pos[idx, idx] = False
+    exp = logits.exp()
+    neg_sum = (exp * (~same)).sum(1, keepdim=True)
+    log_prob = logits - torch.log(exp + neg_sum)
+    n_pos = pos.sum(1)
+    keep = n_pos > 0
+    if not keep.any():
+        return anchors.sum() * 0.0
+    per_anchor = (log_prob * pos).sum(1)[keep] / n_pos[keep]
+    return -per_anchor.mean()
+
+
+def corocl_loss(
+    city_emb: torch.Tensor,
+    city_labels: torch.Tensor,
+    ctx_emb: torch.Tensor,
+    ctx_labels: torch.Tensor,
+    tau: float = 0.10,
+    max_views: int = 512,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """CoroCL (RPL+CoroCL): anchors are n anomaly and n inlier pixel embeddings of the composites; the contrast
+    set adds n anomaly and n inlier embeddings of the object-context images; n = min(max_views, each pool's
+    size). Labels are nearest-resized to the embedding grid; void pixels take no part."""
+
+    def pools(emb, labels):
+        labels = F.interpolate(labels[:, None].float(), size=emb.shape[2:], mode="nearest")[:, 0].long()
+        flat = emb.permute(0, 2, 3, 1).reshape(-1, emb.shape[1])
+        lab = labels.reshape(-1)
+        return flat[lab == ANOMALY_ID], flat[(lab != ANOMALY_ID) & (lab != IGNORE_ID)]
+
+    city_pos, city_neg = pools(city_emb, city_labels)
+    ctx_pos, ctx_neg = pools(ctx_emb, ctx_labels)
+    n = min(max_views, len(city_pos), len(city_neg), len(ctx_pos), len(ctx_neg))
+    if n == 0:
+        return city_emb.sum() * 0.0
+
+    def pick(x):
+        return x[torch.randperm(len(x), generator=generator, device="cpu")[:n].to(x.device)]
+
+    anchors = torch.cat([pick(city_pos), pick(city_neg)])
+    labels = torch.cat([torch.ones(n), torch.zeros(n)]).to(anchors.device)
+    contrast = torch.cat([anchors, pick(ctx_pos), pick(ctx_neg)])
+    c_labels = torch.cat([labels, labels])
+    return supervised_contrastive(anchors, labels, contrast, c_labels, tau, anchors_in_contrast=True)

@@ -1,0 +1,116 @@
+"""Frozen closed-set segmenters behind one adapter (:class:`FrozenSegmenter`), created by name.
+
+seg = build_segmenter("espnetv2")                  # ESPNetv2 s=2.0, Cityscapes layout (20 outputs)
+load_segmenter_weights(seg, torch.load(path, weights_only=True), source=path)
+enc = seg.encode(images); y_frozen = seg.decode(enc); y_hat = seg.decode(enc, residual)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from models.segmenters.base import Encoded, FrozenSegmenter
+from models.segmenters.deeplab import DeepLabV3Plus, DeepResNetV3PlusD, DeepWV3Plus
+from models.segmenters.espnetv2 import ESPNetv2Segmentation
+from models.segmenters.loading import CheckpointMismatchError, load_strict, split_method_heads, unwrap_state_dict
+
+__all__ = [
+    "SEGMENTERS",
+    "CheckpointMismatchError",
+    "Encoded",
+    "FrozenSegmenter",
+    "build_segmenter",
+    "load_segmenter_weights",
+]
+
+
+class ESPNetv2Segmenter(FrozenSegmenter):
+    """ESPNetv2 (EdgeNets). The residual reads the stride-16 encoder output and is added to the input of the
+    last Efficient Pyramid Pooling block (the network's classifier, stride 2). 20 outputs: 19 trainIds +
+    "background"; scores use the first 19."""
+
+    size_multiple = 16
+    native_size = (512, 1024)
+
+    def __init__(self, s: float = 2.0, num_outputs: int = 20, name: str = "espnetv2"):
+        super().__init__(ESPNetv2Segmentation(num_outputs=num_outputs, s=s))
+        self.name = name
+        self.deep_channels = self.net.deep_channels
+        self.plug_channels = self.net.plug_channels
+
+    def _encode(self, x):
+        feats = self.net.encode(x)
+        return feats[3], self.net.decode_to_plug(feats)
+
+    def _classify(self, plug):
+        return self.net.classify(plug)
+
+
+class DeepLabV3PlusSegmenter(FrozenSegmenter):
+    """DeepLabV3+ (NVIDIA layout). The residual reads the trunk's stride-8 output and is added to the 304-channel
+    classifier input, as in RPL; its ASPP may start as a copy of the frozen one."""
+
+    size_multiple = 8
+    native_size = (1024, 2048)
+
+    def __init__(self, net: DeepLabV3Plus, name: str):
+        super().__init__(net)
+        self.name = name
+        self.deep_channels = net.deep_channels
+        self.plug_channels = 304
+
+    def _encode(self, x):
+        return self.net.encode(x)
+
+    def _classify(self, plug):
+        return self.net.final(plug)
+
+    def aspp_for_init(self) -> nn.Module:
+        return nn.ModuleDict({"aspp": self.net.aspp, "bot_aspp": self.net.bot_aspp})
+
+
+SEGMENTERS: dict[str, Callable[..., FrozenSegmenter]] = {
+    "espnetv2": lambda s=2.0, num_outputs=20: ESPNetv2Segmenter(s, num_outputs),
+    # the small network the demo profile trains itself on the demo scenes (no weights needed)
+    "espnetv2_demo": lambda s=0.5, num_outputs=20: ESPNetv2Segmenter(s, num_outputs, name="espnetv2_demo"),
+    "deeplabv3plus_wrn38": lambda num_classes=19: DeepLabV3PlusSegmenter(
+        DeepWV3Plus(num_classes), "deeplabv3plus_wrn38"
+    ),
+    "deeplabv3plus_resnet50": lambda num_classes=19: DeepLabV3PlusSegmenter(
+        DeepResNetV3PlusD(50, num_classes), "deeplabv3plus_resnet50"
+    ),
+    "deeplabv3plus_resnet101": lambda num_classes=19: DeepLabV3PlusSegmenter(
+        DeepResNetV3PlusD(101, num_classes), "deeplabv3plus_resnet101"
+    ),
+}
+
+
+def build_segmenter(name: str, **kwargs) -> FrozenSegmenter:
+    if name not in SEGMENTERS:
+        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}")
+    return SEGMENTERS[name](**kwargs)
+
+
+def load_segmenter_weights(seg: FrozenSegmenter, checkpoint: Mapping, source: str = "checkpoint") -> dict:
+    """Load a checkpoint object strictly into ``seg.net``; returns the method-head tensors it also held
+    (e.g. RPL's ``residual_block.*``), which are not part of the segmenter."""
+    sd, heads = split_method_heads(unwrap_state_dict(checkpoint, source))
+    load_strict(seg.net, sd, source)
+    seg.freeze()
+    return heads
+
+
+def state_dict_from_key_list(lines: list[str]) -> dict[str, torch.Tensor]:
+    """A random state dict from ``name (shape)`` lines (our tests' stand-in for unavailable checkpoints)."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, shape = line.split(" ", 1)
+        dims = tuple(int(d) for d in shape.strip("() \n").split(",") if d.strip())
+        out[name] = torch.randn(dims, generator=g) if dims else torch.tensor(0)
+    return out
