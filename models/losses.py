@@ -11,19 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from models.scores import energy as free_energy
+from models.scores import entropy as softmax_entropy
 from tasks.labels import ANOMALY as ANOMALY_ID
 from tasks.labels import VOID as IGNORE_ID
 
 
-def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H(y) = −Σ_c p_c log p_c with p = softmax(y) over dim 1 (natural log), N×H×W."""
-    logp = F.log_softmax(logits, dim=1)
-    return -(logp.exp() * logp).sum(1)
-
-
 def logsumexp_energy(logits: torch.Tensor) -> torch.Tensor:
-    """The energy response log Σ_c exp(y_c) (= −E(y) with E the free energy), N×H×W. High on inliers."""
-    return torch.logsumexp(logits, dim=1)
+    """The energy response E(y) = log Σ_c exp(y_c) (the negated free energy, ``-scores.energy``), N×H×W."""
+    return -free_energy(logits)
 
 
 def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

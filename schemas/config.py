@@ -319,3 +319,77 @@ class EvalConfig(_Strict):
 
 def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
     return EvalConfig.model_validate(_read_yaml(path, overrides))
+
+
+# ---------------------------------------------------------------- training (anomalyforge train)
+
+SegmenterName = Literal[
+    "espnetv2", "espnetv2_demo", "deeplabv3plus_wrn38", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101"
+]
+
+
+class PretrainConfig(_Strict):
+    """Closed-set training of a small segmenter on the shards' inlier labels (demo profile, no weights)."""
+
+    steps: int = Field(400, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class SegmenterConfig(_Strict):
+    name: SegmenterName = "espnetv2"
+    checkpoint: Path | None = Field(
+        None, description="state dict of the frozen network; None = train a closed-set one first (demo profile)"
+    )
+    options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+
+
+class TrainConfig(_Strict):
+    """One anomaly method trained on a shard version over a frozen segmenter (``anomalyforge train``).
+    Paper defaults: RPL Adam lr 7.5e-5 (×10 on the new head); EEL lr 5e-5, 30 epochs."""
+
+    name: str = "train"
+    method: Literal["eel", "rpl", "rpl_corocl"] = "eel"
+    seed: int = 0
+    segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    residual_dim: int = Field(256, ge=8)
+    projector_dim: int = Field(304, ge=8, description="CoroCL projector output (rpl_corocl only)")
+    crop: tuple[int, int] = Field((512, 1024), description="(H, W) random training crop")
+    batch_size: int = Field(8, ge=1)
+    epochs: float = Field(30, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
+    lr: float = Field(5e-5, gt=0)
+    head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of the newly initialised layers")
+    weight_decay: float = Field(0.0, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+    # losses
+    lam: float = Field(0.05, ge=0, description="EEL: L = L_cons + lam * l_eel")
+    alpha: float = Field(1.0, ge=0, description="EEL entropy weight (loss and score)")
+    out_weight: float = Field(0.05, ge=0, description="RPL: l = l_in + out_weight * l_out")
+    entropy_t: float = Field(1.0, gt=0)
+    tau: float = Field(0.10, gt=0, description="CoroCL temperature")
+    max_views: int = Field(512, ge=1, description="CoroCL pixel embeddings per pool")
+    context_size: int = Field(128, ge=16, description="CoroCL object-context images are resized to this square")
+    # data
+    shuffle_buffer: int = Field(64, ge=1)
+    workers: int = Field(2, ge=0)
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held-in validation split (by sample key)")
+    val_limit: int | None = Field(64, ge=1, description="at most this many validation images per evaluation")
+    # running
+    eval_every: int = Field(500, ge=1, description="steps between evaluations (and checkpoints)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    device: Literal["auto", "cpu"] = "auto"
+    smoothing: bool = True
+
+    @property
+    def score(self) -> str:
+        return "eel" if self.method == "eel" else "energy"
+
+    def content_hash(self) -> str:
+        keep = self.model_dump(mode="json", exclude={"workers", "eval_every", "val_limit", "device"})
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    return TrainConfig.model_validate(_read_yaml(path, overrides))

@@ -1,0 +1,195 @@
+"""Streaming training data from a shard version (WebDataset), plus the object-context images CoroCL contrasts.
+
+A chain of small stages over an iterator of dicts, like webdataset's own:
+
+    shard URLs ─▶ resampled shards ─▶ tar samples ─▶ split filter ─▶ shuffle buffer ─▶ decode ─▶ crop + flip
+               ─▶ batches of (image float N×3×H×W in [0, 1], label int64 N×H×W)
+
+Labels are decoded with OpenCV as single-channel PNGs (webdataset's ``rgb8`` decoder would turn them into three
+channels). The split is a pure function of the sample key, so train and validation never overlap, whatever the
+shard order. Every random choice is drawn from generators seeded by (config seed, rank, worker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
+from tasks.shards import DATASET, SHARDS
+
+
+class ShardDataError(ValueError):
+    """A sample or shard that cannot be read (names the shard and key)."""
+
+
+def shard_urls(version: str | Path) -> list[str]:
+    """The shard URLs of a version, from its manifest (local path or an fsspec URL such as ``s3://b/v0003``)."""
+    root = str(version).rstrip("/")
+    if "://" not in root:
+        path = Path(root)
+        if not (path / DATASET).is_file():
+            raise FileNotFoundError(f"{path}: not a complete shard version ({DATASET} missing)")
+        names = [json.loads(line)["name"] for line in _shard_rows(path / SHARDS)]
+        return [str(path / n) for n in names]
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(f"{root}/{SHARDS}", "rb") as f:
+        names = pq.read_table(f).column("name").to_pylist()
+    _register_fsspec_scheme(root.split("://", 1)[0])
+    return [f"{root}/{n}" for n in names]
+
+
+def _register_fsspec_scheme(scheme: str) -> None:
+    """Let webdataset open ``scheme://`` URLs through fsspec when it has no handler of its own."""
+    from webdataset import gopen
+
+    if scheme not in gopen.gopen_schemes:
+
+        def open_with_fsspec(url, mode="rb", bufsize=8192):
+            import fsspec
+
+            return fsspec.open(url, mode).open()
+
+        gopen.gopen_schemes[scheme] = open_with_fsspec
+
+
+def _shard_rows(path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [json.dumps({"name": n}) for n in pq.read_table(path).column("name").to_pylist()]
+
+
+def in_validation(key: str, fraction: float) -> bool:
+    """Held-in validation split: a fixed fraction of sample keys, chosen by hash (stable across shard orders)."""
+    if fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big")
+    return h < fraction * 2**32
+
+
+def decode_sample(sample: dict) -> dict:
+    """Raw tar sample → RGB uint8 H×W×3 and single-channel uint8 label, checked against the shard convention."""
+    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+    if "image.jpg" not in sample or "label.png" not in sample:
+        raise ShardDataError(f"{where}: sample lacks image.jpg or label.png (has {sorted(sample)})")
+    img = cv2.imdecode(np.frombuffer(sample["image.jpg"], np.uint8), cv2.IMREAD_COLOR)
+    lab = cv2.imdecode(np.frombuffer(sample["label.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or lab is None:
+        raise ShardDataError(f"{where}: image or label does not decode")
+    if lab.ndim != 2:
+        raise ShardDataError(f"{where}: label has shape {lab.shape}; labels are single-channel trainId PNGs")
+    if lab.shape != img.shape[:2]:
+        raise ShardDataError(f"{where}: label {lab.shape} and image {img.shape[:2]} differ in size")
+    bad = set(np.unique(lab).tolist()) - SHARD_LABEL_VALUES
+    if bad:
+        raise ShardDataError(f"{where}: label values {sorted(bad)} are outside trainIds 0-18, {ANOMALY}, {VOID}")
+    return {"__key__": sample["__key__"], "image": cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "label": lab}
+
+
+def random_crop_flip(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: random.Random):
+    """A random (H, W) crop (padding with void / black when the image is smaller) and a horizontal flip (p=½)."""
+    ch, cw = crop
+    h, w = label.shape
+    if h < ch or w < cw:
+        ph, pw = max(0, ch - h), max(0, cw - w)
+        image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        label = cv2.copyMakeBorder(label, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=VOID)
+        h, w = label.shape
+    y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)  # inclusive ends: every position is possible
+    image, label = image[y : y + ch, x : x + cw], label[y : y + ch, x : x + cw]
+    if rng.random() < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, torch.from_numpy(label.astype(np.int64))
+
+
+class TrainStream(IterableDataset):
+    """Endless stream of augmented training samples (resampled shards: each worker draws shards with
+    replacement, so epochs are counted in samples, not passes)."""
+
+    def __init__(self, urls: list[str], crop, val_fraction: float, shuffle_buffer: int, seed: int, rank: int = 0):
+        self.urls, self.crop, self.val_fraction = urls, tuple(crop), val_fraction
+        self.shuffle_buffer, self.seed, self.rank = shuffle_buffer, seed, rank
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        seed = self.seed * 1_000_003 + self.rank * 1009 + worker
+        rng = random.Random(seed)
+        pipeline = wds.DataPipeline(
+            wds.ResampledShards(self.urls, seed=seed, deterministic=True),
+            wds.tarfile_to_samples(),
+            wds.select(lambda s: not in_validation(s["__key__"], self.val_fraction)),
+            wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=random.Random(seed + 1)),
+            wds.map(decode_sample),
+        )
+        for s in pipeline:
+            yield to_tensors(*random_crop_flip(s["image"], s["label"], self.crop, rng))
+
+
+def validation_samples(urls: list[str], fraction: float, limit: int | None = None) -> Iterator[dict]:
+    """The held-in validation composites, whole images, in shard order (one pass)."""
+    n = 0
+    for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.map(lambda s: s)):
+        if fraction > 0 and not in_validation(s["__key__"], fraction):
+            continue
+        yield decode_sample(s)
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def count_samples(version: str | Path, fraction: float) -> tuple[int, int]:
+    """(training samples, validation samples) of a local version, from its manifest."""
+    import pyarrow.parquet as pq
+
+    keys = pq.read_table(Path(version) / "samples.parquet", columns=["key"]).column("key").to_pylist()
+    val = sum(in_validation(k, fraction) for k in keys)
+    return len(keys) - val, val
+
+
+def train_loader(urls: list[str], cfg, rank: int = 0, world: int = 1) -> DataLoader:
+    """Batches for one process. Workers × world is capped at the number of shards (each worker needs its own)."""
+    workers = max(0, min(cfg.workers, len(urls) // max(world, 1)))
+    stream = TrainStream(urls, cfg.crop, cfg.val_fraction, cfg.shuffle_buffer, cfg.seed, rank)
+    return DataLoader(stream, batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0)
+
+
+# ---- CoroCL's object context ------------------------------------------------------------------------------------
+
+
+def context_batch(objects: list[np.ndarray], n: int, size: int, rng: random.Random):
+    """``n`` object-source images (RGBA bank crops: the object on its own background) resized into ``size``²
+    squares: label ANOMALY under the object's mask, 0 (inlier) on its background, VOID in the padding."""
+    images, labels = [], []
+    for _ in range(n):
+        rgba = objects[rng.randrange(len(objects))]
+        h, w = rgba.shape[:2]
+        s = size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        rgba = cv2.resize(rgba, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        img = np.zeros((size, size, 3), np.uint8)
+        lab = np.full((size, size), VOID, np.uint8)
+        y, x = (size - nh) // 2, (size - nw) // 2
+        img[y : y + nh, x : x + nw] = rgba[..., :3]
+        lab[y : y + nh, x : x + nw] = np.where(rgba[..., 3] >= 128, ANOMALY, 0)
+        if rng.random() < 0.5:
+            img, lab = img[:, ::-1], lab[:, ::-1]
+        t_img, t_lab = to_tensors(np.ascontiguousarray(img), np.ascontiguousarray(lab))
+        images.append(t_img)
+        labels.append(t_lab)
+    return torch.stack(images), torch.stack(labels)
