@@ -166,7 +166,7 @@ def pretrain_closed_set(
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     bar.close()
@@ -305,7 +305,7 @@ def train_method(
         optimizer.step()
         scheduler.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
         if accelerator.is_main_process and (step % 10 == 0 or step == total):

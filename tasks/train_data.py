@@ -13,7 +13,6 @@ shard order. Every random choice is drawn from generators seeded by (config seed
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,13 +38,11 @@ def shard_urls(version: str | Path) -> list[str]:
         path = Path(root)
         if not (path / DATASET).is_file():
             raise FileNotFoundError(f"{path}: not a complete shard version ({DATASET} missing)")
-        names = [json.loads(line)["name"] for line in _shard_rows(path / SHARDS)]
-        return [str(path / n) for n in names]
+        return [str(path / n) for n in _shard_names(path / SHARDS)]
     import fsspec
-    import pyarrow.parquet as pq
 
     with fsspec.open(f"{root}/{SHARDS}", "rb") as f:
-        names = pq.read_table(f).column("name").to_pylist()
+        names = _shard_names(f)
     _register_fsspec_scheme(root.split("://", 1)[0])
     return [f"{root}/{n}" for n in names]
 
@@ -64,10 +61,10 @@ def _register_fsspec_scheme(scheme: str) -> None:
         gopen.gopen_schemes[scheme] = open_with_fsspec
 
 
-def _shard_rows(path: Path) -> list[str]:
+def _shard_names(manifest) -> list[str]:
     import pyarrow.parquet as pq
 
-    return [json.dumps({"name": n}) for n in pq.read_table(path).column("name").to_pylist()]
+    return pq.read_table(manifest, columns=["shard"]).column("shard").to_pylist()
 
 
 def in_validation(key: str, fraction: float) -> bool:

@@ -112,5 +112,10 @@ def state_dict_from_key_list(lines: list[str]) -> dict[str, torch.Tensor]:
             continue
         name, shape = line.split(" ", 1)
         dims = tuple(int(d) for d in shape.strip("() \n").split(",") if d.strip())
-        out[name] = torch.randn(dims, generator=g) if dims else torch.tensor(0)
+        if not dims:
+            out[name] = torch.tensor(0)  # num_batches_tracked
+        elif name.endswith("running_var"):
+            out[name] = torch.rand(dims, generator=g) + 0.5  # a variance is positive
+        else:
+            out[name] = torch.randn(dims, generator=g) * 0.05
     return out
