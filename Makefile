@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo synth serve eval bench bench-synth bench-metrics bench-diffusion clean
+.PHONY: install lint test test-fast demo synth serve eval train-eel train-rpl bench bench-synth bench-metrics bench-diffusion bench-train clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -51,10 +51,20 @@ serve:
 eval:
 	$(BIN)/anomalyforge eval --config $(EVAL_CONFIG) --out-dir $(EVAL_DIR)
 
-bench: bench-synth bench-metrics bench-diffusion
+# Train on the latest shard version of RUN_DIR (the demo shards are made first when there are none).
+# Demo profile by default; TRAIN_SET="segmenter.name=espnetv2 segmenter.checkpoint=path.pth" for a real one.
+TRAIN_SET ?=
+train-eel train-rpl: train-%:
+	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
+	$(BIN)/anomalyforge train --method $* --shards $(RUN_DIR) $(foreach s,$(TRAIN_SET),--set $(s))
+
+bench: bench-synth bench-metrics bench-diffusion bench-train
 
 bench-synth:
 	$(BIN)/python bench/synth_throughput.py
+
+bench-train:
+	$(BIN)/python bench/train_throughput.py
 
 bench-metrics:
 	$(BIN)/python bench/metrics_throughput.py

@@ -90,6 +90,27 @@ def eval_(
 
 
 @app.command()
+def train(
+    method: str = typer.Option("eel", help="eel | rpl | rpl_corocl"),
+    config: Path = typer.Option(None, help="training YAML (default: configs/train_<method>.yaml)"),
+    shards: str = typer.Option("runs/demo", help="shard version dir, run dir (its latest version) or fsspec URL"),
+    out_dir: Path = typer.Option(None, help="default: <run_dir>/train/<method>-<version>"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=100"),
+    fresh: bool = typer.Option(False, help="ignore an existing checkpoint instead of resuming"),
+) -> None:
+    """Train an anomaly method on shards over a frozen segmenter (the `train` Prefect flow, run locally)."""
+    from flows.train import train as train_flow
+
+    config = config or Path(f"configs/train_{'rpl' if method.startswith('rpl') else method}.yaml")
+    res = train_flow(
+        str(config), shards, str(out_dir) if out_dir else None, method, _parse_overrides(set_) or None, not fresh
+    )
+    typer.echo(f"AUROC {res['auroc']}, AP {res['ap']}, FPR95 {res['fpr95']} after {res['steps']} steps")
+    typer.echo(f"model:   {res['model']}")
+    typer.echo(f"metrics: {res['metrics']}")
+
+
+@app.command()
 def serve(
     port: int = typer.Option(4200, help="server port on 127.0.0.1"),
     gpus: int = typer.Option(-1, help="generation batches at once (tag concurrency 'gpu'); -1: the GPUs torch sees"),

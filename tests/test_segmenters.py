@@ -15,8 +15,8 @@ from models.segmenters import (
     load_segmenter_weights,
 )
 from models.segmenters import state_dict_from_key_list as random_state_dict
-from tasks.checkpoints import frozen_segmenter, read_checkpoint
 from schemas.config import SegmenterConfig
+from tasks.checkpoints import frozen_segmenter, read_checkpoint
 from tests.conftest import shared_or_skip
 
 DATA = Path(__file__).parent / "data"
