@@ -305,7 +305,7 @@ def train_method(
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"step {step}: loss is {float(loss)} ({ {k: float(v) for k, v in parts.items()} })"
+                f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in parts.items()} })"
             )
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -317,7 +317,7 @@ def train_method(
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
         if accelerator.is_main_process and (step % 10 == 0 or step == total):
             row = {"step": step, "lr": scheduler.get_last_lr()[0], "data_wait_s": round(wait, 3)}
-            _write_history(history, row | {k: float(v) for k, v in parts.items()})
+            _write_history(history, row | {k: v.item() for k, v in parts.items()})
         if step % cfg.eval_every == 0 or step == total:
             if accelerator.is_main_process:
                 metrics = evaluate(inner, urls, cfg, accelerator.device)
