@@ -49,8 +49,9 @@ def shard_urls(version: str | Path) -> list[str]:
 
 def _register_fsspec_scheme(scheme: str) -> None:
     """Let webdataset open ``scheme://`` URLs through fsspec when it has no handler of its own."""
-    from webdataset import gopen
+    import importlib
 
+    gopen = importlib.import_module("webdataset.gopen")  # the module (``webdataset.gopen`` is also a function)
     if scheme not in gopen.gopen_schemes:
 
         def open_with_fsspec(url, mode="rb", bufsize=8192):

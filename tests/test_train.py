@@ -214,3 +214,66 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
 
     score = anomaly_score(out.logits, "eel", smoothing=True)
     assert score.shape == (1, *img.shape[:2]) and torch.isfinite(score).all()
+
+
+def test_a_version_url_is_read_through_fsspec(demo_shards):
+    from tasks.train_data import shard_urls
+
+    local = shard_urls(demo_shards)
+    remote = shard_urls("file://" + demo_shards)
+    assert [u.split("/")[-1] for u in remote] == [Path(u).name for u in local]
+    cfg = TrainConfig(crop=(32, 32), batch_size=2, workers=0, val_fraction=0.0)
+    x, y = next(iter(train_loader(remote, cfg)))
+    assert x.shape == (2, 3, 32, 32) and y.shape == (2, 32, 32)
+
+
+def test_train_deployments_take_a_shard_version():
+    import yaml
+
+    deployments = {d["name"]: d for d in yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]}
+    for name, config in [("eel", "configs/train_eel.yaml"), ("rpl", "configs/train_rpl.yaml")]:
+        d = deployments[name]
+        assert d["entrypoint"] == "flows/train.py:train"
+        assert d["parameters"]["config_path"] == config and "shards" in d["parameters"]
+        assert Path(config).is_file()
+    from flows.train import train
+
+    assert train.name == "train" and "shards" in train.parameters.properties
+
+
+@pytest.mark.slow
+def test_cli_train_runs_the_flow_and_prints_where_outputs_went(demo_shards, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    sets = [
+        "max_steps=2",
+        "eval_every=2",
+        "segmenter.pretrain.steps=2",
+        "segmenter.pretrain.batch_size=2",
+        "crop=[64,128]",
+        "batch_size=2",
+        "workers=0",
+        "val_fraction=0.3",
+        "val_limit=2",
+        "residual_dim=16",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flows.cli",
+        "train",
+        "--method",
+        "eel",
+        "--shards",
+        demo_shards,
+        "--out-dir",
+        str(out),
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"model:   {out / 'model.pt'}" in r.stdout and f"metrics: {out / 'metrics.json'}" in r.stdout
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
