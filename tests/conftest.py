@@ -67,3 +67,49 @@ def tiny_config(tmp_path: Path) -> SynthConfig:
         shards=ShardConfig(samples_per_shard=4),
         workers=1,
     )
+
+
+def real_photos_config(num_samples: int, max_side: int, min_height_px: int) -> SynthConfig:
+    """The real Cityscapes sample frame + real object photos (rembg masks those without one)."""
+    scenes = shared_or_skip("cityscapes_sample")
+    photos = shared_or_skip("object_photos")
+    cfg = SynthConfig(
+        num_samples=num_samples,
+        scenes=ScenesConfig(kind="cityscapes", root=scenes, split="val"),
+        objects=ObjectBankConfig(
+            files=[
+                FilesSourceConfig(
+                    root=photos,
+                    manifest=Path("SOURCES.tsv"),
+                    class_column="object_class_guess",
+                    mask_column="mask_file_or_empty",
+                    patterns=["danielgatis*.jpg", "xuebinqin*.jpg"],
+                )
+            ],
+            max_side=max_side,
+        ),
+        placement=PlacementConfig(min_height_px=min_height_px, search_stride=2),
+        shards=ShardConfig(samples_per_shard=2),
+    )
+    cfg.saliency.model_home = MODEL_HOME
+    return cfg
+
+
+def random_state_dict(lines: list[str]) -> dict:
+    """A random state dict from ``name (shape)`` lines: the stand-in for checkpoints we cannot have here."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for line in lines:
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, shape = line.split(" ", 1)
+        dims = tuple(int(d) for d in shape.strip("() \n").split(",") if d.strip())
+        if not dims:
+            out[name] = torch.tensor(0)  # num_batches_tracked
+        elif name.endswith("running_var"):
+            out[name] = torch.rand(dims, generator=g) + 0.5  # a variance is positive
+        else:
+            out[name] = torch.randn(dims, generator=g) * 0.05
+    return out

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +10,7 @@ import yaml
 from tests.conftest import (
     MODEL_HOME,
     ROOT,
-    shared_or_skip,
+    real_photos_config,
     u2netp_or_skip,
     write_object_photos,
 )
@@ -64,39 +63,11 @@ def test_synth_flow_and_validate_cli(tmp_path):
 
 def test_real_frames_and_real_object_photos(tmp_path):
     """Real Cityscapes frame + real photos (rembg for those without a mask) -> validated shards."""
-    from schemas import (
-        FilesSourceConfig,
-        ObjectBankConfig,
-        PlacementConfig,
-        ScenesConfig,
-        ShardConfig,
-        SynthConfig,
-    )
     from tasks.validate import validate_shard_set
     from tests.test_pipeline import run_stage
 
-    scenes = shared_or_skip("cityscapes_sample")
-    photos = shared_or_skip("object_photos")
     u2netp_or_skip()
-    cfg = SynthConfig(
-        num_samples=4,
-        scenes=ScenesConfig(kind="cityscapes", root=scenes, split="val"),
-        objects=ObjectBankConfig(
-            files=[
-                FilesSourceConfig(
-                    root=photos,
-                    manifest=Path("SOURCES.tsv"),
-                    class_column="object_class_guess",
-                    mask_column="mask_file_or_empty",
-                    patterns=["danielgatis*.jpg", "xuebinqin*.jpg"],
-                )
-            ],
-            max_side=128,
-        ),
-        placement=PlacementConfig(min_height_px=6, search_stride=2),
-        shards=ShardConfig(samples_per_shard=2),
-    )
-    cfg.saliency.model_home = MODEL_HOME
+    cfg = real_photos_config(num_samples=4, max_side=128, min_height_px=6)
     summary = run_stage(cfg, tmp_path)
     assert summary["samples"] >= 1
     assert validate_shard_set(tmp_path / "shards")[1] == []

@@ -14,10 +14,9 @@ from models.segmenters import (
     build_segmenter,
     load_segmenter_weights,
 )
-from models.segmenters import state_dict_from_key_list as random_state_dict
 from schemas.config import SegmenterConfig
 from tasks.checkpoints import frozen_segmenter, read_checkpoint
-from tests.conftest import shared_or_skip
+from tests.conftest import random_state_dict, shared_or_skip
 
 DATA = Path(__file__).parent / "data"
 

@@ -25,7 +25,7 @@ from tasks.train_data import (
     train_loader,
     validation_samples,
 )
-from tests.conftest import MODEL_HOME, shared_or_skip, u2netp_or_skip
+from tests.conftest import real_photos_config, shared_or_skip, u2netp_or_skip
 from tests.test_pipeline import run_stage
 
 
@@ -152,31 +152,10 @@ def test_demo_profile_pretrains_then_trains_resumes_and_reloads(demo_shards, tmp
 @pytest.mark.slow
 def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
     """Real Cityscapes frame + real object photos → shards; frozen real ESPNetv2; 30 steps of RPL+EEL on CPU."""
-    from schemas import FilesSourceConfig, ObjectBankConfig, PlacementConfig, ScenesConfig, ShardConfig, SynthConfig
-
     scenes = shared_or_skip("cityscapes_sample")
-    photos = shared_or_skip("object_photos")
     weights = shared_or_skip("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
     u2netp_or_skip()
-    cfg = SynthConfig(
-        num_samples=6,
-        scenes=ScenesConfig(kind="cityscapes", root=scenes, split="val"),
-        objects=ObjectBankConfig(
-            files=[
-                FilesSourceConfig(
-                    root=photos,
-                    manifest=Path("SOURCES.tsv"),
-                    class_column="object_class_guess",
-                    mask_column="mask_file_or_empty",
-                    patterns=["danielgatis*.jpg", "xuebinqin*.jpg"],
-                )
-            ],
-            max_side=96,
-        ),
-        placement=PlacementConfig(min_height_px=8, search_stride=2),
-        shards=ShardConfig(samples_per_shard=2),
-    )
-    cfg.saliency.model_home = MODEL_HOME
+    cfg = real_photos_config(num_samples=6, max_side=96, min_height_px=8)
     run_stage(cfg, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     train_cfg = TrainConfig(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import torch
 from torch import nn
 
 from models.segmenters.base import Encoded, FrozenSegmenter
@@ -101,21 +100,3 @@ def load_segmenter_weights(seg: FrozenSegmenter, checkpoint: Mapping, source: st
     load_strict(seg.net, sd, source)
     seg.freeze()
     return heads
-
-
-def state_dict_from_key_list(lines: list[str]) -> dict[str, torch.Tensor]:
-    """A random state dict from ``name (shape)`` lines (our tests' stand-in for unavailable checkpoints)."""
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for line in lines:
-        if not line.strip() or line.startswith("#"):
-            continue
-        name, shape = line.split(" ", 1)
-        dims = tuple(int(d) for d in shape.strip("() \n").split(",") if d.strip())
-        if not dims:
-            out[name] = torch.tensor(0)  # num_batches_tracked
-        elif name.endswith("running_var"):
-            out[name] = torch.rand(dims, generator=g) + 0.5  # a variance is positive
-        else:
-            out[name] = torch.randn(dims, generator=g) * 0.05
-    return out
