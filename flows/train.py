@@ -18,10 +18,11 @@ segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_polic
 train_task = task(train_method, name="train-method", task_run_name="{cfg.method}", cache_policy=NO_CACHE)
 
 
-def default_out_dir(run_or_version: str, method: str) -> str:
-    v = Path(resolve_version(run_or_version)) if "://" not in run_or_version else None
-    if v is None:
+def default_out_dir(version: str, method: str) -> str:
+    """``<run_dir>/train/<method>-<version id>`` for a resolved local version."""
+    if "://" in version:
         raise ValueError("out_dir is required for a remote shard version")
+    v = Path(version)
     return str(v.parent.parent / "train" / f"{method}-{v.name}")
 
 
@@ -41,7 +42,7 @@ def train(
         over["method"] = method
     cfg = load_train_config(config_path, over)
     version = resolve_version(shards)
-    out = Path(out_dir or default_out_dir(shards, cfg.method))
+    out = Path(out_dir or default_out_dir(version, cfg.method))
     seg_ckpt = segmenter_task(cfg, version, out, True, log.info)
     cfg = cfg.model_copy(update={"segmenter": cfg.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
     result = train_task(cfg, version, out, resume, True, log.info)

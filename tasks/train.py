@@ -16,6 +16,7 @@ Outputs of ``train_method`` under ``out_dir``::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -132,7 +133,8 @@ def _object_context(version: Path) -> list[np.ndarray]:
     """The object bank next to a version (``<run_dir>/objects``), as RGBA crops for CoroCL's context."""
     from tasks.object_bank import read_object_bank
 
-    for cand in (version / "objects", version.parent.parent / "objects", version.parent / "objects"):
+    # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
+    for cand in (version.parent.parent / "objects", version.parent / "objects"):
         if (cand / "objects.parquet").is_file():
             return [o.rgba for o in read_object_bank(cand)]
     raise FileNotFoundError(f"rpl_corocl needs the object bank of {version} (looked for <run_dir>/objects)")
@@ -218,8 +220,6 @@ def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, p
     if cfg.segmenter.checkpoint is not None:
         return Path(cfg.segmenter.checkpoint)
     tag = json.dumps([cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version)])
-    import hashlib
-
     h = hashlib.sha256(tag.encode()).hexdigest()[:10]
     return pretrain_closed_set(
         cfg, version, out_dir.parent / "segmenters" / f"{cfg.segmenter.name}-{h}.pt", progress, log
