@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo synth serve eval train-eel train-rpl bench bench-synth bench-metrics bench-diffusion bench-train clean
+.PHONY: install lint test test-fast demo synth serve eval compare bench bench-synth bench-metrics bench-diffusion bench-train clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -51,12 +51,21 @@ serve:
 eval:
 	$(BIN)/anomalyforge eval --config $(EVAL_CONFIG) --out-dir $(EVAL_DIR)
 
-# Train on the latest shard version of RUN_DIR (the demo shards are made first when there are none).
-# Demo profile by default; TRAIN_SET="segmenter.name=espnetv2 segmenter.checkpoint=path.pth" for a real one.
+# Train any registered method (make train-eel, train-rpl, train-rpl_corocl, ...) on the latest shard version of
+# RUN_DIR (the demo shards are made first when there are none). Demo profile by default;
+# TRAIN_SET="segmenter.name=espnetv2 segmenter.checkpoint=path.pth" for a real one.
+TRAIN_CONFIG ?= configs/train.yaml
 TRAIN_SET ?=
-train-eel train-rpl: train-%:
+train-%:
 	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
-	$(BIN)/anomalyforge train --method $* --shards $(RUN_DIR) $(foreach s,$(TRAIN_SET),--set $(s))
+	$(BIN)/anomalyforge train --method $* --config $(TRAIN_CONFIG) --shards $(RUN_DIR) $(foreach s,$(TRAIN_SET),--set $(s))
+
+# Every registered method + the post-hoc baselines, one table: $(RUN_DIR)/compare/compare.md|csv|png
+COMPARE_CONFIG ?= configs/compare.yaml
+COMPARE_SET ?=
+compare:
+	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
+	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach s,$(COMPARE_SET),--set $(s))
 
 bench: bench-synth bench-metrics bench-diffusion bench-train
 

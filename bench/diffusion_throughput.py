@@ -1,5 +1,5 @@
 """Diffusion throughput (``make bench-diffusion``): images/s and fraction of peak FLOP/s, plain diffusers
-call vs our optimized path (``tasks.diffusion.load_pipeline`` + ``generate_images``) in the same run.
+call vs our optimized path (``tasks.synth.diffusion.load_pipeline`` + ``generate_images``) in the same run.
 
 Random weights (same work as real ones). ``--size sd15``: the UNet of Stable Diffusion 1.5 (860 M params)
 at 512x512 — meant for a GPU. ``--size tiny`` (default without CUDA): a small UNet at 64x64 so that CI runs
@@ -22,9 +22,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from schemas import DiffusionConfig
-from tasks.diffusion import generate_images, load_pipeline, resolve_device, resolve_dtype
-from tasks.prompts import load_vocabulary, plan_specs
-from tasks.random_pipeline import save_random_pipeline
+from tasks.synth.diffusion import generate_images, load_pipeline, resolve_device, resolve_dtype
+from tasks.synth.prompts import load_vocabulary, plan_specs
+from tasks.synth.random_pipeline import save_random_pipeline
 
 # dense tensor-core peaks (FLOP/s) from the datasheets, by dtype
 DATASHEET = {

@@ -17,17 +17,19 @@ from pathlib import Path
 import numpy as np
 
 from schemas import DemoScenesConfig, ObjectBankConfig, ScenesConfig, SynthConfig
-from tasks.cityscapes import index_cityscapes, load_scene
-from tasks.demo_scenes import write_demo_scenes
 from tasks.imageio import encode_gray_png, encode_rgb
-from tasks.object_bank import read_object_bank
-from tasks.pipeline import build_object_bank
-from tasks.placement import NoPlacementError
-from tasks.shards import write_tar_shard
-from tasks.synthesize import Compositor, encode_sample, plan_samples
+from tasks.runtime import configure_process
+from tasks.synth.cityscapes import index_cityscapes, load_scene
+from tasks.synth.demo_scenes import write_demo_scenes
+from tasks.synth.object_bank import read_object_bank
+from tasks.synth.pipeline import build_object_bank
+from tasks.synth.placement import NoPlacementError
+from tasks.synth.shards import write_tar_shard
+from tasks.synth.synthesize import Compositor, encode_composite, plan_samples
 
 
 def main() -> None:
+    configure_process()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=48)
     ap.add_argument("--scenes", type=int, default=4)
@@ -68,7 +70,7 @@ def main() -> None:
             return [comp.compose(scenes[p.scene_index], p) for p in plans]
 
         def full() -> int:
-            samples = [encode_sample(c, "jpg", 95) for c in compose_all()]
+            samples = [encode_composite(c, "jpg", 95) for c in compose_all()]
             write_tar_shard(tmp / "full.tar", samples)
             return len(samples)
 

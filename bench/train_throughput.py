@@ -3,7 +3,7 @@
 Two runs in the same process, same model, same number of steps:
   * baseline  — one batch kept in memory and reused: pure compute (forward of the frozen network, residual,
                 re-decoding, loss, backward, Adam step);
-  * streamed  — batches from WebDataset shards through ``tasks.train_data.train_loader`` (decode, crop, flip,
+  * streamed  — batches from WebDataset shards through ``tasks.train.data.train_loader`` (decode, crop, flip,
                 collate in worker processes), as ``anomalyforge train`` runs.
 Prints steps/s of both, their ratio, and the share of the streamed step time spent waiting for data.
 Uses the real ESPNetv2 weights from ../shared when present (speed does not depend on them). On a GPU
@@ -25,8 +25,8 @@ from models.losses import rpl_eel_loss
 from models.rpl import ResidualAnomalyModel
 from models.segmenters import build_segmenter
 from schemas.config import TrainConfig
-from tasks.shards import write_tar_shard
-from tasks.train_data import train_loader
+from tasks.synth.shards import write_tar_shard
+from tasks.train.data import train_loader
 
 
 def write_shards(root: Path, shards: int, per_shard: int, size=(512, 1024)) -> list[str]:

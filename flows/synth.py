@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
-from tasks.object_bank import read_object_bank
-from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
-from tasks.report import write_report
-from tasks.shards import DATASET, read_rejects
-from tasks.synthesize import Compositor, claim_shard_dir, plan_samples, split_into_shards, synthesize_or_resume
-from tasks.validate import validate_shard_set
-from tasks.versions import plan_version, prune_versions, publish_version
+from tasks.runtime import configure_process
+from tasks.synth.object_bank import read_object_bank
+from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
+from tasks.synth.report import write_report
+from tasks.synth.shards import DATASET, read_rejects
+from tasks.synth.synthesize import Compositor, claim_shard_dir, plan_samples, split_into_shards, synthesize_or_resume
+from tasks.synth.validate import validate_shard_set
+from tasks.synth.versions import plan_version, prune_versions, publish_version
 
 prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
@@ -123,6 +124,7 @@ def synth(
     diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead of in this process;
     ``keep_versions``: retention of complete versions.
     """
+    configure_process()  # a deployment's worker starts the program here
     cfg: SynthConfig = select_sources(load_config(config_path, overrides), sources, scenes)
     log = get_run_logger()
     run = Path(run_dir)

@@ -1,6 +1,6 @@
-"""The ``train`` flow: an anomaly method (EEL, RPL, RPL + CoroCL) trained on a shard version over a frozen
-segmenter. Wiring only: resolve the version, (demo profile) pre-train a closed-set segmenter, train, evaluate.
-Deployments ``train/eel`` and ``train/rpl`` (prefect.yaml) take the shard version as a parameter.
+"""The ``train`` flow: any registered anomaly method trained on a shard version over a frozen segmenter. Wiring
+only: resolve the version, (demo profile) pre-train a closed-set segmenter, train, evaluate. The deployment
+``train/method`` (prefect.yaml) takes the method name and the shard version as parameters.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import load_train_config
-from tasks.train import resolve_version, segmenter_checkpoint, train_method
+from tasks.runtime import configure_process
+from tasks.synth.versions import resolve_version
+from tasks.train.trainer import segmenter_checkpoint, train_method
 
 segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)
-train_task = task(train_method, name="train-method", task_run_name="{cfg.method}", cache_policy=NO_CACHE)
+train_task = task(train_method, name="train-method", task_run_name="{cfg.method.name}", cache_policy=NO_CACHE)
 
 
 def default_out_dir(version: str, method: str) -> str:
@@ -28,29 +30,28 @@ def default_out_dir(version: str, method: str) -> str:
 
 @flow(name="train")
 def train(
-    config_path: str = "configs/train_eel.yaml",
+    config_path: str = "configs/train.yaml",
     shards: str = "runs/demo",
     out_dir: str | None = None,
     method: str | None = None,
     overrides: dict | None = None,
     resume: bool = True,
 ) -> dict:
-    """``shards``: a shard version directory, a run directory (its latest version) or an fsspec URL."""
+    """``shards``: a shard version directory, a run directory (its latest version) or an fsspec URL;
+    ``method``: a registered method (its defaults unless the config's ``method:`` names it)."""
+    configure_process()  # a deployment's worker starts the program here
     log = get_run_logger()
-    over = dict(overrides or {})
-    if method:
-        over["method"] = method
-    cfg = load_train_config(config_path, over)
+    cfg = load_train_config(config_path, overrides, method)
     version = resolve_version(shards)
-    out = Path(out_dir or default_out_dir(version, cfg.method))
+    out = Path(out_dir or default_out_dir(version, cfg.method.name))
     seg_ckpt = segmenter_task(cfg, version, out, True, log.info)
     cfg = cfg.model_copy(update={"segmenter": cfg.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
     result = train_task(cfg, version, out, resume, True, log.info)
     m = result.metrics
     create_table_artifact(
         table=[{k: m.get(k) for k in ("method", "steps", "auroc", "ap", "fpr95", "closed_set_agreement")}],
-        key=f"train-{cfg.method}",
-        description=f"{cfg.method} on {version}",
+        key=f"train-{cfg.method.name.replace('_', '-')}",
+        description=f"{cfg.method.name} on {version}",
     )
     log.info("model %s, metrics %s", result.model, out / "metrics.json")
     return {"model": str(result.model), "metrics": str(out / "metrics.json"), "out_dir": str(out)} | {

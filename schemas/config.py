@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 # Classes that overlap Cityscapes and therefore are never anomalies. The RPL/PEBAL/Meta-OoD scripts
 # forgot "train"; it is here.
@@ -276,10 +276,17 @@ def _read_yaml(path: str | Path, overrides: dict | None) -> dict:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
+    return _apply_overrides(data, overrides)
+
+
+def _apply_overrides(data: dict, overrides: dict | None) -> dict:
+    """Dotted keys (``method.lam``) set inside the nested mapping; a bare name in the way becomes ``{name: ...}``."""
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
+            if isinstance(node.get(p), str):
+                node[p] = {"name": node[p]}
             node = node.setdefault(p, {})
         node[leaf] = value
     return data
@@ -290,31 +297,77 @@ def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
     return SynthConfig.model_validate(_read_yaml(path, overrides))
 
 
-class BenchmarkConfig(_Strict):
-    """One evaluation dataset (layouts in data_manifests/benchmarks.md)."""
+# where each registry lives; imported only when a config is validated (schemas import no torch themselves)
+_REGISTRIES = {
+    "benchmark": ("tasks.eval.benchmarks", "BENCHMARKS"),
+    "score": ("models.scores", "SCORES"),
+    "segmenter": ("models.segmenters", "SEGMENTERS"),
+}
 
-    kind: Literal["fishyscapes", "road_anomaly", "road_anomaly_pre", "smiyc", "lost_and_found", "folder"]
+
+def _registered(kind: str, value: str) -> str:
+    """``value`` checked against the registry of ``kind`` (the list of valid names is the registry's own)."""
+    import importlib
+
+    module, attr = _REGISTRIES[kind]
+    reg = getattr(importlib.import_module(module), attr)
+    if value not in reg:
+        raise ValueError(f"unknown {kind} {value!r}; registered: {', '.join(reg)}")
+    return value
+
+
+class BenchmarkConfig(_Strict):
+    """One evaluation dataset (layouts in data_manifests/benchmarks.md; ``kind`` is a registered reader)."""
+
+    kind: str
     root: Path
     name: str | None = None
     split: str = "test"
     track: Literal["anomaly", "obstacle"] = "anomaly"  # component sizes: 500/100 or 50/10 px
     limit: int | None = Field(None, ge=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="kind shards: the held-in split (sample-key hash)")
+
+    _kind = field_validator("kind")(lambda v: _registered("benchmark", v))
 
 
 class EvalConfig(_Strict):
-    """Evaluation of a model + anomaly score over benchmarks (``anomalyforge eval``)."""
+    """Evaluation of a model + anomaly score over benchmarks (``anomalyforge eval``).
 
-    model: Path = Field(..., description="TorchScript file mapping (B,3,H,W) normalized RGB to (B,C,h,w) logits")
+    ``model`` is read for what it is: a method checkpoint (``model.pt`` of ``anomalyforge train``: the method's
+    own score by default), a segmenter state dict (with ``segmenter`` naming the network: post-hoc scores), or a
+    TorchScript file mapping (B,3,H,W) normalized RGB to (B,C,h,w) logits."""
+
+    model: Path
     datasets: list[BenchmarkConfig]
-    score: Literal["msp", "max_logit", "entropy", "energy", "eel", "max_min"] = "energy"
-    smoothing: bool = True
-    num_classes: int = Field(19, ge=1, description="inlier classes: logits[:, :num_classes]")
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    score: str | None = Field(None, description="None: a method's own score, else energy; a name: that post-hoc score")
+    smoothing: bool | None = Field(None, description="None: the method's setting (True for post-hoc scores)")
+    segmenter: str | None = Field(None, description="network of a plain segmenter state dict (a registered name)")
+    segmenter_options: dict[str, float | int] = Field(default_factory=dict)
+    segmenter_checkpoint: Path | None = Field(None, description="method checkpoints: use this frozen segmenter file")
+    num_classes: int = Field(19, ge=1, description="TorchScript: inlier classes are logits[:, :num_classes]")
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # TorchScript input normalization
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_width: int | None = Field(None, ge=8, description="run at this width (aspect kept, rounded to the net)")
     input_size: tuple[int, int] | None = Field(None, description="(W, H) the model runs at; None = native")
     device: str = "cpu"
     per_image: bool = False
     panels: int = Field(4, ge=0, description="qualitative panels per dataset")
+
+    @field_validator("score")
+    @classmethod
+    def _score(cls, v):
+        return None if v is None else _registered("score", v)
+
+    @field_validator("segmenter")
+    @classmethod
+    def _segmenter(cls, v):
+        return None if v is None else _registered("segmenter", v)
+
+    @model_validator(mode="after")
+    def _one_resolution(self) -> EvalConfig:
+        if self.input_width is not None and self.input_size is not None:
+            raise ValueError("set input_width or input_size, not both")
+        return self
 
 
 def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
@@ -322,10 +375,6 @@ def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalCon
 
 
 # ---------------------------------------------------------------- training (anomalyforge train)
-
-SegmenterName = Literal[
-    "espnetv2", "espnetv2_demo", "deeplabv3plus_wrn38", "deeplabv3plus_resnet50", "deeplabv3plus_resnet101"
-]
 
 
 class PretrainConfig(_Strict):
@@ -337,40 +386,54 @@ class PretrainConfig(_Strict):
 
 
 class SegmenterConfig(_Strict):
-    name: SegmenterName = "espnetv2"
+    name: str = "espnetv2"
     checkpoint: Path | None = Field(
         None, description="state dict of the frozen network; None = train a closed-set one first (demo profile)"
     )
     options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
+    _name = field_validator("name")(lambda v: _registered("segmenter", v))
+
+
+class MethodConfig(_Strict):
+    """What every method's config has. Each method's own config class (``models/methods/<name>.py``) adds its
+    hyper-parameters with the paper's defaults and a ``name`` literal; ``TrainConfig.method`` picks the class
+    by ``name`` from the method registry."""
+
+    name: str
+    lr: float = Field(gt=0, description="base learning rate (Adam); the paper's default in each method")
+    head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of the newly initialised layers")
+    smoothing: bool = Field(True, description="Gaussian 7×7, σ = 1 smoothing of the score at inference")
+
+
+# hyper-parameters that were flat TrainConfig fields before methods had their own configs
+_MOVED_TO_METHOD = (
+    "lam", "alpha", "out_weight", "entropy_t", "tau", "max_views", "context_size",
+    "residual_dim", "projector_dim", "lr", "head_lr_mult", "smoothing",
+)  # fmt: skip
+
+
+def _method_config(data) -> MethodConfig:
+    from models.methods import method_config
+
+    return method_config(data)
+
 
 class TrainConfig(_Strict):
     """One anomaly method trained on a shard version over a frozen segmenter (``anomalyforge train``).
-    Paper defaults: RPL Adam lr 7.5e-5 (×10 on the new head); EEL lr 5e-5, 30 epochs."""
+    ``method`` holds the method's own hyper-parameters: ``method: {name: eel, lam: 0.05, alpha: 1.0}``."""
 
     name: str = "train"
-    method: Literal["eel", "rpl", "rpl_corocl"] = "eel"
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config("eel"))
     seed: int = 0
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
-    residual_dim: int = Field(256, ge=8)
-    projector_dim: int = Field(304, ge=8, description="CoroCL projector output (rpl_corocl only)")
     crop: tuple[int, int] = Field((512, 1024), description="(H, W) random training crop")
     batch_size: int = Field(8, ge=1)
     epochs: float = Field(30, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
-    lr: float = Field(5e-5, gt=0)
-    head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of the newly initialised layers")
     weight_decay: float = Field(0.0, ge=0)
     poly_power: float = Field(0.9, ge=0)
-    # losses
-    lam: float = Field(0.05, ge=0, description="EEL: L = L_cons + lam * l_eel")
-    alpha: float = Field(1.0, ge=0, description="EEL entropy weight (loss and score)")
-    out_weight: float = Field(0.05, ge=0, description="RPL: l = l_in + out_weight * l_out")
-    entropy_t: float = Field(1.0, gt=0)
-    tau: float = Field(0.10, gt=0, description="CoroCL temperature")
-    max_views: int = Field(512, ge=1, description="CoroCL pixel embeddings per pool")
-    context_size: int = Field(128, ge=16, description="CoroCL object-context images are resized to this square")
     # data
     shuffle_buffer: int = Field(64, ge=1)
     workers: int = Field(2, ge=0)
@@ -380,16 +443,86 @@ class TrainConfig(_Strict):
     eval_every: int = Field(500, ge=1, description="steps between evaluations (and checkpoints)")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     device: Literal["auto", "cpu"] = "auto"
-    smoothing: bool = True
 
-    @property
-    def score(self) -> str:
-        return "eel" if self.method == "eel" else "energy"
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_flat_method_keys(cls, data):
+        if isinstance(data, dict):
+            moved = [k for k in _MOVED_TO_METHOD if k in data]
+            if moved:
+                m = data.get("method", "eel")
+                name = m.get("name", "eel") if isinstance(m, dict) else m
+                example = ", ".join(f"{k}: {data[k]}" for k in moved)
+                raise ValueError(
+                    f"{', '.join(moved)}: method hyper-parameters now live under `method:`; write "
+                    f"`method: {{name: {name}, {example}}}` (or --set method.{moved[0]}=...)"
+                )
+        return data
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v):
+        return _method_config(v)
 
     def content_hash(self) -> str:
         keep = self.model_dump(mode="json", exclude={"workers", "eval_every", "val_limit", "device"})
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
-def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    return TrainConfig.model_validate(_read_yaml(path, overrides))
+def load_train_config(path: str | Path, overrides: dict | None = None, method: str | None = None) -> TrainConfig:
+    """Read a training YAML. ``method`` (the CLI's ``--method``) keeps the file's ``method:`` section when it names
+    that method and otherwise takes the method's defaults; ``overrides`` (``method.lam=...`` too) come after."""
+    data = _read_yaml(path, None)
+    if method is not None:
+        current = data.get("method")
+        current_name = current.get("name") if isinstance(current, dict) else current
+        if current_name != method:
+            data["method"] = {"name": method}
+    return TrainConfig.model_validate(_apply_overrides(data, overrides))
+
+
+# ---------------------------------------------------------------- comparison (make compare)
+
+
+class CompareConfig(_Strict):
+    """``make compare``: every registered method (or ``methods``) trained on one shard version over one frozen
+    segmenter, with one seed and one step budget, then evaluated, together with the frozen segmenter's post-hoc
+    scores, on the held-in validation split and the configured benchmarks."""
+
+    name: str = "compare"
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="shared settings (segmenter, seed, crop, data); `method` is set per row",
+    )
+    methods: list[str] | None = Field(None, description="registered methods to train; None = all of them")
+    method_overrides: dict[str, dict] = Field(default_factory=dict, description="e.g. {eel: {lam: 0.1}}")
+    max_steps: int = Field(100, ge=1, description="the step budget, the same for every method")
+    post_hoc: list[str] = Field(
+        default_factory=lambda: ["msp", "max_logit", "entropy", "energy", "max_min"],
+        description="post-hoc scores of the frozen segmenter",
+    )
+    held_in: bool = Field(True, description="evaluate on the held-in validation split of the shards")
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    input_width: int | None = Field(None, ge=8)
+    input_size: tuple[int, int] | None = None
+    device: str = "cpu"
+    panels: int = Field(0, ge=0)
+
+    @field_validator("post_hoc")
+    @classmethod
+    def _scores(cls, v):
+        return [_registered("score", s) for s in v]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        if v is not None:
+            from models.methods import get_method
+
+            for name in v:
+                get_method(name)
+        return v
+
+
+def load_compare_config(path: str | Path, overrides: dict | None = None) -> CompareConfig:
+    return CompareConfig.model_validate(_read_yaml(path, overrides))

@@ -11,8 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-cv2.setNumThreads(1)  # parallelism comes from shard tasks; nested thread pools only thrash
-
 
 class BadInputError(ValueError):
     """Input that cannot be used; the message names the item and the problem."""

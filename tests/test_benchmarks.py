@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.benchmarks import load_benchmark
+from tasks.eval.benchmarks import load_benchmark
 from tasks.imageio import BadInputError
 
 

@@ -5,13 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.cityscapes import (
+from tasks.imageio import BadInputError
+from tasks.synth.cityscapes import (
     camera_height,
     horizon_from_camera,
     index_cityscapes,
     load_scene,
 )
-from tasks.imageio import BadInputError
 from tests.conftest import shared_or_skip
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from schemas import CocoSourceConfig
-from tasks.coco import extract_coco_objects, filter_coco_instances, load_coco
 from tasks.imageio import BadInputError
+from tasks.synth.coco import extract_coco_objects, filter_coco_instances, load_coco
 from tests.conftest import shared_or_skip
 
 

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from schemas import BenchmarkConfig, EvalConfig
-from tasks.eval_report import write_eval_report
-from tasks.evaluate import evaluate_dataset, load_torchscript
+from tasks.eval.evaluate import evaluate_dataset, load_torchscript
+from tasks.eval.report import write_eval_report
 from tests.conftest import ROOT
 
 
@@ -125,8 +125,8 @@ def test_second_pass_from_the_score_cache_makes_late_ties_exact(tmp_path):
 
     from sklearn.metrics import average_precision_score
 
-    from tasks.evaluate import second_pass
-    from tasks.metrics import PixelMetrics
+    from tasks.eval.evaluate import second_pass
+    from tasks.eval.metrics import PixelMetrics
 
     r = np.random.default_rng(7)
     images, labels = [], []

@@ -63,7 +63,7 @@ def test_synth_flow_and_validate_cli(tmp_path):
 
 def test_real_frames_and_real_object_photos(tmp_path):
     """Real Cityscapes frame + real photos (rembg for those without a mask) -> validated shards."""
-    from tasks.validate import validate_shard_set
+    from tasks.synth.validate import validate_shard_set
     from tests.test_pipeline import run_stage
 
     u2netp_or_skip()
@@ -104,8 +104,8 @@ def test_deployment_run_synth_diffusion_against_a_local_server(tmp_path):
     import json
 
     from flows.serve import LocalStack
-    from tasks.random_pipeline import save_random_pipeline
-    from tasks.validate import validate_shard_set
+    from tasks.synth.random_pipeline import save_random_pipeline
+    from tasks.synth.validate import validate_shard_set
 
     u2netp_or_skip()
     model = save_random_pipeline(tmp_path / "tiny-sd", "sd")
@@ -151,7 +151,7 @@ def test_synth_flow_is_incremental_and_versions_the_shards(tmp_path):
     import json
 
     from flows.synth import run_synth
-    from tasks.random_pipeline import save_random_pipeline
+    from tasks.synth.random_pipeline import save_random_pipeline
 
     u2netp_or_skip()
     model = save_random_pipeline(tmp_path / "tiny-sd", "sd")

@@ -2,9 +2,9 @@ import cv2
 import numpy as np
 
 from schemas import HarmonizeConfig
-from tasks.composite import paste, resize_object
-from tasks.harmonize import LabHarmonizer, feather_alpha, make_harmonizer
 from tasks.labels import ANOMALY, VOID
+from tasks.synth.composite import paste, resize_object
+from tasks.synth.harmonize import LabHarmonizer, feather_alpha, make_harmonizer
 
 
 def _lab_mean(rgb, mask):

@@ -9,17 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from tasks.object_bank import read_object_bank
-from tasks.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.shards import SHARD_PATTERN, read_rejects, read_table
-from tasks.synthesize import (
+from tasks.synth.object_bank import read_object_bank
+from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
+from tasks.synth.shards import SHARD_PATTERN, read_rejects, read_table
+from tasks.synth.synthesize import (
     Compositor,
     claim_shard_dir,
     plan_samples,
     split_into_shards,
     synthesize_or_resume,
 )
-from tasks.validate import validate_shard_set
+from tasks.synth.validate import validate_shard_set
 from tests.conftest import write_object_photos
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from schemas import PlacementConfig
-from tasks.placement import (
+from tasks.synth.placement import (
     NoPlacementError,
     PlacementGrid,
     estimate_horizon,

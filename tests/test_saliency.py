@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from schemas import MaskGateConfig
-from tasks.saliency import SalientMasker, gate_mask, mask_quality, model_file
+from tasks.synth.saliency import SalientMasker, gate_mask, mask_quality, model_file
 from tests.conftest import u2netp_or_skip
 
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from models.methods import get_method
 from schemas.config import TrainConfig
-from tasks.checkpoints import load_method
-from tasks.shards import write_tar_shard
-from tasks.train import resolve_version, train_method
-from tasks.train_data import (
+from tasks.synth.shards import write_tar_shard
+from tasks.synth.versions import resolve_version
+from tasks.train.checkpoints import load_method
+from tasks.train.data import (
     ShardDataError,
     context_batch,
     decode_sample,
@@ -25,6 +26,7 @@ from tasks.train_data import (
     train_loader,
     validation_samples,
 )
+from tasks.train.trainer import train_method
 from tests.conftest import real_photos_config, shared_or_skip, u2netp_or_skip
 from tests.test_pipeline import run_stage
 
@@ -108,12 +110,19 @@ def demo_shards(tiny_config, tmp_path):
     return resolve_version(tmp_path / "run" / "shards")
 
 
+TINY_METHOD = {"residual_dim": 16, "lr": 1e-3, "projector_dim": 16, "context_size": 32}
+
+
+def tiny_method(name: str) -> dict:
+    """A small head for ``name``: the tiny settings its config class has."""
+    fields = get_method(name).config.model_fields
+    return {"name": name} | {k: v for k, v in TINY_METHOD.items() if k in fields}
+
+
 def _tiny_train(method: str, **kw) -> TrainConfig:
     return TrainConfig(
-        method=method,
+        method=tiny_method(method),
         segmenter={"name": "espnetv2_demo", "pretrain": {"steps": 4, "batch_size": 2}},
-        residual_dim=16,
-        projector_dim=16,
         crop=(64, 128),
         batch_size=2,
         max_steps=4,
@@ -121,10 +130,17 @@ def _tiny_train(method: str, **kw) -> TrainConfig:
         workers=0,
         val_fraction=0.3,
         val_limit=3,
-        lr=1e-3,
-        context_size=32,
         **kw,
     )
+
+
+# first_loss / last_loss of these runs, recorded with the trainer as it was before methods became specs
+# (one hard-coded branch per method): the move onto the registry changed no number
+BEFORE_THE_MOVE = {
+    "eel": (2.891580820083618, 2.8776047825813293),
+    "rpl": (2.8866164684295654, 2.8365440368652344),
+    "rpl_corocl": (10.08170223236084, 6.711088418960571),
+}
 
 
 @pytest.mark.parametrize("method", ["eel", "rpl", "rpl_corocl"])
@@ -132,6 +148,7 @@ def test_demo_profile_pretrains_then_trains_resumes_and_reloads(demo_shards, tmp
     out = tmp_path / "out" / method
     res = train_method(_tiny_train(method), demo_shards, out, progress=False, log=lambda m: None)
     assert res.steps == 4 and np.isfinite(res.first_loss) and np.isfinite(res.last_loss)
+    assert (res.first_loss, res.last_loss) == pytest.approx(BEFORE_THE_MOVE[method], rel=1e-5)
     segs = list((tmp_path / "out" / "segmenters").glob("espnetv2_demo-*.pt"))
     assert len(segs) == 1 and json.loads(segs[0].with_suffix(".json").read_text())["steps"] == 4
     m = json.loads((out / "metrics.json").read_text())
@@ -142,8 +159,13 @@ def test_demo_profile_pretrains_then_trains_resumes_and_reloads(demo_shards, tmp
     longer = _tiny_train(method).model_copy(update={"max_steps": 6})
     resumed = train_method(longer, demo_shards, out, progress=False, log=lambda m: None)
     assert resumed.steps == 6  # (a different config hash would have restarted; max_steps is part of it)
-    model, cfg = load_method(res.model)
-    assert cfg.method == method and model.projector is None  # the projector is dropped at inference
+    # the same config again: the finished model is reused, nothing trains
+    logs = []
+    again = train_method(longer, demo_shards, out, progress=False, log=logs.append)
+    assert again.steps == 6 and again.metrics == resumed.metrics and "reusing" in logs[0]
+    loaded = load_method(res.model)
+    model, cfg = loaded.model, loaded.cfg
+    assert cfg.method.name == method and model.projector is None  # the projector is dropped at inference
     with torch.no_grad():
         out_ = model(torch.rand(1, 3, 40, 56))
     assert out_.logits.shape == (1, 19, 40, 56)
@@ -159,9 +181,8 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
     run_stage(cfg, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     train_cfg = TrainConfig(
-        method="eel",
+        method={"name": "eel", "residual_dim": 64, "lr": 1e-3},
         segmenter={"name": "espnetv2", "checkpoint": weights},
-        residual_dim=64,
         crop=(96, 192),
         batch_size=2,
         max_steps=30,
@@ -169,7 +190,6 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
         workers=0,
         val_fraction=0.0,  # 6 samples: evaluate on the training composites themselves
         val_limit=2,
-        lr=1e-3,
     )
     from models.segmenters import build_segmenter, load_segmenter_weights
 
@@ -180,7 +200,7 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
     losses = [h["loss"] for h in hist]
     assert all(np.isfinite(losses)) and np.mean(losses[-1:]) < np.mean(losses[:1])
     assert res.last_loss < res.first_loss
-    model, _ = load_method(res.model)
+    model = load_method(res.model).model
     # the frozen network inside the reloaded model is the checkpoint, bit for bit
     ref_sd, got = ref.net.state_dict(), model.segmenter.net.state_dict()
     assert all(torch.equal(ref_sd[k], got[k]) for k in ref_sd)
@@ -196,7 +216,7 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
 
 
 def test_a_version_url_is_read_through_fsspec(demo_shards):
-    from tasks.train_data import shard_urls
+    from tasks.train.data import shard_urls
 
     local = shard_urls(demo_shards)
     remote = shard_urls("file://" + demo_shards)
@@ -206,18 +226,16 @@ def test_a_version_url_is_read_through_fsspec(demo_shards):
     assert x.shape == (2, 3, 32, 32) and y.shape == (2, 32, 32)
 
 
-def test_train_deployments_take_a_shard_version():
+def test_train_deployment_takes_a_method_and_a_shard_version():
     import yaml
 
     deployments = {d["name"]: d for d in yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]}
-    for name, config in [("eel", "configs/train_eel.yaml"), ("rpl", "configs/train_rpl.yaml")]:
-        d = deployments[name]
-        assert d["entrypoint"] == "flows/train.py:train"
-        assert d["parameters"]["config_path"] == config and "shards" in d["parameters"]
-        assert Path(config).is_file()
+    d = deployments["method"]
+    assert d["entrypoint"] == "flows/train.py:train"
+    assert Path(d["parameters"]["config_path"]).is_file() and {"shards", "method"} <= set(d["parameters"])
     from flows.train import train
 
-    assert train.name == "train" and "shards" in train.parameters.properties
+    assert train.name == "train" and {"shards", "method"} <= set(train.parameters.properties)
 
 
 @pytest.mark.slow
@@ -236,7 +254,7 @@ def test_cli_train_runs_the_flow_and_prints_where_outputs_went(demo_shards, tmp_
         "workers=0",
         "val_fraction=0.3",
         "val_limit=2",
-        "residual_dim=16",
+        "method.residual_dim=16",
     ]
     cmd = [
         sys.executable,

@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.imageio import decode_gray, decode_rgb, write_bytes_atomic, write_rgb
-from tasks.object_bank import BankObject
-from tasks.shards import SHARDS, read_table
+from tasks.imageio import decode_rgb, write_bytes_atomic, write_rgb
+from tasks.sample_format import SAMPLES, SHARDS, decode_parts, read_tar_samples
+from tasks.synth.object_bank import BankObject
+from tasks.synth.shards import read_table
 
 
 def _fit(img: np.ndarray, width: int) -> np.ndarray:
@@ -36,18 +37,10 @@ def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512
     rows = []
     for rec in shards:
         with tarfile.open(shard_dir / rec["shard"]) as tar:
-            files: dict[str, dict[str, bytes]] = collections.defaultdict(dict)
-            for m in tar.getmembers():
-                key, _, ext = m.name.partition(".")
-                files[key][ext] = tar.extractfile(m).read()
-        for f in files.values():
-            img_key = next(k for k in f if k.startswith("image."))
-            meta = json.loads(f["meta.json"])
-            rows.append(
-                composite_panel(
-                    decode_rgb(f[img_key]), decode_gray(f["mask.png"]), [o["box"] for o in meta["objects"]], width
-                )
-            )
+            samples, _ = read_tar_samples(tar, rec["shard"])
+        for key, parts in samples.items():
+            s = decode_parts(key, parts, f"{rec['shard']}:{key}", with_mask=True)
+            rows.append(composite_panel(s.image, s.mask, [o["box"] for o in json.loads(s.meta)["objects"]], width))
             if len(rows) >= max_samples:
                 break
         if len(rows) >= max_samples:
@@ -135,7 +128,7 @@ def write_report(
         write_rgb(run_dir / "objects.png", og)
     by_reason = collections.Counter((r.stage, r.reason) for r in rejects)
     by_class = collections.Counter(o.record.class_name for o in bank)
-    samples = read_table(shard_dir / "samples.parquet")
+    samples = read_table(shard_dir / SAMPLES)
     placed = collections.Counter(c for s in samples for c in s["classes"])
     lines = [
         f"# anomalyforge run `{summary['name']}`",

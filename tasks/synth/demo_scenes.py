@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 
 from schemas import DemoScenesConfig
-from tasks.cityscapes import CITYSCAPES_SIZE
 from tasks.imageio import write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import label_id
 from tasks.seeding import rng_for
+from tasks.synth.cityscapes import CITYSCAPES_SIZE
 
 CITY = "demo"
 PITCH = 0.038  # rad, like Cityscapes' camera

@@ -5,8 +5,9 @@ A chain of small stages over an iterator of dicts, like webdataset's own:
     shard URLs ─▶ resampled shards ─▶ tar samples ─▶ split filter ─▶ shuffle buffer ─▶ decode ─▶ crop + flip
                ─▶ batches of (image float N×3×H×W in [0, 1], label int64 N×H×W)
 
-Labels are decoded with OpenCV as single-channel PNGs (webdataset's ``rgb8`` decoder would turn them into three
-channels). The split is a pure function of the sample key, so train and validation never overlap, whatever the
+Samples are decoded by ``tasks.sample_format`` (either image format; labels as single-channel PNGs, which
+webdataset's ``rgb8`` decoder would turn into three channels); shards are opened through fsspec, so any URL
+fsspec knows works. The split is a pure function of the sample key, so train and validation never overlap, whatever the
 shard order. Every random choice is drawn from generators seeded by (config seed, rank, worker).
 """
 
@@ -24,11 +25,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
-from tasks.shards import DATASET, SHARDS
+from tasks.sample_format import DATASET, SHARDS, SampleFormatError, decode_parts
 
-
-class ShardDataError(ValueError):
-    """A sample or shard that cannot be read (names the shard and key)."""
+ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
 
 
 def shard_urls(version: str | Path) -> list[str]:
@@ -43,29 +42,31 @@ def shard_urls(version: str | Path) -> list[str]:
 
     with fsspec.open(f"{root}/{SHARDS}", "rb") as f:
         names = _shard_names(f)
-    _register_fsspec_scheme(root.split("://", 1)[0])
     return [f"{root}/{n}" for n in names]
-
-
-def _register_fsspec_scheme(scheme: str) -> None:
-    """Let webdataset open ``scheme://`` URLs through fsspec when it has no handler of its own."""
-    import importlib
-
-    gopen = importlib.import_module("webdataset.gopen")  # the module (``webdataset.gopen`` is also a function)
-    if scheme not in gopen.gopen_schemes:
-
-        def open_with_fsspec(url, mode="rb", bufsize=8192):
-            import fsspec
-
-            return fsspec.open(url, mode).open()
-
-        gopen.gopen_schemes[scheme] = open_with_fsspec
 
 
 def _shard_names(manifest) -> list[str]:
     import pyarrow.parquet as pq
 
     return pq.read_table(manifest, columns=["shard"]).column("shard").to_pylist()
+
+
+def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
+    """webdataset's ``url_opener`` stage, opening local paths and any fsspec URL (``s3://``, ``file://``, ...)."""
+    import fsspec
+
+    for sample in src:
+        url = sample["url"]
+        try:
+            stream = fsspec.open(url, "rb").open() if "://" in url else open(url, "rb")  # noqa: SIM115
+        except OSError as e:
+            raise ShardDataError(f"{url}: cannot open shard ({e})") from e
+        yield sample | {"stream": stream}
+
+
+def _tar_samples(src: Iterator[dict]) -> Iterator[dict]:
+    """Shard URLs → raw samples (dicts of member suffix → bytes, plus ``__key__`` and ``__url__``)."""
+    return wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(_open_shards(src)))
 
 
 def in_validation(key: str, fraction: float) -> bool:
@@ -77,22 +78,15 @@ def in_validation(key: str, fraction: float) -> bool:
 
 
 def decode_sample(sample: dict) -> dict:
-    """Raw tar sample → RGB uint8 H×W×3 and single-channel uint8 label, checked against the shard convention."""
+    """Raw tar sample (either image format) → RGB uint8 H×W×3 and single-channel uint8 label, checked against
+    the shard label convention."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    if "image.jpg" not in sample or "label.png" not in sample:
-        raise ShardDataError(f"{where}: sample lacks image.jpg or label.png (has {sorted(sample)})")
-    img = cv2.imdecode(np.frombuffer(sample["image.jpg"], np.uint8), cv2.IMREAD_COLOR)
-    lab = cv2.imdecode(np.frombuffer(sample["label.png"], np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None or lab is None:
-        raise ShardDataError(f"{where}: image or label does not decode")
-    if lab.ndim != 2:
-        raise ShardDataError(f"{where}: label has shape {lab.shape}; labels are single-channel trainId PNGs")
-    if lab.shape != img.shape[:2]:
-        raise ShardDataError(f"{where}: label {lab.shape} and image {img.shape[:2]} differ in size")
-    bad = set(np.unique(lab).tolist()) - SHARD_LABEL_VALUES
+    parts = {k: v for k, v in sample.items() if not k.startswith("__")}
+    s = decode_parts(sample["__key__"], parts, where)
+    bad = set(np.unique(s.label).tolist()) - SHARD_LABEL_VALUES
     if bad:
         raise ShardDataError(f"{where}: label values {sorted(bad)} are outside trainIds 0-18, {ANOMALY}, {VOID}")
-    return {"__key__": sample["__key__"], "image": cv2.cvtColor(img, cv2.COLOR_BGR2RGB), "label": lab}
+    return {"__key__": s.key, "image": s.image, "label": s.label}
 
 
 def random_crop_flip(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: random.Random):
@@ -130,7 +124,7 @@ class TrainStream(IterableDataset):
         rng = random.Random(seed)
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
-            wds.tarfile_to_samples(),
+            _tar_samples,
             wds.select(lambda s: not in_validation(s["__key__"], self.val_fraction)),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=random.Random(seed + 1)),
             wds.map(decode_sample),
@@ -142,7 +136,7 @@ class TrainStream(IterableDataset):
 def validation_samples(urls: list[str], fraction: float, limit: int | None = None) -> Iterator[dict]:
     """The held-in validation composites, whole images, in shard order (one pass)."""
     n = 0
-    for s in wds.DataPipeline(wds.SimpleShardList(urls), wds.tarfile_to_samples(), wds.map(lambda s: s)):
+    for s in wds.DataPipeline(wds.SimpleShardList(urls), _tar_samples):
         if fraction > 0 and not in_validation(s["__key__"], fraction):
             continue
         yield decode_sample(s)

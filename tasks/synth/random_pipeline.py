@@ -2,7 +2,7 @@
 
 ``save_random_pipeline(dest, family, size)`` writes a complete diffusers pipeline directory (UNet, VAE,
 CLIP text encoder(s), tokenizer(s), scheduler, ``model_index.json``) with random weights, which then
-loads through exactly the code path real weights take (``tasks.diffusion.load_pipeline``). No network,
+loads through exactly the code path real weights take (``tasks.synth.diffusion.load_pipeline``). No network,
 no real weights: the tokenizer has a character-level vocabulary written here.
 
 Sizes: ``tiny`` (a few hundred thousand parameters, runs on CPU in a second) and ``sd15`` (the UNet of

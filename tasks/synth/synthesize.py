@@ -17,20 +17,21 @@ import numpy as np
 
 from schemas import RejectRecord, SampleMeta, SynthConfig
 from tasks import CODE_VERSION
-from tasks.cityscapes import (
+from tasks.imageio import BadInputError, write_bytes_atomic
+from tasks.sample_format import encode_sample
+from tasks.seeding import derive_seed, rng_for
+from tasks.synth.cityscapes import (
     Scene,
     SceneRef,
     camera_height,
     horizon_from_camera,
     load_scene,
 )
-from tasks.composite import paste, resize_object
-from tasks.harmonize import Harmonizer, make_harmonizer
-from tasks.imageio import BadInputError, encode_gray_png, encode_rgb, write_bytes_atomic
-from tasks.object_bank import BankObject
-from tasks.placement import NoPlacementError, estimate_horizon, place_objects
-from tasks.seeding import derive_seed, rng_for
-from tasks.shards import (
+from tasks.synth.composite import paste, resize_object
+from tasks.synth.harmonize import Harmonizer, make_harmonizer
+from tasks.synth.object_bank import BankObject
+from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
+from tasks.synth.shards import (
     PARTS_DIR,
     SHARD_PATTERN,
     sha256_of,
@@ -148,14 +149,10 @@ class Compositor:
         return Composite(image, label, mask, meta)
 
 
-def encode_sample(c: Composite, image_format: str, jpeg_quality: int) -> dict:
-    return {
-        "__key__": c.meta.key,
-        f"image.{image_format}": encode_rgb(c.image, image_format, jpeg_quality),
-        "label.png": encode_gray_png(c.label),
-        "mask.png": encode_gray_png(c.mask),
-        "meta.json": c.meta.model_dump_json().encode(),
-    }
+def encode_composite(c: Composite, image_format: str, jpeg_quality: int) -> dict:
+    """A composite as the tar members of one sample (``tasks.sample_format``)."""
+    meta = c.meta.model_dump_json().encode()
+    return encode_sample(c.meta.key, c.image, c.label, c.mask, meta, image_format, jpeg_quality)
 
 
 def manifest_row(c: Composite, shard: str, bank: dict[str, BankObject]) -> dict:
@@ -244,7 +241,7 @@ def synthesize_shard(
             )
             log.warning("sample %s quarantined: %s", plan.key, e)
             continue
-        samples.append(encode_sample(comp, cfg.image_format, cfg.jpeg_quality))
+        samples.append(encode_composite(comp, cfg.image_format, cfg.jpeg_quality))
         rows.append(manifest_row(comp, name, compositor.by_id))
         if on_sample is not None:
             on_sample()

@@ -35,8 +35,8 @@ from tasks.imageio import (
     read_gray,
     read_rgb,
 )
-from tasks.saliency import gate_mask, mask_quality
-from tasks.shards import REJECTS, write_rejects, write_table, write_tar_shard
+from tasks.synth.saliency import gate_mask, mask_quality
+from tasks.synth.shards import REJECTS, write_rejects, write_table, write_tar_shard
 
 OBJECT_MANIFEST = "objects.parquet"
 

@@ -8,41 +8,22 @@ from pathlib import Path
 import numpy as np
 
 from schemas import SampleMeta
-from tasks.imageio import BadInputError, decode_gray, decode_rgb
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
-from tasks.shards import SAMPLES, SHARDS, read_table, sha256_of
-
-REQUIRED = ("label.png", "mask.png", "meta.json")
-
-
-def _group_members(tar: tarfile.TarFile, shard: str, problems: list[str]) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    for m in tar.getmembers():
-        if not m.isfile():
-            continue
-        key, dot, ext = m.name.partition(".")
-        if not dot:
-            problems.append(f"{shard}: member {m.name!r} has no extension")
-            continue
-        samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return samples
+from tasks.sample_format import META, REQUIRED, SAMPLES, SHARDS, SampleFormatError, decode_parts, read_tar_samples
+from tasks.synth.shards import read_table, sha256_of
 
 
 def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
     """Every problem of one sample: missing parts, undecodable images, label values, label/mask agreement."""
     problems = [f"{name}: missing {part}" for part in REQUIRED if part not in files]
-    images = [k for k in files if k.startswith("image.")]
-    if len(images) != 1:
-        problems.append(f"{name}: expected one image.jpg|png, found {images or 'none'}")
+    try:
+        decoded = decode_parts(name, files, name, with_mask=True)
+    except SampleFormatError as e:
+        return [*problems, str(e)]
     if problems:
         return problems
-    try:
-        image = decode_rgb(files[images[0]], f"{name}/{images[0]}")
-        label = decode_gray(files["label.png"], f"{name}/label.png")
-        mask = decode_gray(files["mask.png"], f"{name}/mask.png")
-    except BadInputError as e:
-        return [str(e)]
-    if not (image.shape[:2] == label.shape == mask.shape):
+    image, label, mask = decoded.image, decoded.label, decoded.mask
+    if mask.shape != label.shape:
         return [f"{name}: sizes differ: image {image.shape[:2]}, label {label.shape}, mask {mask.shape}"]
     bad = sorted(set(np.unique(label).tolist()) - SHARD_LABEL_VALUES)
     if bad:
@@ -54,7 +35,7 @@ def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
     if disagree:
         problems.append(f"{name}: label == 254 and mask disagree on {disagree} pixels")
     try:
-        meta = SampleMeta.model_validate_json(files["meta.json"])
+        meta = SampleMeta.model_validate_json(files[META])
     except ValueError as e:
         problems.append(f"{name}: meta.json invalid: {str(e).splitlines()[0]}")
     else:
@@ -88,7 +69,8 @@ def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[
             problems.append(f"{rec['shard']}: sha256 differs from {SHARDS} (file changed or truncated)")
         try:
             with tarfile.open(path) as tar:
-                samples = _group_members(tar, rec["shard"], problems)
+                samples, member_problems = read_tar_samples(tar, rec["shard"])
+            problems += member_problems
         except (tarfile.TarError, OSError) as e:
             problems.append(f"{rec['shard']}: unreadable tar ({e})")
             continue

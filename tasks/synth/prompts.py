@@ -17,9 +17,9 @@ import yaml
 from data_manifests import MANIFEST_DIR
 from schemas import DiffusionConfig, PromptObject, PromptVocabulary
 from schemas.config import COCO_CITYSCAPES_OVERLAP
-from tasks.coco import canonical_class
 from tasks.labels import TRAIN_ID_NAMES
 from tasks.seeding import derive_seed
+from tasks.synth.coco import canonical_class
 
 DEFAULT_VOCABULARY = MANIFEST_DIR / "prompt_vocabulary.yaml"
 

@@ -91,7 +91,8 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
     md = [
         "# anomalyforge evaluation",
         "",
-        f"score `{settings['score']}`{' (Gaussian-smoothed)' if settings['smoothing'] else ''}, model `{settings['model']}`; values in %.",
+        f"score `{settings['score']}`{' (Gaussian-smoothed)' if settings.get('smoothing') else ''}, "
+        f"model `{settings['model']}` ({settings.get('model_kind', 'torchscript')}); values in %.",
         "",
         markdown_table(rows),
         "",

@@ -1,14 +1,15 @@
-"""Training anomaly methods (RPL, RPL + CoroCL, DiffEEL's EEL on RPL) on a shard version, over a frozen
-segmenter; and, for the demo profile, the closed-set pre-training of a small segmenter on the same shards.
+"""Training any registered anomaly method (``models.methods``) on a shard version, over a frozen segmenter; and,
+for the demo profile, the closed-set pre-training of a small segmenter on the same shards.
 
-One trainer for all methods: the method only chooses the loss (``method_loss``) and whether CoroCL's projector
-and object context exist. ``accelerate`` places the model, runs mixed precision and multi-GPU; each process
-streams its own shards (seeded by rank), so batches are never dispatched from one process.
+One trainer for all methods: the method's spec builds the head, computes the loss on a batch, names its
+parameter groups and any extra per-step data (``tasks.train.extras``), and scores the validation images; the
+trainer never asks which method it runs. ``accelerate`` places the model, runs mixed precision and multi-GPU;
+each process streams its own shards (seeded by rank), so batches are never dispatched from one process.
 
 Outputs of ``train_method`` under ``out_dir``::
 
     checkpoints/last.pt     model head + optimizer + scheduler + step (resume); written atomically
-    model.pt                the trained head and how to rebuild the model (``tasks.checkpoints.load_method``)
+    model.pt                the trained head and how to rebuild the model (``tasks.train.checkpoints.load_method``)
     history.jsonl           one line per logged step (losses, lr) and per evaluation (metrics)
     metrics.json            the final evaluation on the held-in validation split
     config.yaml             the TrainConfig that produced all this
@@ -19,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,18 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from tqdm.auto import tqdm
 
-from models.losses import corocl_loss, rpl_eel_loss, rpl_loss
-from models.rpl import ResidualAnomalyModel
-from models.scores import anomaly_score
+from models.methods import MethodSpec, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas.config import TrainConfig
-from tasks.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID, to_eval_labels
-from tasks.metrics import PixelMetrics
-from tasks.shards import DATASET
-from tasks.train_data import context_batch, count_samples, shard_urls, train_loader, validation_samples
+from tasks.eval.benchmarks import ShardSplit, load_benchmark
+from tasks.eval.scoring import TensorScorer, evaluate_samples
+from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
+from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
+from tasks.train.data import count_samples, shard_urls, train_loader, validation_samples
+from tasks.train.extras import build_extras
 
 Log = Callable[[str], None]
 
@@ -48,73 +48,34 @@ Log = Callable[[str], None]
 # ---- pieces ----------------------------------------------------------------------------------------------------
 
 
-def build_model(cfg: TrainConfig, segmenter: FrozenSegmenter) -> ResidualAnomalyModel:
-    projector = cfg.projector_dim if cfg.method == "rpl_corocl" else None
-    return ResidualAnomalyModel.create(segmenter, cfg.residual_dim, projector)
-
-
-def param_groups(model: ResidualAnomalyModel, cfg: TrainConfig) -> list[dict]:
-    """The residual's ASPP and bottleneck at ``lr``; the newly initialised layers (output projection, projector)
-    at ``lr × head_lr_mult`` (RPL's fine-tune / retrain split)."""
-    new = list(model.residual.out.parameters()) + (list(model.projector.parameters()) if model.projector else [])
-    new_ids = {id(p) for p in new}
-    base = [p for p in model.residual.parameters() if id(p) not in new_ids]
-    return [{"params": base, "lr": cfg.lr}, {"params": new, "lr": cfg.lr * cfg.head_lr_mult}]
-
-
 def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
     """lr factor (1 − step / total)^power."""
     return lambda step: max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
 
 
-def method_loss(cfg: TrainConfig, out, labels, ctx_out=None, ctx_labels=None, gen=None) -> dict[str, torch.Tensor]:
-    if cfg.method == "eel":
-        return rpl_eel_loss(out.logits, out.frozen_logits, labels, cfg.lam, cfg.alpha)
-    parts = rpl_loss(out.logits, out.frozen_logits, labels, cfg.entropy_t, cfg.out_weight)
-    if cfg.method == "rpl_corocl":
-        parts["corocl"] = corocl_loss(
-            out.embeddings, labels, ctx_out.embeddings, ctx_labels, cfg.tau, cfg.max_views, gen
-        )
-        parts["loss"] = parts["loss"] + parts["corocl"]
-    return parts
+def method_scorer(spec: MethodSpec, method_cfg, model: nn.Module, device) -> TensorScorer:
+    """A trained method as a scorer of uint8 images (its own score; predictions for the closed-set numbers)."""
+    return TensorScorer(lambda x, size: spec.infer(method_cfg, model, x, size), device)
 
 
 @torch.no_grad()
-def evaluate(model: ResidualAnomalyModel, urls: list[str], cfg: TrainConfig, device, progress: bool = False) -> dict:
-    """PixelMetrics of the method's score on the held-in validation composites, and how often ŷ keeps the
-    frozen network's class on inlier pixels (RPL's promise: close to 1)."""
+def evaluate(model: nn.Module, spec: MethodSpec, cfg: TrainConfig, version: str, device, progress=False) -> dict:
+    """The method's metrics on the held-in validation composites (the benchmark scoring loop over the ``shards``
+    benchmark), and how often ŷ keeps the frozen network's class on inlier pixels (RPL's promise: close to 1)."""
     was_training = model.training
     model.eval()
-    metrics = PixelMetrics()
-    agree = total = images = 0
-    kw = {"alpha": cfg.alpha} if cfg.score == "eel" else {}
-
-    def scored():
-        for s in validation_samples(urls, cfg.val_fraction, cfg.val_limit):
-            x = torch.from_numpy(s["image"]).permute(2, 0, 1)[None].float().div(255).to(device)
-            out = model(x)
-            score = anomaly_score(out.logits.float(), cfg.score, cfg.smoothing, **kw)[0].cpu().numpy()
-            yield s, out, score
-
-    for s, out, score in tqdm(scored(), desc="evaluate", unit="img", disable=not progress, leave=False):
-        label = s["label"]
-        metrics.update(score, to_eval_labels(label), name=s["__key__"])
-        inlier = torch.from_numpy((label != ANOMALY) & (label != VOID)).to(device)
-        same = out.logits.argmax(1)[0] == out.frozen_logits.argmax(1)[0]
-        agree += int(same[inlier].sum())
-        total += int(inlier.sum())
-        images += 1
-    if images and metrics.needs_second_pass():  # rare: recount the uncertain bins exactly (tasks.metrics)
-        metrics.start_second_pass()
-        for s, _, score in scored():
-            metrics.update(score, to_eval_labels(s["label"]), name=s["__key__"])
-    model.train(was_training)
-    result = {"images": images, "closed_set_agreement": agree / total if total else None, "score": cfg.score}
+    split = load_benchmark("shards", version, val_fraction=cfg.val_fraction) if cfg.val_fraction > 0 else None
+    if split is None:  # no held-out split: score the training composites themselves
+        split = ShardSplit("train", "shards", version, 1.0 - 1e-12)
+    result = {"method": cfg.method.name}
     try:
-        m = metrics.compute()
-        result |= {k: m[k] for k in ("auroc", "ap", "fpr95")}
+        r = evaluate_samples(method_scorer(spec, cfg.method, model, device), split.samples(cfg.val_limit), split.name,
+                             progress=progress)  # fmt: skip
+        m = r["metrics"]
+        result |= {k: m[k] for k in ("images", "auroc", "ap", "fpr95", "f1_components", "closed_set_agreement", "miou")}
     except ValueError as e:  # no anomaly (or no inlier) pixel in the split
         result["metrics_error"] = str(e)
+    model.train(was_training)
     return result
 
 
@@ -127,17 +88,6 @@ def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
-
-
-def _object_context(version: Path) -> list[np.ndarray]:
-    """The object bank next to a version (``<run_dir>/objects``), as RGBA crops for CoroCL's context."""
-    from tasks.object_bank import read_object_bank
-
-    # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
-    for cand in (version.parent.parent / "objects", version.parent / "objects"):
-        if (cand / "objects.parquet").is_file():
-            return [o.rgba for o in read_object_bank(cand)]
-    raise FileNotFoundError(f"rpl_corocl needs the object bank of {version} (looked for <run_dir>/objects)")
 
 
 # ---- closed-set pre-training (demo profile) -------------------------------------------------------------------
@@ -189,7 +139,7 @@ def pretrain_closed_set(
 
 @torch.no_grad()
 def _closed_set_miou(seg: FrozenSegmenter, urls: list[str], cfg: TrainConfig) -> float:
-    from tasks.segmentation_metrics import ConfusionMatrix
+    from tasks.eval.segmentation_metrics import ConfusionMatrix
 
     seg.freeze()
     cm = ConfusionMatrix(NUM_TRAIN_CLASSES)
@@ -226,6 +176,23 @@ def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, p
     )
 
 
+def _finished(out_dir: Path, cfg: TrainConfig, version: str) -> TrainResult | None:
+    """The result of an earlier run of this config on this version, if its model and metrics are there."""
+    model_path, metrics_path = out_dir / "model.pt", out_dir / "metrics.json"
+    if not (model_path.is_file() and metrics_path.is_file()):
+        return None
+    try:
+        state = read_checkpoint(model_path)
+        metrics = json.loads(metrics_path.read_text())
+    except (ValueError, OSError):
+        return None
+    if state.get("config_hash") != cfg.content_hash() or state.get("shards") != str(version):
+        return None
+    return TrainResult(
+        out_dir, model_path, metrics, metrics["steps"], metrics.get("first_loss"), metrics.get("last_loss")
+    )
+
+
 def train_method(
     cfg: TrainConfig,
     version: str | Path,
@@ -234,21 +201,27 @@ def train_method(
     progress: bool = True,
     log: Log = print,
 ) -> TrainResult:
+    """Train ``cfg.method`` on ``version``; outputs under ``out_dir`` (module docstring). With ``resume``, a run
+    whose model was already trained with this config on this version is returned as it is, and an interrupted
+    one continues from ``checkpoints/last.pt``."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    version = str(version)
+    spec = get_method(cfg.method.name)
+    if resume and (done := _finished(out_dir, cfg, version)) is not None:
+        log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
+        return done
     urls = shard_urls(version)
     seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress, log)
 
     accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, frozen_segmenter(cfg.segmenter, seg_ckpt))
-    optimizer = torch.optim.Adam(param_groups(model, cfg), weight_decay=cfg.weight_decay)
+    model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_ckpt))
+    optimizer = torch.optim.Adam(spec.param_groups(cfg.method, model), weight_decay=cfg.weight_decay)
 
     if cfg.max_steps is not None:
         total = cfg.max_steps
     else:
-        n_train, _ = count_samples(version, cfg.val_fraction) if "://" not in str(version) else (None, None)
+        n_train, _ = count_samples(version, cfg.val_fraction) if "://" not in version else (None, None)
         if n_train is None:
             raise ValueError("for a remote shard version set max_steps (epochs need the local sample count)")
         total = max(1, math.ceil(cfg.epochs * n_train / (cfg.batch_size * accelerator.num_processes)))
@@ -266,13 +239,14 @@ def train_method(
             log(f"resuming from {last} at step {start}/{total}")
         else:
             log(f"{last} was written by another config: starting over")
+    extras = build_extras(spec.extras(cfg.method), version, cfg.seed + start)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     inner = accelerator.unwrap_model(model)
     stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
     loader = train_loader(urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
-    context = _object_context(Path(version)) if cfg.method == "rpl_corocl" else None
-    ctx_rng = random.Random(cfg.seed + start)
     gen = torch.Generator().manual_seed(cfg.seed + start)
 
     history = out_dir / "history.jsonl"
@@ -280,7 +254,7 @@ def train_method(
     bar = tqdm(
         total=total,
         initial=start,
-        desc=f"train {cfg.method}",
+        desc=f"train {cfg.method.name}",
         unit="step",
         disable=not (progress and accelerator.is_main_process),
     )
@@ -294,14 +268,9 @@ def train_method(
             break
         wait += time.perf_counter() - t_prev
         x, y = x.to(accelerator.device), y.to(accelerator.device)
+        batch_extras = {name: e.batch(x.shape[0], accelerator.device) for name, e in extras.items()}
         with accelerator.autocast():
-            out = model(x, with_embeddings=cfg.method == "rpl_corocl")
-            ctx_out = ctx_y = None
-            if context is not None:
-                cx, ctx_y = context_batch(context, x.shape[0], cfg.context_size, ctx_rng)
-                ctx_out = model(cx.to(accelerator.device), with_embeddings=True)
-                ctx_y = ctx_y.to(accelerator.device)
-            parts = method_loss(cfg, out, y, ctx_out, ctx_y, gen)
+            parts = spec.loss(cfg.method, model, x, y, batch_extras, gen)
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -320,7 +289,7 @@ def train_method(
             _write_history(history, row | {k: v.item() for k, v in parts.items()})
         if step % cfg.eval_every == 0 or step == total:
             if accelerator.is_main_process:
-                metrics = evaluate(inner, urls, cfg, accelerator.device)
+                metrics = evaluate(inner, spec, cfg, version, accelerator.device)
                 _write_history(history, {"step": step, "eval": metrics})
                 save_atomic(
                     {
@@ -339,33 +308,17 @@ def train_method(
     model_path = out_dir / "model.pt"
     if accelerator.is_main_process:
         if not metrics:
-            metrics = evaluate(inner, urls, cfg, accelerator.device)
-        save_method(model_path, inner, cfg, seg_ckpt)
+            metrics = evaluate(inner, spec, cfg, version, accelerator.device)
         summary = metrics | {
-            "method": cfg.method,
+            "method": cfg.method.name,
             "steps": step,
             "first_loss": losses[0] if losses else None,
             "last_loss": float(np.mean(losses[-10:])) if losses else None,
             "data_wait_fraction": wait / max(time.perf_counter() - t_start, 1e-9),
-            "shards": str(version),
+            "shards": version,
             "segmenter_checkpoint": str(seg_ckpt),
         }
         (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        save_method(model_path, spec, inner, cfg, seg_ckpt, version)  # last: its presence means "finished"
         metrics = summary
     return TrainResult(out_dir, model_path, metrics, step, metrics.get("first_loss"), metrics.get("last_loss"))
-
-
-def resolve_version(shards: str | Path) -> str:
-    """A version directory, a run directory (→ its latest version) or an fsspec URL of a version."""
-    s = str(shards)
-    if "://" in s:
-        return s
-    p = Path(s)
-    if (p / DATASET).is_file():
-        return str(p.resolve())
-    from tasks.versions import latest_version
-
-    v = latest_version(p)
-    if v is None:
-        raise FileNotFoundError(f"{p}: neither a shard version nor a run directory with a complete version")
-    return str(v.path.resolve())

@@ -28,7 +28,7 @@ A bin refined *after* it received pixels keeps those as a residual, entered as o
 middle of its exact counts and counted in the bounds. That is the one way a single pass can miss the
 tolerance (scores whose distribution shifts late, e.g. ties that only appear after many images);
 ``needs_second_pass()`` then says so and a second pass over the same images recounts the costly bins
-exactly — ``tasks/evaluate.py`` does it from its score cache.
+exactly — ``tasks/eval/evaluate.py`` does it from its score cache.
 Per counting thread, memory is at most 32 MB for level 2 (every 16-bit prefix seen) plus ``max_refined``
 × 8 KB, whatever the number of pixels; typical anomaly maps use a few MB in all.
 

@@ -6,7 +6,7 @@ sees a half-written ``shard-*.tar``.
 
 Shard-set layout::
 
-    shard-000000.tar ...    samples: <key>.image.jpg|png, <key>.label.png, <key>.mask.png, <key>.meta.json
+    shard-000000.tar ...    samples in the format of ``tasks.sample_format``
     samples.parquet         one row per sample (key, shard, scene, objects, boxes, ...)
     shards.parquet          one row per shard (name, sha256, samples, bytes)
     rejects.parquet         quarantined items with stage and reason
@@ -27,14 +27,10 @@ import webdataset as wds
 from data_manifests.parquet import REJECT_SCHEMA
 from schemas import RejectRecord
 from tasks.imageio import atomic_path
+from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARD_PATTERN, SHARDS  # noqa: F401 (re-exported)
 
 PARTIAL_DIR = ".partial"  # shards being written
 PARTS_DIR = ".parts"  # records of finished shards, what a re-run skips
-SAMPLES = "samples.parquet"
-SHARDS = "shards.parquet"
-REJECTS = "rejects.parquet"
-DATASET = "dataset.json"
-SHARD_PATTERN = "shard-{:06d}.tar"
 
 
 def sha256_of(path: str | Path) -> str:

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.shards import DATASET
+from tasks.synth.shards import DATASET
 
 VERSIONS = "versions"
 LATEST = "LATEST"
@@ -59,6 +59,25 @@ def list_versions(run_dir: str | Path) -> list[Version]:
 def latest_version(run_dir: str | Path) -> Version | None:
     done = [v for v in list_versions(run_dir) if v.complete]
     return done[-1] if done else None
+
+
+def resolve_version(shards: str | Path) -> str:
+    """A version directory, a run directory (→ its latest complete version) or an fsspec URL of a version."""
+    s = str(shards)
+    if "://" in s:
+        return s
+    p = Path(s)
+    if (p / DATASET).is_file():
+        return str(p.resolve())
+    v = latest_version(p)
+    if v is None:
+        why = (
+            "does not exist"
+            if not p.exists()
+            else "is neither a shard version nor a run directory with a complete version"
+        )
+        raise FileNotFoundError(f"{p} {why}")
+    return str(v.path.resolve())
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,16 @@ from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
 from schemas import RejectRecord, SynthConfig
 from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
-from tasks.cityscapes import SceneRef, index_cityscapes
-from tasks.coco import (
+from tasks.synth.cityscapes import SceneRef, index_cityscapes
+from tasks.synth.coco import (
     canonical_class,
     extract_coco_objects,
     filter_coco_instances,
     load_coco,
 )
-from tasks.demo_scenes import write_demo_scenes
-from tasks.diffusion import GeneratedStore
-from tasks.object_bank import (
+from tasks.synth.demo_scenes import write_demo_scenes
+from tasks.synth.diffusion import GeneratedStore
+from tasks.synth.object_bank import (
     OBJECT_MANIFEST,
     BankObject,
     demo_object_photos,
@@ -33,8 +33,8 @@ from tasks.object_bank import (
     read_object_bank,
     write_object_bank,
 )
-from tasks.saliency import LazyMasker
-from tasks.shards import (
+from tasks.synth.saliency import LazyMasker
+from tasks.synth.shards import (
     DATASET,
     PARTIAL_DIR,
     REJECTS,

@@ -1,0 +1,84 @@
+"""The ``compare`` flow (``make compare``): train every registered method on one shard version over one frozen
+segmenter (same seed, same step budget), evaluate each and the frozen segmenter's post-hoc scores on the held-in
+split and the configured benchmarks, and write one table. Wiring only; one Prefect task per training and per
+evaluated model. Trained models are reused when their config and shards are unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from models.methods import method_config, method_names
+from schemas import BenchmarkConfig, EvalConfig, load_compare_config
+from tasks.eval.compare import compare_rows, markdown, write_compare
+from tasks.eval.evaluate import evaluate_model
+from tasks.runtime import configure_process
+from tasks.synth.versions import resolve_version
+from tasks.train.trainer import segmenter_checkpoint, train_method
+
+segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)
+train_task = task(train_method, name="train-method", task_run_name="{cfg.method.name}", cache_policy=NO_CACHE)
+evaluate_task = task(evaluate_model, name="evaluate-model", task_run_name="{cfg.model.name}", cache_policy=NO_CACHE)
+
+
+@flow(name="compare")
+def compare(
+    config_path: str = "configs/compare.yaml",
+    shards: str = "runs/demo",
+    out_dir: str | None = None,
+    overrides: dict | None = None,
+    resume: bool = True,
+) -> dict:
+    """``shards``: a version dir, a run dir (its latest version) or an fsspec URL; outputs under ``out_dir``
+    (default ``<run_dir>/compare``): ``compare.md|csv|json|png`` and ``models/<method>/``."""
+    configure_process()  # a deployment's worker starts the program here
+    log = get_run_logger()
+    cfg = load_compare_config(config_path, overrides)
+    version = resolve_version(shards)
+    if out_dir is None and "://" in version:
+        raise ValueError("out_dir is required for a remote shard version")
+    out = Path(out_dir or Path(version).parent.parent / "compare")
+    base = cfg.train.model_copy(update={"max_steps": cfg.max_steps})
+    seg_ckpt = segmenter_task(base, version, out / "models" / "segmenter", True, log.info)
+    base = base.model_copy(update={"segmenter": base.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
+
+    datasets = list(cfg.benchmarks)
+    if cfg.held_in:
+        held_in = {"name": "held-in", "val_fraction": base.val_fraction, "limit": base.val_limit}
+        datasets.insert(0, BenchmarkConfig(kind="shards", root=Path(version), **held_in))
+    shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels}
+    shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
+
+    rows, trained = [], {}
+    for name in cfg.methods or method_names():
+        mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
+        result = train_task(
+            base.model_copy(update={"method": mcfg}), version, out / "models" / name, resume, True, log.info
+        )
+        trained[name] = str(result.model)
+        evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
+        rows += compare_rows({"model": name, "kind": "trained", "score": name, "steps": result.steps}, results)
+    for score in cfg.post_hoc:
+        seg = {"segmenter": base.segmenter.name, "segmenter_options": base.segmenter.options, "score": score}
+        _, results = evaluate_task(EvalConfig(model=seg_ckpt, **seg, **shared))
+        rows += compare_rows({"model": f"{base.segmenter.name} + {score}", "kind": "post-hoc", "score": score}, results)
+
+    details = {
+        "name": cfg.name,
+        "shards": version,
+        "segmenter": base.segmenter.name,
+        "segmenter_checkpoint": str(seg_ckpt),
+        "seed": base.seed,
+        "max_steps": cfg.max_steps,
+        "models": trained,
+        "config": cfg.model_dump(mode="json"),
+    }
+    files = write_compare(rows, details, out)
+    create_table_artifact(table=rows, key="compare", description=f"{cfg.name}: methods × datasets on {version}; %")
+    create_markdown_artifact(markdown=markdown(rows), key="compare-md")
+    log.info("comparison table %s (csv %s, chart %s)", files["table"], files["csv"], files["chart"])
+    return {k: str(v) for k, v in files.items()} | {"rows": rows, "out_dir": str(out)}

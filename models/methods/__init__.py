@@ -1,0 +1,33 @@
+"""Anomaly methods as plug-ins: each is one file with its config class and spec, registered by name.
+
+    from models.methods import get_method, method_names
+    spec = get_method("eel"); cfg = spec.default_config()
+    model = spec.build(cfg, segmenter); parts = spec.loss(cfg, model, images, labels, extras, generator)
+
+A new method is a new module here (config + spec + ``@register_method``) imported below, plus its tests.
+"""
+
+# the built-in methods register themselves on import
+from models.methods import eel, rpl, rpl_corocl  # noqa: E402, F401, I001
+from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
+from models.methods.registry import (
+    METHODS,
+    get_method,
+    method_config,
+    method_names,
+    register_method,
+    unregister_method,
+)
+
+__all__ = [
+    "METHODS",
+    "Inference",
+    "MethodConfig",
+    "MethodSpec",
+    "get_method",
+    "method_config",
+    "method_names",
+    "register_method",
+    "resize_logits",
+    "unregister_method",
+]

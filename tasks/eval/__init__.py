@@ -1,0 +1,1 @@
+"""Evaluation: benchmark readers, exact streaming metrics, the scoring loop, reports and comparisons."""

@@ -1,0 +1,227 @@
+"""Readers for anomaly-segmentation benchmarks: Fishyscapes (Lost & Found, Static), RoadAnomaly (original
+release and the common preprocessed copy), SMIYC RoadAnomaly21 / RoadObstacle21, LostAndFound and a generic
+folder + manifest dataset with weather/light conditions. Every reader yields ``EvalItem``s whose labels
+``EvalDataset.load`` converts to evaluation labels (0 inlier, 1 anomaly, 255 void). The layouts and label
+values of each kind are in ``data_manifests/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tasks.eval.scoring import EvalSample
+from tasks.imageio import BadInputError, read_gray, read_rgb
+from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID, to_eval_labels
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
+CONDITIONS = ("clear", "rain", "night", "fog", "snow", "frost", "sandstorm")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    item_id: str
+    image: Path
+    label: Path
+    condition: str | None = None
+
+
+@dataclass
+class EvalDataset:
+    name: str
+    kind: str
+    items: list[EvalItem]
+    to_eval: Callable[[np.ndarray], np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, item: EvalItem) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB image, evaluation label 0/1/255); BadInputError names the file on any problem."""
+        image = read_rgb(item.image)
+        label = self.to_eval(read_gray(item.label))
+        if label.shape != image.shape[:2]:
+            raise BadInputError(f"{item.label}: label is {label.shape[::-1]}, image is {image.shape[1::-1]}")
+        bad = ~np.isin(label, (EVAL_INLIER, EVAL_ANOMALY, EVAL_VOID))
+        if bad.any():
+            raise BadInputError(f"{item.label}: unexpected label values {np.unique(label[bad])[:5].tolist()}")
+        return image, label
+
+    def samples(self, limit: int | None = None) -> Iterator[EvalSample]:
+        """The dataset as a stream for ``tasks.eval.scoring.evaluate_samples`` (the first ``limit`` items)."""
+        for item in self.items[:limit] if limit else self.items:
+            image, label = self.load(item)
+            yield EvalSample(item.item_id, image, label, item.condition)
+
+
+def _identity(label: np.ndarray) -> np.ndarray:
+    return label
+
+
+def _road_anomaly_original(label: np.ndarray) -> np.ndarray:
+    return np.where(label == 2, EVAL_ANOMALY, np.where(label == 0, EVAL_INLIER, EVAL_VOID)).astype(np.uint8)
+
+
+def _lost_and_found(label: np.ndarray) -> np.ndarray:
+    out = np.full(label.shape, EVAL_VOID, np.uint8)
+    out[label == 1] = EVAL_INLIER
+    out[(label >= 2) & (label != 255)] = EVAL_ANOMALY
+    return out
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"benchmark folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+    return files
+
+
+def _pair(images: list[Path], label_of: Callable[[Path], Path], root: Path) -> list[EvalItem]:
+    items, missing = [], []
+    for img in images:
+        lab = label_of(img)
+        if lab.is_file():
+            items.append(EvalItem(img.stem, img, lab))
+        else:
+            missing.append(str(lab))
+    if missing:
+        raise FileNotFoundError(f"{root}: {len(missing)} images have no label, e.g. {missing[0]}")
+    return items
+
+
+# kind -> factory(root, name, split, val_fraction) -> a dataset with ``name``, ``kind`` and ``samples(limit)``.
+# Adding a layout is one decorated reader here plus its section in data_manifests/benchmarks.md; configs
+# validate ``kind`` against this registry.
+BENCHMARKS: dict[str, Callable[..., EvalDataset | ShardSplit]] = {}
+
+
+def register_benchmark(kind: str):
+    """Register a factory ``(root, name, split, val_fraction) -> dataset``."""
+
+    def deco(factory):
+        BENCHMARKS[kind] = factory
+        return factory
+
+    return deco
+
+
+def register_layout(kind: str):
+    """Register a file layout: a reader ``(root, split) -> (items, label conversion to 0/1/255)``."""
+
+    def deco(reader):
+        def factory(root: Path, name: str | None, split: str, val_fraction: float) -> EvalDataset:
+            items, conv = reader(root, split)
+            return EvalDataset(name or root.name, kind, items, conv)
+
+        BENCHMARKS[kind] = factory
+        return reader
+
+    return deco
+
+
+@dataclass
+class ShardSplit:
+    """The held-in validation split of a shard version (sample keys chosen by hash, ``tasks.train.data``): the
+    composites with evaluation labels (254 → anomaly), and their trainIds for the closed-set mIoU."""
+
+    name: str
+    kind: str
+    version: str
+    val_fraction: float
+
+    def samples(self, limit: int | None = None) -> Iterator[EvalSample]:
+        from tasks.train.data import shard_urls, validation_samples
+
+        for s in validation_samples(shard_urls(self.version), self.val_fraction, limit):
+            yield EvalSample(s["__key__"], s["image"], to_eval_labels(s["label"]), None, s["label"])
+
+
+@register_benchmark("shards")
+def _shards(root: Path, name: str | None, split: str, val_fraction: float) -> ShardSplit:
+    from tasks.synth.versions import resolve_version
+
+    return ShardSplit(name or "held-in", "shards", resolve_version(root), val_fraction)
+
+
+@register_layout("fishyscapes")
+def _fishyscapes(root: Path, split: str):
+    return _pair(_images(root / "original"), lambda p: root / "labels" / f"{p.stem}.png", root), _identity
+
+
+@register_layout("road_anomaly_pre")
+def _road_anomaly_pre(root: Path, split: str):
+    return _pair(_images(root / "original"), lambda p: root / "labels" / f"{p.stem}.png", root), _identity
+
+
+@register_layout("road_anomaly")
+def _road_anomaly(root: Path, split: str):
+    items = _pair(_images(root / "frames"), lambda p: p.parent / f"{p.stem}.labels" / "labels_semantic.png", root)
+    return items, _road_anomaly_original
+
+
+@register_layout("smiyc")
+def _smiyc(root: Path, split: str):
+    items = _pair(_images(root / "images"), lambda p: root / "labels_masks" / f"{p.stem}_labels_semantic.png", root)
+    return items, _identity
+
+
+@register_layout("lost_and_found")
+def _lost_and_found_layout(root: Path, split: str):
+    base = root / "leftImg8bit" / split
+    images = sorted(base.glob("*/*_leftImg8bit.png"))
+    if not images:
+        raise FileNotFoundError(f"no */*_leftImg8bit.png under {base}")
+
+    def label_of(p: Path) -> Path:
+        return (
+            root
+            / "gtCoarse"
+            / split
+            / p.parent.name
+            / p.name.replace("_leftImg8bit.png", "_gtCoarse_labelTrainIds.png")
+        )
+
+    items = _pair(images, label_of, root)
+    return [EvalItem(i.image.name[: -len("_leftImg8bit.png")], i.image, i.label) for i in items], _lost_and_found
+
+
+@register_layout("folder")
+def _folder(root: Path, split: str):
+    return _folder_manifest(root), _identity
+
+
+def load_benchmark(
+    kind: str, root: str | Path, name: str | None = None, split: str = "test", val_fraction: float = 0.1
+) -> EvalDataset | ShardSplit:
+    """Index a benchmark by kind (see ``BENCHMARKS`` and data_manifests/benchmarks.md)."""
+    if kind not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark kind {kind!r}; registered: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[kind](Path(root), name, split, val_fraction)
+
+
+def _folder_manifest(manifest: Path) -> list[EvalItem]:
+    """A CSV with ``image,label[,condition]`` columns; paths relative to the manifest's folder."""
+    if manifest.is_dir():
+        manifest = manifest / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"folder dataset manifest not found: {manifest}")
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "label"} <= set(rows[0]):
+        raise ValueError(f"{manifest}: needs columns image,label[,condition]")
+    items = []
+    for r in rows:
+        cond = (r.get("condition") or "").strip().lower() or None
+        if cond is not None and cond not in CONDITIONS:
+            raise ValueError(
+                f"{manifest}: unknown condition {cond!r} for {r['image']} (one of {', '.join(CONDITIONS)})"
+            )
+        img = manifest.parent / r["image"]
+        items.append(EvalItem(Path(r["image"]).stem, img, manifest.parent / r["label"], cond))
+    return items

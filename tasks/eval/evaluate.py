@@ -1,0 +1,178 @@
+"""Evaluate a model + anomaly score on benchmarks, streaming (the loop itself is ``tasks.eval.scoring``).
+
+``--model`` is read for what the file is:
+
+* a **method checkpoint** (``model.pt`` from ``anomalyforge train``): the method's own score by default (EEL's
+  α·H − E with its α, RPL's energy, ...), over the frozen segmenter it names by sha256;
+* a **segmenter state dict** (with ``segmenter`` naming the network): a post-hoc score of the frozen
+  closed-set logits (msp, max_logit, entropy, energy, eel, max_min);
+* a **TorchScript** file mapping normalized (B, 3, H, W) RGB to (B, C, h, w) logits.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.methods.base import Inference, resize_logits
+from models.scores import anomaly_score
+from schemas import BenchmarkConfig, EvalConfig
+from tasks.eval.benchmarks import load_benchmark
+from tasks.eval.scoring import Scorer, TensorScorer, evaluate_samples
+from tasks.train.checkpoints import is_method_checkpoint, load_method, read_checkpoint
+
+DEFAULT_SCORE = "energy"
+
+
+def load_torchscript(path: str | Path, device: str = "cpu") -> torch.jit.ScriptModule:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model not found: {path} (a TorchScript file: torch.jit.save(torch.jit.script(model), path))"
+        )
+    model = torch.jit.load(str(path), map_location=device)
+    model.eval()
+    return model
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives hold compiled code (``<name>/code/``, ``constants.pkl``); ``torch.save`` zips do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+def post_hoc(logits: torch.Tensor, size: tuple[int, int], score: str, smoothing: bool, **kw) -> Inference:
+    """A post-hoc score of closed-set logits, at ``size``."""
+    logits = resize_logits(logits.float(), size)
+    return Inference(anomaly_score(logits, score, smoothing, **kw), logits, logits.argmax(1))
+
+
+@dataclass
+class EvalModel:
+    """What ``--model`` turned out to be, ready to score."""
+
+    kind: str  # "method" | "segmenter" | "torchscript"
+    scorer: Scorer
+    score: str  # what is scored, for the report
+    smoothing: bool
+    details: dict
+
+
+def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
+    loaded = load_method(path, cfg.segmenter_checkpoint, obj=obj)
+    spec, mcfg, model = loaded.spec, loaded.cfg.method, loaded.model.to(cfg.device)
+    smoothing = mcfg.smoothing if cfg.smoothing is None else cfg.smoothing
+    mcfg = mcfg.model_copy(update={"smoothing": smoothing})
+    if cfg.score is None:  # the method's own score, with its own parameters
+
+        def infer(x, size):
+            return spec.infer(mcfg, model, x, size)
+
+        score = f"{mcfg.name} ({spec.score_summary})"
+    else:  # a post-hoc score of the method's re-decoded logits
+
+        def infer(x, size):
+            out = spec.infer(mcfg, model, x, size)
+            return Inference(anomaly_score(out.logits, cfg.score, smoothing), out.logits, out.pred, out.frozen_pred)
+
+        score = f"{cfg.score} of {mcfg.name}'s logits"
+    seg = model.segmenter
+    scorer = TensorScorer(infer, cfg.device, seg.size_multiple, cfg.input_width, cfg.input_size)
+    details = {
+        "method": mcfg.name,
+        "method_config": mcfg.model_dump(mode="json"),
+        "segmenter": loaded.cfg.segmenter.name,
+        "segmenter_checkpoint": str(loaded.segmenter_checkpoint),
+    }
+    return EvalModel("method", scorer, score, smoothing, details)
+
+
+def _segmenter(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
+    from models.segmenters import build_segmenter, load_segmenter_weights
+
+    if cfg.segmenter is None:
+        from models.segmenters import SEGMENTERS
+
+        raise ValueError(
+            f"{path} is a plain state dict (no method checkpoint, no TorchScript): to evaluate it as a frozen "
+            f"segmenter with a post-hoc score, name its network with --segmenter NAME (one of "
+            f"{', '.join(SEGMENTERS)}); a trained method is evaluated from the model.pt `anomalyforge train` wrote"
+        )
+    seg = build_segmenter(cfg.segmenter, **cfg.segmenter_options)
+    heads = load_segmenter_weights(seg, obj, source=str(path))
+    seg = seg.to(cfg.device)
+    score, smoothing = cfg.score or DEFAULT_SCORE, True if cfg.smoothing is None else cfg.smoothing
+
+    def infer(x, size):
+        return post_hoc(seg(x), size, score, smoothing)
+
+    scorer = TensorScorer(infer, cfg.device, seg.size_multiple, cfg.input_width, cfg.input_size)
+    details = {"segmenter": cfg.segmenter, "segmenter_checkpoint": str(path), "ignored_head_tensors": len(heads)}
+    return EvalModel("segmenter", scorer, score, smoothing, details)
+
+
+def _torchscript(path: Path, cfg: EvalConfig) -> EvalModel:
+    model = load_torchscript(path, cfg.device)
+    mean = torch.tensor(cfg.mean, device=cfg.device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=cfg.device).view(1, 3, 1, 1)
+    score, smoothing = cfg.score or DEFAULT_SCORE, True if cfg.smoothing is None else cfg.smoothing
+
+    def infer(x, size):
+        logits = model((x - mean) / std)
+        if logits.ndim != 4 or logits.shape[1] < cfg.num_classes:
+            raise ValueError(f"{path} returned {tuple(logits.shape)}; expected (1, >= {cfg.num_classes}, h, w) logits")
+        return post_hoc(logits[:, : cfg.num_classes], size, score, smoothing)
+
+    scorer = TensorScorer(infer, cfg.device, 1, cfg.input_width, cfg.input_size)
+    return EvalModel("torchscript", scorer, score, smoothing, {})
+
+
+def load_eval_model(cfg: EvalConfig) -> EvalModel:
+    """Read ``cfg.model`` for what it is (module docstring); a file that is none of them is an error naming it."""
+    path = Path(cfg.model)
+    if not path.is_file():
+        raise FileNotFoundError(f"model not found: {path}")
+    if is_torchscript(path):
+        return _torchscript(path, cfg)
+    try:
+        obj = read_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(
+            f"{path}: neither a method checkpoint (model.pt of `anomalyforge train`), a segmenter state dict, "
+            f"nor a TorchScript file ({e})"
+        ) from None
+    if is_method_checkpoint(obj):
+        return _method(path, obj, cfg)
+    if isinstance(obj, Mapping):
+        return _segmenter(path, obj, cfg)
+    raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict, method checkpoint or TorchScript")
+
+
+def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress: bool = True) -> dict:
+    """Metrics of one dataset (``tasks.eval.scoring.evaluate_samples``) plus its kind."""
+    ds = load_benchmark(spec.kind, spec.root, spec.name, spec.split, spec.val_fraction)
+    scorer = model.scorer if isinstance(model, EvalModel) else model
+    total = min(len(ds.items), spec.limit or len(ds.items)) if hasattr(ds, "items") else None
+    res = evaluate_samples(
+        scorer,
+        ds.samples(spec.limit),
+        ds.name,
+        track=spec.track,
+        per_image=cfg.per_image,
+        panels=cfg.panels,
+        progress=progress,
+        total=total,
+    )
+    return res | {"kind": ds.kind}
+
+
+def evaluate_model(cfg: EvalConfig, progress: bool = True) -> tuple[EvalModel, list[dict]]:
+    """``cfg.model`` on every dataset of ``cfg``."""
+    model = load_eval_model(cfg)
+    return model, [evaluate_dataset(model, spec, cfg, progress) for spec in cfg.datasets]

@@ -1,0 +1,69 @@
+"""Extra per-step training data a method can ask for (``MethodSpec.extras``), by provider name.
+
+A provider is built once per run from the shard version and a seed, and gives one batch per step. The trainer
+only knows this registry, never which method asked.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.train.data import context_batch
+
+EXTRA_DATA: dict[str, Callable[..., ExtraData]] = {}
+
+
+def register_extra(name: str):
+    def deco(cls):
+        EXTRA_DATA[name] = cls
+        return cls
+
+    return deco
+
+
+class ExtraData:
+    def __init__(self, version: Path, seed: int, **options) -> None: ...
+
+    def batch(self, n: int, device) -> object:
+        raise NotImplementedError
+
+
+def build_extras(requested: dict[str, dict], version: str | Path, seed: int) -> dict[str, ExtraData]:
+    unknown = sorted(set(requested) - set(EXTRA_DATA))
+    if unknown:
+        raise ValueError(f"unknown extra training data {unknown}; providers: {', '.join(EXTRA_DATA)}")
+    return {name: EXTRA_DATA[name](Path(version), seed, **opts) for name, opts in requested.items()}
+
+
+def object_bank_images(version: Path) -> list[np.ndarray]:
+    """The object bank next to a version (``<run_dir>/objects``), as RGBA crops."""
+    from tasks.synth.object_bank import read_object_bank
+
+    # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
+    for cand in (version.parent.parent / "objects", version.parent / "objects"):
+        if (cand / "objects.parquet").is_file():
+            return [o.rgba for o in read_object_bank(cand)]
+    raise FileNotFoundError(
+        f"the object context needs the object bank of {version}: looked for {version.parent.parent / 'objects'} "
+        f"(a run's versions/) and {version.parent / 'objects'} (a plain shard directory)"
+    )
+
+
+@register_extra("object_context")
+class ObjectContext(ExtraData):
+    """CoroCL's context: the object bank's own images (each object on its own background), ``size``² squares
+    labelled anomaly under the object's mask and inlier on its background (``tasks.train.data.context_batch``)."""
+
+    def __init__(self, version: Path, seed: int, size: int = 128) -> None:
+        self.objects = object_bank_images(version)
+        self.size = size
+        self.rng = random.Random(seed)
+
+    def batch(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = context_batch(self.objects, n, self.size, self.rng)
+        return x.to(device), y.to(device)
