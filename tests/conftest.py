@@ -56,6 +56,11 @@ def write_object_photos(dest: Path, n: int = 3) -> FilesSourceConfig:
 
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> SynthConfig:
+    return tiny_synth_config(tmp_path)
+
+
+def tiny_synth_config(tmp_path: Path) -> SynthConfig:
+    """Three 256×128 demo scenes, three photo objects with sidecar masks, 4 samples per shard."""
     files = write_object_photos(tmp_path / "photos")
     return SynthConfig(
         name="tiny",
@@ -113,3 +118,53 @@ def random_state_dict(lines: list[str]) -> dict:
         else:
             out[name] = torch.randn(dims, generator=g) * 0.05
     return out
+
+
+TINY_METHOD = {"residual_dim": 16, "lr": 1e-3, "projector_dim": 16, "context_size": 32}
+
+
+def tiny_method(name: str) -> dict:
+    """A small head for ``name``: the tiny settings its config class has."""
+    from models.methods import get_method
+
+    fields = get_method(name).config.model_fields
+    return {"name": name} | {k: v for k, v in TINY_METHOD.items() if k in fields}
+
+
+def tiny_train_config(method: str, **kw):
+    """4 closed-set pre-training steps and 4 method steps on 64×128 crops; 30 % held-in validation."""
+    from schemas.config import TrainConfig
+
+    return TrainConfig(
+        method=tiny_method(method),
+        segmenter={"name": "espnetv2_demo", "pretrain": {"steps": 4, "batch_size": 2}},
+        crop=(64, 128),
+        batch_size=2,
+        max_steps=4,
+        eval_every=2,
+        workers=0,
+        val_fraction=0.3,
+        val_limit=3,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_eel(tmp_path_factory):
+    """Tiny demo shards (12 samples) and an EEL head trained on them: ``version``, ``model`` (model.pt),
+    ``segmenter`` (the frozen closed-set checkpoint), ``root``."""
+    from types import SimpleNamespace
+
+    from tasks.synth.versions import resolve_version
+    from tasks.train.trainer import train_method
+    from tests.test_pipeline import run_stage
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = tiny_synth_config(root)
+    cfg.num_samples = 12
+    run_stage(cfg, root / "run")
+    version = resolve_version(root / "run" / "shards")
+    res = train_method(tiny_train_config("eel"), version, root / "train" / "eel", progress=False, log=lambda m: None)
+    return SimpleNamespace(
+        version=version, model=res.model, segmenter=Path(res.metrics["segmenter_checkpoint"]), root=root
+    )

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from models.methods import get_method
 from schemas.config import TrainConfig
 from tasks.synth.shards import write_tar_shard
 from tasks.synth.versions import resolve_version
@@ -27,7 +26,7 @@ from tasks.train.data import (
     validation_samples,
 )
 from tasks.train.trainer import train_method
-from tests.conftest import real_photos_config, shared_or_skip, u2netp_or_skip
+from tests.conftest import real_photos_config, shared_or_skip, tiny_train_config, u2netp_or_skip
 from tests.test_pipeline import run_stage
 
 
@@ -110,30 +109,6 @@ def demo_shards(tiny_config, tmp_path):
     return resolve_version(tmp_path / "run" / "shards")
 
 
-TINY_METHOD = {"residual_dim": 16, "lr": 1e-3, "projector_dim": 16, "context_size": 32}
-
-
-def tiny_method(name: str) -> dict:
-    """A small head for ``name``: the tiny settings its config class has."""
-    fields = get_method(name).config.model_fields
-    return {"name": name} | {k: v for k, v in TINY_METHOD.items() if k in fields}
-
-
-def _tiny_train(method: str, **kw) -> TrainConfig:
-    return TrainConfig(
-        method=tiny_method(method),
-        segmenter={"name": "espnetv2_demo", "pretrain": {"steps": 4, "batch_size": 2}},
-        crop=(64, 128),
-        batch_size=2,
-        max_steps=4,
-        eval_every=2,
-        workers=0,
-        val_fraction=0.3,
-        val_limit=3,
-        **kw,
-    )
-
-
 # first_loss / last_loss of these runs, recorded with the trainer as it was before methods became specs
 # (one hard-coded branch per method): the move onto the registry changed no number
 BEFORE_THE_MOVE = {
@@ -146,7 +121,7 @@ BEFORE_THE_MOVE = {
 @pytest.mark.parametrize("method", ["eel", "rpl", "rpl_corocl"])
 def test_demo_profile_pretrains_then_trains_resumes_and_reloads(demo_shards, tmp_path, method):
     out = tmp_path / "out" / method
-    res = train_method(_tiny_train(method), demo_shards, out, progress=False, log=lambda m: None)
+    res = train_method(tiny_train_config(method), demo_shards, out, progress=False, log=lambda m: None)
     assert res.steps == 4 and np.isfinite(res.first_loss) and np.isfinite(res.last_loss)
     assert (res.first_loss, res.last_loss) == pytest.approx(BEFORE_THE_MOVE[method], rel=1e-5)
     segs = list((tmp_path / "out" / "segmenters").glob("espnetv2_demo-*.pt"))
@@ -156,7 +131,7 @@ def test_demo_profile_pretrains_then_trains_resumes_and_reloads(demo_shards, tmp
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history if "eval" in h] == [2, 4]
     # resume: a longer schedule continues from step 4, not from 0
-    longer = _tiny_train(method).model_copy(update={"max_steps": 6})
+    longer = tiny_train_config(method).model_copy(update={"max_steps": 6})
     resumed = train_method(longer, demo_shards, out, progress=False, log=lambda m: None)
     assert resumed.steps == 6  # (a different config hash would have restarted; max_steps is part of it)
     # the same config again: the finished model is reused, nothing trains
