@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from schemas import BenchmarkConfig, EvalConfig
-from tasks.eval.evaluate import evaluate_dataset, load_torchscript
+from tasks.eval.evaluate import evaluate_dataset, load_eval_model, load_torchscript
 from tasks.eval.report import write_eval_report
 from tests.conftest import ROOT
 
@@ -59,7 +59,8 @@ def setup(tmp_path):
 def test_evaluate_dataset_finds_the_red_objects(setup):
     tmp, model_path = setup
     cfg = EvalConfig(model=model_path, datasets=[BenchmarkConfig(kind="fishyscapes", root=tmp / "fs")], score="energy")
-    model = load_torchscript(cfg.model)
+    model = load_eval_model(cfg)
+    assert model.kind == "torchscript"
     res = evaluate_dataset(model, cfg.datasets[0], cfg)
     m = res["metrics"]
     assert m["auroc"] > 0.99 and m["ap"] > 0.9 and m["fpr95"] < 0.05
@@ -76,7 +77,7 @@ def test_conditions_components_and_report(setup):
         score="eel",
         smoothing=False,
     )
-    res = evaluate_dataset(load_torchscript(cfg.model), cfg.datasets[0], cfg)
+    res = evaluate_dataset(load_eval_model(cfg), cfg.datasets[0], cfg)
     m = res["metrics"]
     assert set(m["conditions"]) == {"clear", "fog"}
     assert m["gt_components"] == 4 and m["siou"] > 0.8 and m["f1_components"] > 0.8
@@ -118,37 +119,32 @@ def test_eval_cli_runs_the_prefect_flow(setup):
     assert "tiny" in art.stdout and "auroc" in art.stdout.lower()
 
 
-def test_second_pass_from_the_score_cache_makes_late_ties_exact(tmp_path):
+def test_second_pass_from_the_score_cache_makes_late_ties_exact():
     # smooth scores first, then images whose scores pile onto a few values: one pass cannot be exact
-    # (tests/test_metrics.py shows the bound); the evaluate task re-reads its cache and recounts
-    from types import SimpleNamespace
-
+    # (tests/test_metrics.py shows the bound); the scoring loop re-reads its cache and recounts
     from sklearn.metrics import average_precision_score
 
-    from tasks.eval.evaluate import second_pass
-    from tasks.eval.metrics import PixelMetrics
+    from tasks.eval.scoring import EvalSample, ScoredImage, evaluate_samples
 
     r = np.random.default_rng(7)
     images, labels = [], []
     for k in range(8):
         y = (r.random(50_000) < (0.05 if k < 4 else 0.3)).astype(np.uint8)
         s = r.normal(size=50_000) + y if k < 4 else r.choice([0.25, 0.5, 0.75], 50_000) + 1e-7 * r.normal(size=50_000)
-        images.append(s.astype(np.float32))
-        labels.append(y)
-        np.save(tmp_path / f"{k}.npy", images[-1])
-    items = [SimpleNamespace(image=f"img{k}.png", condition="rain" if k % 2 else "clear") for k in range(8)]
-    ds = SimpleNamespace(name="late", load=lambda item: (None, labels[int(item.image[3])]))
-    pooled, by_cond = PixelMetrics(), {"rain": PixelMetrics(), "clear": PixelMetrics()}
-    for item, s, y in zip(items, images, labels, strict=True):
-        pooled.update(s, y)
-        by_cond[item.condition].update(s, y)
-    assert pooled.needs_second_pass()
-    second_pass(pooled, by_cond, items, tmp_path, ds)
-    out = pooled.compute()
-    ref = average_precision_score(np.concatenate(labels), np.concatenate(images))
+        images.append(s.astype(np.float32).reshape(200, 250))
+        labels.append(y.reshape(200, 250))
+    samples = [
+        EvalSample(f"img{k}", np.full((1, 1, 3), k, np.uint8), labels[k], "rain" if k % 2 else "clear")
+        for k in range(8)
+    ]
+    res = evaluate_samples(lambda image: ScoredImage(images[int(image[0, 0, 0])]), samples, "late", progress=False)
+    out = res["metrics"]
+    ref = average_precision_score(
+        np.concatenate([y.ravel() for y in labels]), np.concatenate([s.ravel() for s in images])
+    )
     assert out["passes"] == 2 and out["within_tolerance"] and abs(out["ap"] - ref) < 1e-4
     rain = [k for k in range(8) if k % 2]
     ref_rain = average_precision_score(
-        np.concatenate([labels[k] for k in rain]), np.concatenate([images[k] for k in rain])
+        np.concatenate([labels[k].ravel() for k in rain]), np.concatenate([images[k].ravel() for k in rain])
     )
-    assert abs(by_cond["rain"].compute()["ap"] - ref_rain) < 1e-4
+    assert abs(out["conditions"]["rain"]["ap"] - ref_rain) < 1e-4

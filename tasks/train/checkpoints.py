@@ -90,7 +90,9 @@ def is_method_checkpoint(obj) -> bool:
 def _segmenter_file(path: Path, rec: Mapping, override: str | Path | None) -> Path:
     """The frozen segmenter a method checkpoint was trained over: ``override``, else the recorded relative path,
     else the recorded absolute one; its sha256 must be the recorded one."""
-    cands = [Path(override)] if override else [path.resolve().parent / rec["relative"], Path(rec["absolute"])]
+    cands = (
+        [Path(override)] if override else [(path.resolve().parent / rec["relative"]).resolve(), Path(rec["absolute"])]
+    )
     found = next((c for c in cands if c.is_file()), None)
     want = rec["sha256"]
     if found is None:
