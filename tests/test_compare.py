@@ -1,0 +1,101 @@
+"""`make compare`: every registered method and every post-hoc score in one table, on tiny demo shards; trained
+models reused when nothing changed. And the shard sample format: a PNG shard set trains like a JPEG one."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from models.methods import method_names
+from tasks.eval.compare import compare_rows, markdown
+from tasks.synth.validate import validate_shard_set
+from tasks.synth.versions import resolve_version
+from tasks.train.trainer import train_method
+from tests.conftest import tiny_method, tiny_train_config
+from tests.test_pipeline import run_stage
+
+
+def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
+    result = {"name": "held-in", "metrics": {"ap": 0.5, "fpr95": 0.25, "auroc": 0.875, "images": 3, "miou": None}}
+    (row,) = compare_rows({"model": "eel", "kind": "trained", "score": "eel", "steps": 10}, [result])
+    assert row == {
+        "model": "eel",
+        "kind": "trained",
+        "score": "eel",
+        "steps": 10,
+        "dataset": "held-in",
+        "images": 3,
+        "ap": 50.0,
+        "fpr95": 25.0,
+        "auroc": 87.5,
+        "f1_components": None,
+        "miou": None,
+        "closed_set_agreement": None,
+    }
+    assert "| eel | trained | eel | held-in | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown([row])
+
+
+@pytest.mark.slow
+def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path):
+    from flows.cli import app
+
+    cfg = {
+        "name": "tiny",
+        "max_steps": 2,
+        "method_overrides": {name: tiny_method(name) for name in method_names()},
+        "post_hoc": ["msp", "energy", "max_min"],
+        "train": tiny_train_config("eel").model_dump(mode="json", exclude={"method", "max_steps"})
+        | {"segmenter": {"name": "espnetv2_demo", "checkpoint": str(trained_eel.segmenter)}},
+    }
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cmp"
+    args = [
+        "compare",
+        "--config",
+        str(tmp_path / "compare.yaml"),
+        "--shards",
+        trained_eel.version,
+        "--out-dir",
+        str(out),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    models = [r["model"] for r in rows]
+    assert models == [*method_names(), "espnetv2_demo + msp", "espnetv2_demo + energy", "espnetv2_demo + max_min"]
+    assert {r["dataset"] for r in rows} == {"held-in"}
+    for r in rows:
+        assert 0 <= float(r["ap"]) <= 100 and 0 <= float(r["auroc"]) <= 100 and float(r["miou"]) >= 0
+    trained = [r for r in rows if r["kind"] == "trained"]
+    assert all(r["steps"] == "2" and 0 < float(r["closed_set_agreement"]) <= 100 for r in trained)
+    assert all(r["closed_set_agreement"] == "" for r in rows if r["kind"] == "post-hoc")
+    # the post-hoc rows score the frozen network itself: one closed-set prediction, one mIoU for all of them
+    assert len({r["miou"] for r in rows if r["kind"] == "post-hoc"}) == 1
+    md = (out / "compare.md").read_text()
+    assert "| rpl_corocl | trained | rpl_corocl | held-in |" in md and "![comparison](compare.png)" in md
+    assert "tiny: methods × datasets" in md and "table:" in res.output
+    with Image.open(out / "compare.png") as im:
+        assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # a drawn chart, not a blank
+    # unchanged config and shards: nothing retrains
+    stamps = {m: (out / "models" / m / "model.pt").stat().st_mtime_ns for m in method_names()}
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output[-3000:]
+    assert {m: (out / "models" / m / "model.pt").stat().st_mtime_ns for m in method_names()} == stamps
+    assert list(csv.DictReader((out / "compare.csv").open())) == rows
+
+
+def test_a_png_shard_set_trains_like_a_jpeg_one(tiny_config, tmp_path):
+    tiny_config.num_samples = 8
+    tiny_config.shards.image_format = "png"
+    run_stage(tiny_config, tmp_path / "run")
+    version = resolve_version(tmp_path / "run" / "shards")
+    checked, problems = validate_shard_set(version)
+    assert checked == 8 and problems == []
+    cfg = tiny_train_config("eel").model_copy(update={"max_steps": 2, "eval_every": 2})
+    res = train_method(cfg, version, tmp_path / "out", progress=False, log=lambda m: None)
+    assert res.steps == 2 and np.isfinite(res.first_loss) and res.metrics["images"] >= 1
