@@ -1,4 +1,5 @@
-"""Training throughput (``make bench-train``): RPL + EEL steps/s over ESPNetv2 s=2.0 at a fixed crop.
+"""Training throughput (``make bench-train``): steps/s of a registered method (``--method``, default EEL on RPL)
+over ESPNetv2 s=2.0 at a fixed crop, through the method spec as the trainer runs it.
 
 Two runs in the same process, same model, same number of steps:
   * baseline  — one batch kept in memory and reused: pure compute (forward of the frozen network, residual,
@@ -21,8 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.losses import rpl_eel_loss
-from models.rpl import ResidualAnomalyModel
+from models.methods import get_method
 from models.segmenters import build_segmenter
 from schemas.config import TrainConfig
 from tasks.synth.shards import write_tar_shard
@@ -51,9 +51,10 @@ def write_shards(root: Path, shards: int, per_shard: int, size=(512, 1024)) -> l
     return urls
 
 
-def run(model, batches, steps: int, device: str, autocast: bool) -> tuple[float, float]:
+def run(spec, mcfg, model, batches, steps: int, device: str, autocast: bool) -> tuple[float, float]:
     """(steps/s, seconds spent waiting for data)."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt = torch.optim.Adam(spec.param_groups(mcfg, model))
+    gen = torch.Generator().manual_seed(0)
     model.train()
     wait = 0.0
     it = iter(batches)
@@ -66,8 +67,7 @@ def run(model, batches, steps: int, device: str, autocast: bool) -> tuple[float,
             wait += time.perf_counter() - tw
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-            out = model(x)
-            loss = rpl_eel_loss(out.logits.float(), out.frozen_logits.float(), y)["loss"]
+            loss = spec.loss(mcfg, model, x, y, {}, gen)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -85,7 +85,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--method", default="eel", help="a registered method that needs no extra data")
     args = ap.parse_args()
+    spec = get_method(args.method)
+    mcfg = spec.default_config()
+    if spec.extras(mcfg):
+        ap.error(f"{args.method} needs extra data ({', '.join(spec.extras(mcfg))}); this benchmark feeds shards only")
     torch.manual_seed(0)
     seg = build_segmenter("espnetv2")
     weights = Path(__file__).resolve().parents[2] / "shared/data/espnetv2/espnetv2_s_2.0_city_1024x512.pth"
@@ -93,7 +98,7 @@ def main() -> None:
         from models.segmenters import load_segmenter_weights
 
         load_segmenter_weights(seg, torch.load(weights, map_location="cpu", weights_only=True))
-    model = ResidualAnomalyModel.create(seg, dim=256).to(args.device)
+    model = spec.build(mcfg, seg).to(args.device)
     autocast = args.device.startswith("cuda") and torch.cuda.is_bf16_supported()
     cfg = TrainConfig(crop=tuple(args.crop), batch_size=args.batch_size, workers=args.workers, shuffle_buffer=8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,9 +109,9 @@ def main() -> None:
             while True:
                 yield fixed
 
-        base, _ = run(model, repeat(), args.steps, args.device, autocast)
-        streamed, wait = run(model, train_loader(urls, cfg), args.steps, args.device, autocast)
-    print(f"device {args.device}, crop {args.crop[0]}x{args.crop[1]}, batch {args.batch_size}, {args.steps} steps")
+        base, _ = run(spec, mcfg, model, repeat(), args.steps, args.device, autocast)
+        streamed, wait = run(spec, mcfg, model, train_loader(urls, cfg), args.steps, args.device, autocast)
+    print(f"{args.method}: device {args.device}, crop {args.crop[0]}x{args.crop[1]}, batch {args.batch_size}, {args.steps} steps")
     print(f"  baseline (batch in memory): {base:.2f} steps/s")
     print(f"  streamed (WebDataset, {args.workers} workers): {streamed:.2f} steps/s")
     print(f"  ratio streamed/baseline: {streamed / base:.2f}")

@@ -27,14 +27,10 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    from schemas.config import load_train_config
+    from schemas.config import load_compare_config, load_train_config
 
     paths = sorted((ROOT / "configs").glob("*.yaml"))
-    assert any(p.name.startswith("train") for p in paths)
+    assert {"train.yaml", "compare.yaml", "eval.yaml"} <= {p.name for p in paths}
+    loaders = {"eval": load_eval_config, "train": load_train_config, "compare": load_compare_config}
     for path in paths:
-        if path.name.startswith("eval"):
-            load_eval_config(path)
-        elif path.name.startswith("train"):
-            load_train_config(path)
-        else:
-            load_config(path)
+        loaders.get(path.stem.split("_")[0], load_config)(path)
