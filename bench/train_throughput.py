@@ -111,7 +111,9 @@ def main() -> None:
 
         base, _ = run(spec, mcfg, model, repeat(), args.steps, args.device, autocast)
         streamed, wait = run(spec, mcfg, model, train_loader(urls, cfg), args.steps, args.device, autocast)
-    print(f"{args.method}: device {args.device}, crop {args.crop[0]}x{args.crop[1]}, batch {args.batch_size}, {args.steps} steps")
+    print(
+        f"{args.method}: device {args.device}, crop {args.crop[0]}x{args.crop[1]}, batch {args.batch_size}, {args.steps} steps"
+    )
     print(f"  baseline (batch in memory): {base:.2f} steps/s")
     print(f"  streamed (WebDataset, {args.workers} workers): {streamed:.2f} steps/s")
     print(f"  ratio streamed/baseline: {streamed / base:.2f}")
