@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from models.methods import MethodSpec, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas.config import TrainConfig
-from tasks.eval.benchmarks import ShardSplit, load_benchmark
+from tasks.eval.benchmarks import ShardSplit
 from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
@@ -64,14 +64,12 @@ def evaluate(model: nn.Module, spec: MethodSpec, cfg: TrainConfig, version: str,
     benchmark), and how often ŷ keeps the frozen network's class on inlier pixels (RPL's promise: close to 1)."""
     was_training = model.training
     model.eval()
-    split = load_benchmark("shards", version, val_fraction=cfg.val_fraction) if cfg.val_fraction > 0 else None
-    if split is None:  # no held-out split: score the training composites themselves
-        split = ShardSplit("train", "shards", version, 1.0 - 1e-12)
+    # val_fraction 0: no held-out split, the training composites themselves are scored
+    split = ShardSplit("held-in" if cfg.val_fraction > 0 else "train", "shards", version, cfg.val_fraction)
     result = {"method": cfg.method.name}
     try:
-        r = evaluate_samples(method_scorer(spec, cfg.method, model, device), split.samples(cfg.val_limit), split.name,
-                             progress=progress)  # fmt: skip
-        m = r["metrics"]
+        scorer = method_scorer(spec, cfg.method, model, device)
+        m = evaluate_samples(scorer, split.samples(cfg.val_limit), split.name, progress=progress)["metrics"]
         result |= {k: m[k] for k in ("images", "auroc", "ap", "fpr95", "f1_components", "closed_set_agreement", "miou")}
     except ValueError as e:  # no anomaly (or no inlier) pixel in the split
         result["metrics_error"] = str(e)
