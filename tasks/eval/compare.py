@@ -53,7 +53,7 @@ def markdown(rows: list[dict]) -> str:
 def bar_chart(rows: list[dict], path: Path) -> Path:
     """AP (higher is better) and FPR95 (lower is better) per model, one column of panels per dataset."""
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(2, len(datasets), figsize=(1.2 + 3.2 * len(datasets), 6), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3 + 3.2 * len(datasets), 6.4), dpi=120, squeeze=False)
     for j, ds in enumerate(datasets):
         sub = [r for r in rows if r["dataset"] == ds]
         names = [r["model"] for r in sub]
@@ -61,15 +61,17 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
         for i, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
             ax = axes[i][j]
             vals = [np.nan if r[metric] is None else r[metric] for r in sub]
-            ax.barh(range(len(sub)), vals, color=colors)
+            bars = ax.barh(range(len(sub)), vals, color=colors)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
             ax.set_yticks(range(len(sub)), names if j == 0 else [""] * len(sub), fontsize=8)
             ax.invert_yaxis()
-            ax.set_xlim(0, 100)
+            top = np.nanmax(vals) if np.isfinite(vals).any() else 1.0
+            ax.set_xlim(0, 100 if metric == "fpr95" else min(100, max(5.0, 1.25 * top)))  # small APs stay legible
             ax.set_xlabel(label, fontsize=8)
             ax.grid(axis="x", alpha=0.3)
             if i == 0:
                 ax.set_title(ds, fontsize=9)
-    fig.suptitle("trained methods (blue) and post-hoc scores of the frozen segmenter (grey)", fontsize=9)
+    fig.suptitle("trained methods (blue), post-hoc scores of the frozen segmenter (grey)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
