@@ -87,10 +87,14 @@ def eval_(
 ) -> None:
     """Run the `evaluate` Prefect flow locally: any model kind on the configured benchmarks."""
     from flows.evaluate import run_evaluate
+    from schemas import load_eval_config
+    from tasks.eval.evaluate import read_model_file
 
     over = _parse_overrides(set_)
     named = {"model": model, "segmenter": segmenter, "segmenter_checkpoint": segmenter_checkpoint, "score": score}
     over |= {k: str(v) for k, v in named.items() if v is not None}
+    cfg = load_eval_config(config, over)
+    read_model_file(cfg.model, cfg.segmenter)  # bad input is a message here, before the flow starts
     res = run_evaluate(str(config), str(out_dir), over or None)
     from tasks.eval.report import markdown_table
 
@@ -111,7 +115,9 @@ def train(
 ) -> None:
     """Train an anomaly method on shards over a frozen segmenter (the `train` Prefect flow, run locally)."""
     from flows.train import train as train_flow
+    from schemas.config import load_train_config
 
+    load_train_config(config, _parse_overrides(set_), method)  # config errors as messages, before the flow
     res = train_flow(
         str(config), shards, str(out_dir) if out_dir else None, method, _parse_overrides(set_) or None, not fresh
     )
@@ -131,8 +137,10 @@ def compare(
     """Train every registered method on one shard version and compare them with post-hoc baselines (the
     `compare` Prefect flow, run locally)."""
     from flows.compare import compare as compare_flow
+    from schemas import load_compare_config
     from tasks.eval.compare import markdown
 
+    load_compare_config(config, _parse_overrides(set_))  # config errors as messages, before the flow
     res = compare_flow(
         str(config), shards, str(out_dir) if out_dir else None, _parse_overrides(set_) or None, not fresh
     )
@@ -186,5 +194,23 @@ def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="r
     typer.echo(f"u2netp: {install_u2netp(model_home)}")
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the user's input: printed as one clear message, without a traceback."""
+    from schemas.config import ConfigError
+    from tasks.imageio import BadInputError
+    from tasks.synth.pipeline import TooFewSamplesError
+
+    return ConfigError, BadInputError, FileNotFoundError, TooFewSamplesError
+
+
+def main() -> None:
+    """The ``anomalyforge`` entry point: the commands, with input errors as messages (exit 1)."""
+    try:
+        app()
+    except _user_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -12,12 +12,12 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas import load_eval_config
-from tasks.eval.evaluate import evaluate_dataset, load_eval_model
+from tasks.eval.evaluate import EvaluationError, evaluate_dataset_or_error, load_eval_model
 from tasks.eval.report import markdown_table, table_rows, write_eval_report
 from tasks.runtime import configure_process
 
 evaluate_dataset_task = task(
-    evaluate_dataset, name="evaluate-dataset", task_run_name="{spec.kind}", cache_policy=NO_CACHE
+    evaluate_dataset_or_error, name="evaluate-dataset", task_run_name="{spec.kind}", cache_policy=NO_CACHE
 )
 report_task = task(write_eval_report, name="write-eval-report", cache_policy=NO_CACHE)
 
@@ -30,14 +30,24 @@ def evaluate(config_path: str = "configs/eval.yaml", out_dir: str = "runs/eval",
     log = get_run_logger()
     model = load_eval_model(cfg)
     log.info("model %s: %s, score %s", cfg.model, model.kind, model.score)
-    results = [evaluate_dataset_task(model, spec, cfg) for spec in cfg.datasets]
     settings = cfg.model_dump(mode="json") | {"model_kind": model.kind, "score": model.score} | model.details
     settings["smoothing"] = model.smoothing
-    files = report_task(results, out_dir, settings)
+    results = []
+    for spec in cfg.datasets:  # the report is rewritten after each dataset: finished results are never lost
+        results.append(evaluate_dataset_task(model, spec, cfg))
+        if "error" in results[-1]:
+            log.error("%s: %s", results[-1]["name"], results[-1]["error"])
+        files = report_task(results, out_dir, settings)
     rows = table_rows(results)
     create_table_artifact(table=rows, key="anomaly-metrics", description=f"{model.score} on {len(rows)} rows; %")
     create_markdown_artifact(markdown=markdown_table(rows), key="anomaly-metrics-md")
     log.info("metrics in %s, report %s", files["metrics"], files["report"])
+    failed = [r for r in results if "error" in r]
+    if failed:
+        raise EvaluationError(
+            f"{len(failed)} of {len(results)} datasets could not be evaluated (the others are in {files['metrics']}): "
+            + "; ".join(f"{r['name']}: {r['error']}" for r in failed)
+        )
     return {k: str(v) for k, v in files.items()} | {"rows": rows, "model_kind": model.kind, "score": model.score}
 
 

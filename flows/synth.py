@@ -29,6 +29,7 @@ from tqdm import tqdm
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
+from tasks.synth.cityscapes import scene_identity
 from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import write_report
@@ -151,7 +152,8 @@ def synth(
 
     compositor = Compositor(cfg, bank)
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
-    content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}".encode()).hexdigest()
+    scenes_hash = scene_identity(scenes_)  # a fixed or replaced scene file makes a new version
+    content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
     plan = plan_version(run, content_hash)
     shard_dir = plan.version.path
     log.info("version %s (%s), parent %s", plan.version.id, plan.status, plan.parent)
@@ -177,6 +179,7 @@ def synth(
             "parent_version": plan.parent,
             "content_hash": content_hash,
             "bank_hash": bank_hash,
+            "scenes_hash": scenes_hash,
             "objects": len(bank),
             "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
         }

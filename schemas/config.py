@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 # Classes that overlap Cityscapes and therefore are never anomalies. The RPL/PEBAL/Meta-OoD scripts
 # forgot "train"; it is here.
@@ -75,6 +75,9 @@ class ScenesConfig(_Strict):
     cities: list[str] | None = None
     limit: int | None = Field(None, ge=1)
     demo: DemoScenesConfig = DemoScenesConfig()
+    max_unknown_label_fraction: float = Field(
+        0.001, ge=0, le=1, description="label pixels that are no Cityscapes id: above this share the scene is refused"
+    )
 
     @model_validator(mode="after")
     def _root_for_cityscapes(self) -> ScenesConfig:
@@ -257,15 +260,30 @@ class SynthConfig(_Strict):
     harmonize: HarmonizeConfig = HarmonizeConfig()
     shards: ShardConfig = ShardConfig()
     workers: int = Field(2, ge=1, description="parallel shard tasks; does not change the output")
+    min_sample_fraction: float = Field(
+        0.5, ge=0, le=1, description="a run that makes fewer than this share of num_samples fails, unpublished"
+    )
 
     def content_hash(self) -> str:
         """sha256 (16 hex) of everything that decides the bytes of the shards."""
-        payload = self.model_dump(mode="json", exclude={"workers"})
+        payload = self.model_dump(mode="json", exclude={"workers", "min_sample_fraction"})
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate: the file's name and every field's problem, one per line."""
+
+
+def _validate(model: type[BaseModel], data: dict, path: str | Path):
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{path}: {len(lines)} problem(s) in the config:\n  " + "\n  ".join(lines)) from None
 
 
 def _read_yaml(path: str | Path, overrides: dict | None) -> dict:
@@ -275,7 +293,7 @@ def _read_yaml(path: str | Path, overrides: dict | None) -> dict:
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return _apply_overrides(data, overrides)
 
 
@@ -294,7 +312,7 @@ def _apply_overrides(data: dict, overrides: dict | None) -> dict:
 
 def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
     """Read a YAML config; relative paths inside it stay relative to the working directory."""
-    return SynthConfig.model_validate(_read_yaml(path, overrides))
+    return _validate(SynthConfig, _read_yaml(path, overrides), path)
 
 
 # where each registry lives; imported only when a config is validated (schemas import no torch themselves)
@@ -371,7 +389,7 @@ class EvalConfig(_Strict):
 
 
 def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
-    return EvalConfig.model_validate(_read_yaml(path, overrides))
+    return _validate(EvalConfig, _read_yaml(path, overrides), path)
 
 
 # ---------------------------------------------------------------- training (anomalyforge train)
@@ -478,7 +496,7 @@ def load_train_config(path: str | Path, overrides: dict | None = None, method: s
         current_name = current.get("name") if isinstance(current, dict) else current
         if current_name != method:
             data["method"] = {"name": method}
-    return TrainConfig.model_validate(_apply_overrides(data, overrides))
+    return _validate(TrainConfig, _apply_overrides(data, overrides), path)
 
 
 # ---------------------------------------------------------------- comparison (make compare)
@@ -525,4 +543,4 @@ class CompareConfig(_Strict):
 
 
 def load_compare_config(path: str | Path, overrides: dict | None = None) -> CompareConfig:
-    return CompareConfig.model_validate(_read_yaml(path, overrides))
+    return _validate(CompareConfig, _read_yaml(path, overrides), path)

@@ -64,6 +64,7 @@ class SampleMeta(BaseModel):
     seed: int
     config_hash: str
     code_version: str
+    unknown_label_pixels: int = 0  # scene label pixels with a value that is no Cityscapes id (made void)
 
 
 class RejectRecord(BaseModel):

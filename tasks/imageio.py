@@ -13,7 +13,12 @@ import numpy as np
 
 
 class BadInputError(ValueError):
-    """Input that cannot be used; the message names the item and the problem."""
+    """Input that cannot be used; the message names the item and the problem. ``reason`` is the short
+    quarantine reason when it is more specific than the stage's default."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

@@ -62,6 +62,32 @@ def train_ids(names: list[str] | tuple[str, ...]) -> np.ndarray:
     return np.array([train_id(n) for n in names], dtype=np.uint8)
 
 
+#: Values a Cityscapes labelIds image may contain (0-33 and the license plate's -1 stored as 255) and a
+#: labelTrainIds image may contain (0-18, 255).
+LABEL_ID_VALUES: frozenset[int] = frozenset(lab.id for lab in _CS_LABELS if lab.id >= 0) | {VOID}
+TRAIN_ID_VALUES: frozenset[int] = frozenset(range(NUM_TRAIN_CLASSES)) | {VOID}
+
+
+def unknown_label_values(label: np.ndarray, kind: str) -> tuple[int, list[int]]:
+    """(pixels whose value is no id of ``kind`` — "labelIds" or "labelTrainIds" —, those values)."""
+    valid = np.zeros(256, bool)
+    valid[list(LABEL_ID_VALUES if kind == "labelIds" else TRAIN_ID_VALUES)] = True
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = np.flatnonzero(~valid & (counts > 0))
+    return int(counts[bad].sum()), bad.tolist()
+
+
+def looks_like_train_ids(label_ids: np.ndarray) -> float | None:
+    """The share of 0 when a "labelIds" image is almost certainly trainIds: every value a trainId or 255 (a
+    real labelIds frame nearly always has sky 23, vegetation 21 or car 26) and >= 20 % zeros (road in trainIds,
+    "unlabeled" in labelIds, which is never that large); None otherwise."""
+    counts = np.bincount(label_ids.ravel(), minlength=256)
+    if counts[NUM_TRAIN_CLASSES:VOID].any():
+        return None
+    zeros = float(counts[0] / label_ids.size)
+    return zeros if zeros >= 0.2 else None
+
+
 def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     """Map a uint8 labelIds image to trainIds with the cityscapesscripts table."""
     if label_ids.dtype != np.uint8:

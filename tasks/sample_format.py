@@ -106,23 +106,48 @@ def decode_parts(key: str, parts: dict, where: str, with_mask: bool = False) -> 
     return DecodedSample(key, image, label, mask, parts.get(META))
 
 
+PARTS = (*map(image_part, IMAGE_FORMATS), *REQUIRED)
+
+
 def split_member(name: str) -> tuple[str, str]:
     """``<key>.<part>`` → (key, part); the key is everything before the first dot."""
     key, _, part = name.partition(".")
     return key, part
 
 
+def member_problem(m: tarfile.TarInfo) -> str | None:
+    """Why a tar member is not a sample part we may read (None when it is one). Unsafe members (absolute
+    paths, ``..``, links, devices, fifos) are never extracted or opened."""
+    name = m.name
+    if name.startswith("/") or ".." in name.split("/"):
+        return f"unsafe_member {name!r} (a path outside the shard)"
+    if not (m.isfile() or m.isdir()):
+        kind = "link" if (m.issym() or m.islnk()) else "device or fifo"
+        return f"unsafe_member {name!r} (a {kind})"
+    if m.isdir():
+        return None  # a directory entry holds nothing to read
+    if "/" in name:
+        return f"key_has_slash {name!r} (sample keys are flat names)"
+    key, part = split_member(name)
+    if not part:
+        return f"member {name!r} has no extension"
+    if part not in PARTS and any(part.endswith("." + p) for p in PARTS):
+        return f"key_has_dot {name!r} (the key is everything before the first dot: keys carry no dots)"
+    return None
+
+
 def read_tar_samples(tar: tarfile.TarFile, where: str) -> tuple[dict[str, dict[str, bytes]], list[str]]:
-    """(the regular-file members of an open shard grouped by sample key, in tar order; problems). A member
-    without a part suffix is skipped and named in the problems."""
+    """(the readable members of an open shard grouped by sample key, in tar order; problems). A member that
+    ``member_problem`` names is skipped, never opened, and listed in the problems."""
     samples: dict[str, dict[str, bytes]] = {}
     problems: list[str] = []
     for m in tar.getmembers():
-        if not m.isfile():
+        problem = member_problem(m)
+        if problem:
+            problems.append(f"{where}: {problem}")
+            continue
+        if m.isdir():
             continue
         key, part = split_member(m.name)
-        if not part:
-            problems.append(f"{where}: member {m.name!r} has no extension")
-            continue
         samples.setdefault(key, {})[part] = tar.extractfile(m).read()
     return samples, problems

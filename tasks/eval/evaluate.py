@@ -23,6 +23,7 @@ from models.scores import anomaly_score
 from schemas import BenchmarkConfig, EvalConfig
 from tasks.eval.benchmarks import load_benchmark
 from tasks.eval.scoring import Scorer, TensorScorer, evaluate_samples
+from tasks.imageio import BadInputError
 from tasks.train.checkpoints import is_method_checkpoint, load_method, read_checkpoint
 
 DEFAULT_SCORE = "energy"
@@ -96,14 +97,6 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
 def _segmenter(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
     from models.segmenters import build_segmenter, load_segmenter_weights
 
-    if cfg.segmenter is None:
-        from models.segmenters import SEGMENTERS
-
-        raise ValueError(
-            f"{path} is a plain state dict (no method checkpoint, no TorchScript): to evaluate it as a frozen "
-            f"segmenter with a post-hoc score, name its network with --segmenter NAME (one of "
-            f"{', '.join(SEGMENTERS)}); a trained method is evaluated from the model.pt `anomalyforge train` wrote"
-        )
     seg = build_segmenter(cfg.segmenter, **cfg.segmenter_options)
     heads = load_segmenter_weights(seg, obj, source=str(path))
     seg = seg.to(cfg.device)
@@ -117,7 +110,7 @@ def _segmenter(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
     return EvalModel("segmenter", scorer, score, smoothing, details)
 
 
-def _torchscript(path: Path, cfg: EvalConfig) -> EvalModel:
+def _torchscript(path: Path, obj: None, cfg: EvalConfig) -> EvalModel:
     model = load_torchscript(path, cfg.device)
     mean = torch.tensor(cfg.mean, device=cfg.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=cfg.device).view(1, 3, 1, 1)
@@ -133,25 +126,46 @@ def _torchscript(path: Path, cfg: EvalConfig) -> EvalModel:
     return EvalModel("torchscript", scorer, score, smoothing, {})
 
 
-def load_eval_model(cfg: EvalConfig) -> EvalModel:
-    """Read ``cfg.model`` for what it is (module docstring); a file that is none of them is an error naming it."""
-    path = Path(cfg.model)
+MODEL_KINDS = {"method": _method, "segmenter": _segmenter, "torchscript": _torchscript}
+
+
+def read_model_file(path: str | Path, segmenter: str | None = None) -> tuple[str, Mapping | None]:
+    """(kind, content) of a ``--model`` file without building anything: ``("torchscript", None)``,
+    ``("method", checkpoint)`` or ``("segmenter", state dict)`` (which needs ``segmenter``, the network's
+    name). A file that is none of them is a ``BadInputError`` naming it and saying what it is."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     if is_torchscript(path):
-        return _torchscript(path, cfg)
+        return "torchscript", None
     try:
-        obj = read_checkpoint(path)
+        obj = read_checkpoint(path, mmap=zipfile.is_zipfile(path))
     except ValueError as e:
-        raise ValueError(
-            f"{path}: neither a method checkpoint (model.pt of `anomalyforge train`), a segmenter state dict, "
-            f"nor a TorchScript file ({e})"
+        head = path.read_bytes()[:16]
+        what = "a text file" if head.isascii() and head.strip() else f"a file starting with {head[:8]!r}"
+        raise BadInputError(
+            f"{path}: {what}, neither a method checkpoint (model.pt of `anomalyforge train`), a segmenter state "
+            f"dict, nor a TorchScript file (torch.load: {type(e.__cause__ or e).__name__})"
         ) from None
     if is_method_checkpoint(obj):
-        return _method(path, obj, cfg)
+        return "method", obj
     if isinstance(obj, Mapping):
-        return _segmenter(path, obj, cfg)
-    raise ValueError(f"{path}: holds a {type(obj).__name__}, not a state dict, method checkpoint or TorchScript")
+        if segmenter is None:
+            from models.segmenters import SEGMENTERS
+
+            raise BadInputError(
+                f"{path} is a plain state dict (no method checkpoint, no TorchScript): to evaluate it as a frozen "
+                f"segmenter with a post-hoc score, name its network with --segmenter NAME (one of "
+                f"{', '.join(SEGMENTERS)}); a trained method is evaluated from the model.pt `anomalyforge train` wrote"
+            )
+        return "segmenter", obj
+    raise BadInputError(f"{path}: holds a {type(obj).__name__}, not a state dict, method checkpoint or TorchScript")
+
+
+def load_eval_model(cfg: EvalConfig) -> EvalModel:
+    """Read ``cfg.model`` for what it is (module docstring) and make it a scorer."""
+    kind, obj = read_model_file(cfg.model, cfg.segmenter)
+    return MODEL_KINDS[kind](Path(cfg.model), obj, cfg)
 
 
 def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress: bool = True) -> dict:
@@ -170,6 +184,19 @@ def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: Eval
         total=total,
     )
     return res | {"kind": ds.kind}
+
+
+def evaluate_dataset_or_error(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress=True) -> dict:
+    """``evaluate_dataset``, or for a dataset that cannot be evaluated (a bad file, a missing folder, no anomaly
+    pixel) an error result ``{"name", "kind", "error"}``: one bad dataset never loses the others."""
+    try:
+        return evaluate_dataset(model, spec, cfg, progress)
+    except (ValueError, OSError) as e:  # BadInputError is a ValueError; every message names the file
+        return {"name": spec.name or Path(spec.root).name, "kind": spec.kind, "error": f"{type(e).__name__}: {e}"}
+
+
+class EvaluationError(BadInputError):
+    """Some datasets could not be evaluated (the others' results are written)."""
 
 
 def evaluate_model(cfg: EvalConfig, progress: bool = True) -> tuple[EvalModel, list[dict]]:

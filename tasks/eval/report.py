@@ -21,6 +21,9 @@ def table_rows(results: list[dict]) -> list[dict]:
     """One row per dataset and per tagged condition, metrics in percent as papers report them."""
     rows = []
     for r in results:
+        if "error" in r:
+            rows.append({"dataset": r["name"], "condition": "error"})
+            continue
         m = r["metrics"]
         rows.append({"dataset": r["name"], "condition": "all", **{c: round(100 * m[c], 2) for c in COLUMNS if c in m}})
         for cond, cm in m.get("conditions", {}).items():
@@ -46,6 +49,8 @@ def plot_curves(results: list[dict], out: Path) -> tuple[Path, Path]:
     ):
         fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
         for r in results:
+            if "error" in r:
+                continue
             m = r["metrics"]
             label = (
                 f"{r['name']} (AUROC {100 * m['auroc']:.1f})" if x == "fpr" else f"{r['name']} (AP {100 * m['ap']:.1f})"
@@ -79,12 +84,13 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(results)
-    metrics = {"settings": settings, "datasets": {r["name"]: r["metrics"] for r in results}, "table": rows}
+    datasets = {r["name"]: {"error": r["error"]} if "error" in r else r["metrics"] for r in results}
+    metrics = {"settings": settings, "datasets": datasets, "table": rows}
     write_bytes_atomic(out / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
     roc, pr = plot_curves(results, out)
     files = {"metrics": out / "metrics.json", "roc": roc, "pr": pr}
     for r in results:
-        if r["panels"]:
+        if r.get("panels"):
             p = out / f"panels_{r['name']}.png"
             write_rgb(p, np.vstack([panel(img, lab, sc) for _, img, lab, sc in r["panels"]]))
             files[f"panels_{r['name']}"] = p
@@ -95,6 +101,8 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
         f"model `{settings['model']}` ({settings.get('model_kind', 'torchscript')}); values in %.",
         "",
         markdown_table(rows),
+        "",
+        *[f"**{r['name']} failed:** {r['error']}" for r in results if "error" in r],
         "",
         "![ROC](roc.png) ![PR](pr.png)",
         "",

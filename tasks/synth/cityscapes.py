@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import numpy as np
 
 from schemas import RejectRecord
 from tasks.imageio import BadInputError, read_gray, read_gray16, read_rgb
-from tasks.labels import label_ids_to_train_ids
+from tasks.labels import label_ids_to_train_ids, looks_like_train_ids, unknown_label_values
 
 #: Intrinsics in Cityscapes camera files refer to the full 2048x1024 frame.
 CITYSCAPES_SIZE = (2048, 1024)
@@ -39,6 +40,7 @@ class Scene:
     label: np.ndarray  # HxW uint8 trainIds (255 void)
     camera: dict | None = None
     instances: np.ndarray | None = None
+    unknown_label_pixels: int = 0  # pixels with a value that is no id (made void)
 
 
 def index_cityscapes(
@@ -86,8 +88,10 @@ def index_cityscapes(
     return refs, rejects
 
 
-def load_scene(ref: SceneRef, with_instances: bool = False) -> Scene:
-    """Decode one scene; BadInputError names the file when anything is off."""
+def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fraction: float = 0.001) -> Scene:
+    """Decode one scene; BadInputError names the file when anything is off. Label values that are no id of the
+    file's kind become void; above ``max_unknown_label_fraction`` of the pixels the scene is refused
+    (``bad_label_values``), below it their count goes into the sample's meta.json."""
     image = read_rgb(ref.image)
     raw = read_gray(ref.label)
     if raw.shape != image.shape[:2]:
@@ -95,7 +99,21 @@ def load_scene(ref: SceneRef, with_instances: bool = False) -> Scene:
             f"{ref.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {ref.image.name} is "
             f"{image.shape[1]}x{image.shape[0]}"
         )
-    label = label_ids_to_train_ids(raw) if ref.label_kind == "labelIds" else raw
+    if ref.label_kind == "labelIds" and (zeros := looks_like_train_ids(raw)) is not None:
+        raise BadInputError(
+            f"{ref.label}: looks like trainIds saved under a *_labelIds.png name (every value is a trainId 0-18 or "
+            f"255, and {zeros:.0%} are 0, which trainIds call road); name it *_gtFine_labelTrainIds.png",
+            reason="labels_look_like_trainids",
+        )
+    unknown, values = unknown_label_values(raw, ref.label_kind)
+    if unknown > max_unknown_label_fraction * raw.size:
+        raise BadInputError(
+            f"{ref.label}: {unknown} pixels ({unknown / raw.size:.2%}) hold values {values[:10]} that are no "
+            f"Cityscapes {ref.label_kind} (more than {max_unknown_label_fraction:.2%} allowed)",
+            reason="bad_label_values",
+        )
+    label = label_ids_to_train_ids(raw) if ref.label_kind == "labelIds" else raw.copy()
+    label[np.isin(raw, values)] = 255  # unknown values are void, whatever the kind
     camera = None
     if ref.camera is not None:
         try:
@@ -106,7 +124,19 @@ def load_scene(ref: SceneRef, with_instances: bool = False) -> Scene:
     instances = None
     if with_instances and ref.instances is not None:
         instances = read_gray16(ref.instances)
-    return Scene(scene_id=ref.scene_id, image=image, label=label, camera=camera, instances=instances)
+    return Scene(ref.scene_id, image, label, camera, instances, unknown)
+
+
+def scene_identity(refs: list[SceneRef]) -> str:
+    """sha256 of every scene file's path, size and modification time: a replaced or fixed scene file makes a
+    new shard version (hashing the bytes of a whole dataset on every run would cost minutes)."""
+    h = hashlib.sha256()
+    for ref in refs:
+        for p in (ref.image, ref.label, ref.instances, ref.camera):
+            if p is not None:
+                st = p.stat()
+                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def horizon_from_camera(camera: dict, image_height: int) -> float:

@@ -48,8 +48,8 @@ def load_coco(annotations: str | Path) -> COCO:
 def filter_coco_instances(coco: COCO, cfg: CocoSourceConfig) -> tuple[list[CocoInstance], list[RejectRecord]]:
     """Keep instances usable as anomalies; every other instance gets a RejectRecord with its reason.
 
-    Reasons: ``unknown_category``, ``missing_image``, ``overlaps_cityscapes``, ``crowd``, ``too_small``,
-    ``cut_by_border``.
+    Reasons: ``bad_segmentation``, ``unknown_category``, ``missing_image``, ``overlaps_cityscapes``, ``crowd``,
+    ``too_small``, ``cut_by_border``.
     """
     excluded = {canonical_class(c) for c in cfg.exclude_categories}
     kept: list[CocoInstance] = []
@@ -62,6 +62,10 @@ def filter_coco_instances(coco: COCO, cfg: CocoSourceConfig) -> tuple[list[CocoI
 
     for ann_id in sorted(coco.anns):
         ann = coco.anns[ann_id]
+        problem = segmentation_problem(ann)
+        if problem:
+            reject(ann, "bad_segmentation", f"annotation {ann.get('id')} of image {ann.get('image_id')}: {problem}")
+            continue
         cat = coco.cats.get(ann.get("category_id"))
         if cat is None:
             reject(ann, "unknown_category", f"category_id={ann.get('category_id')} is not in 'categories'")
@@ -84,6 +88,31 @@ def filter_coco_instances(coco: COCO, cfg: CocoSourceConfig) -> tuple[list[CocoI
             if cfg.limit and len(kept) >= cfg.limit:
                 break
     return kept, rejects
+
+
+def segmentation_problem(ann: dict) -> str | None:
+    """Why pycocotools could not turn this annotation into a mask (None when it can): polygons need at least
+    3 points (6 numbers, an even count), RLE needs ``counts`` and a ``size`` of two ints, and a bbox of 4."""
+    bbox = ann.get("bbox")
+    if not isinstance(bbox, list | tuple) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, w, h]"
+    seg = ann.get("segmentation")
+    if isinstance(seg, list):
+        if not seg:
+            return "empty polygon list"
+        for poly in seg:
+            if not isinstance(poly, list | tuple) or len(poly) < 6 or len(poly) % 2:
+                n = len(poly) if isinstance(poly, list | tuple) else type(poly).__name__
+                return f"a polygon needs >= 3 points (6 numbers, an even count), got {n}"
+            if not all(isinstance(v, int | float) for v in poly):
+                return "a polygon holds non-numbers"
+        return None
+    if isinstance(seg, dict):
+        size = seg.get("size")
+        if "counts" not in seg or not (isinstance(size, list | tuple) and len(size) == 2):
+            return f"RLE needs counts and size [h, w], has keys {sorted(seg)}"
+        return None
+    return f"segmentation is a {type(seg).__name__}, neither polygons nor RLE"
 
 
 def _cut_by_border(bbox: list[float], width: int, height: int, margin: int) -> bool:
@@ -117,8 +146,13 @@ def extract_coco_objects(
                 )
             continue
         for inst in by_image[image_id]:
-            mask = coco.annToMask(coco.anns[inst.ann_id]).astype(bool)
             item = f"coco:{image_id}:{inst.ann_id}"
+            try:
+                mask = coco.annToMask(coco.anns[inst.ann_id]).astype(bool)
+            except (TypeError, ValueError, IndexError, KeyError) as e:  # what segmentation_problem cannot foresee
+                detail = f"annotation {inst.ann_id} of image {image_id}: {type(e).__name__}: {e}"
+                rejects.append(RejectRecord(stage="coco", item=item, reason="bad_segmentation", detail=detail))
+                continue
             if not mask.any():
                 rejects.append(RejectRecord(stage="coco", item=item, reason="empty_mask"))
                 continue

@@ -121,6 +121,7 @@ def objects_from_files(
     manifest = _read_manifest(cfg)
     objects: list[BankObject] = []
     rejects: list[RejectRecord] = []
+    first_seen: dict[str, tuple[Path, str]] = {}  # object id (content hash) -> (path, class) that took it
     for path in list_photo_files(cfg):
         row = manifest.get(path.name, {})
         cls = cfg.class_name or row.get(cfg.class_column) or path.parent.name
@@ -128,6 +129,13 @@ def objects_from_files(
         if cls in excluded_classes:
             rejects.append(RejectRecord(stage="files", item=str(path), reason="overlaps_cityscapes", detail=cls))
             continue
+        oid = _file_object_id(path)
+        if oid in first_seen:  # the same bytes twice: one object, of the class it was first found as
+            first, first_cls = first_seen[oid]
+            detail = f"same photo as {first} (class {first_cls!r}); this copy's class {cls!r} is not used"
+            rejects.append(RejectRecord(stage="files", item=str(path), reason="duplicate_photo", detail=detail))
+            continue
+        first_seen[oid] = (path, cls)
         try:
             rgb = read_rgb(path)
             mask_name = row.get(cfg.mask_column) if cfg.mask_column else None
@@ -145,9 +153,9 @@ def objects_from_files(
             rejects.append(RejectRecord(stage="files", item=str(path), reason="bad_input", detail=str(e)))
             continue
 
-        def record(rgba: np.ndarray, fig: dict[str, float], path: Path = path, cls: str = cls) -> ObjectRecord:
+        def record(rgba: np.ndarray, fig: dict[str, float], path: Path = path, cls: str = cls, oid=oid) -> ObjectRecord:
             return ObjectRecord(
-                object_id=_file_object_id(path),
+                object_id=oid,
                 source="file",
                 class_name=cls,
                 origin=str(path),

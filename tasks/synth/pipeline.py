@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -175,6 +177,26 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None, gener
     return bank_dir
 
 
+class TooFewSamplesError(RuntimeError):
+    """A synthesis run made too few samples to be a dataset (the message says why)."""
+
+
+def check_yield(out_dir: Path, cfg: SynthConfig, made: int, rejects: list[RejectRecord]) -> None:
+    need = max(1, math.ceil(cfg.min_sample_fraction * cfg.num_samples))
+    if made >= need:
+        return
+    why = "no reject was recorded"
+    if rejects:
+        (stage, reason), n = collections.Counter((r.stage, r.reason) for r in rejects).most_common(1)[0]
+        example = next(r for r in rejects if (r.stage, r.reason) == (stage, reason))
+        why = f"most common reject: {stage}/{reason} ({n} of {len(rejects)}), e.g. {example.item}: {example.detail}"
+    raise TooFewSamplesError(
+        f"{out_dir}: {made} of {cfg.num_samples} samples were made, fewer than {need} "
+        f"(min_sample_fraction {cfg.min_sample_fraction}); the version is not published and LATEST is unchanged. "
+        f"{why}"
+    )
+
+
 def finalize_shard_set(
     out_dir: str | Path,
     cfg: SynthConfig,
@@ -182,11 +204,14 @@ def finalize_shard_set(
     extra_rejects: list[RejectRecord],
     version: dict | None = None,
 ) -> dict:
-    """Write samples/shards/rejects parquet and dataset.json from the shard records; drop the scratch dir."""
+    """Write samples/shards/rejects parquet and dataset.json from the shard records; drop the scratch dir.
+    A run that made fewer than ``cfg.min_sample_fraction`` of its samples raises ``TooFewSamplesError`` first:
+    nothing is written, so the version stays incomplete and is never published."""
     out_dir = Path(out_dir)
     records = sorted(records, key=lambda r: r["shard"])
     rows = [row for r in records for row in r["rows"]]
     rejects = list(extra_rejects) + [RejectRecord(**x) for r in records for x in r["rejects"]]
+    check_yield(out_dir, cfg, len(rows), rejects)
     write_table(out_dir / SAMPLES, rows, SAMPLE_SCHEMA)
     write_table(
         out_dir / SHARDS, [{k: r[k] for k in ("shard", "sha256", "samples", "bytes")} for r in records], SHARD_SCHEMA

@@ -145,6 +145,7 @@ class Compositor:
             seed=plan.seed,
             config_hash=self.config_hash,
             code_version=CODE_VERSION,
+            unknown_label_pixels=scene.unknown_label_pixels,
         )
         return Composite(image, label, mask, meta)
 
@@ -232,10 +233,12 @@ def synthesize_shard(
         try:
             if plan.scene_index not in cache:
                 cache.clear()
-                cache[plan.scene_index] = load_scene(ref)
+                cache[plan.scene_index] = load_scene(
+                    ref, max_unknown_label_fraction=compositor.cfg.scenes.max_unknown_label_fraction
+                )
             comp = compositor.compose(cache[plan.scene_index], plan)
         except (BadInputError, NoPlacementError) as e:
-            reason = "bad_scene" if isinstance(e, BadInputError) else "no_placement"
+            reason = (e.reason or "bad_scene") if isinstance(e, BadInputError) else "no_placement"
             rejects.append(
                 RejectRecord(stage="composite", item=f"{plan.key} ({ref.image})", reason=reason, detail=str(e))
             )

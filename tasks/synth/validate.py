@@ -50,6 +50,8 @@ def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[
     """(samples checked, problems). An empty problem list means the set is whole and consistent."""
     shard_dir = Path(shard_dir)
     problems: list[str] = []
+    if not shard_dir.is_dir():
+        return 0, [f"{shard_dir}: {'not a directory' if shard_dir.exists() else 'the directory does not exist'}"]
     for f in (SHARDS, SAMPLES):
         if not (shard_dir / f).is_file():
             return 0, [f"{shard_dir}: no {f} manifest (not a finished shard set)"]

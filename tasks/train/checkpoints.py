@@ -6,6 +6,7 @@ Every ``torch.load`` here is ``weights_only=True`` and maps to CPU: a checkpoint
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,15 @@ from tasks.synth.shards import sha256_of
 METHOD_FORMAT = "anomalyforge-method/2"
 
 
-def read_checkpoint(path: str | Path) -> Mapping:
+def read_checkpoint(path: str | Path, mmap: bool = False) -> Mapping:
+    """``torch.load(weights_only=True)`` on CPU; ``mmap`` maps the tensors instead of reading them (zip files)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ..." says nothing a user can act on
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle errors come in many types
         raise ValueError(f"{path}: not a readable weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from e
 

@@ -25,7 +25,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
-from tasks.sample_format import DATASET, SHARDS, SampleFormatError, decode_parts
+from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, decode_parts
 
 ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
 
@@ -146,12 +146,36 @@ def validation_samples(urls: list[str], fraction: float, limit: int | None = Non
 
 
 def count_samples(version: str | Path, fraction: float) -> tuple[int, int]:
-    """(training samples, validation samples) of a local version, from its manifest."""
+    """(training samples, validation samples) of a version (local or an fsspec URL), from its manifest."""
     import pyarrow.parquet as pq
 
-    keys = pq.read_table(Path(version) / "samples.parquet", columns=["key"]).column("key").to_pylist()
+    root = str(version).rstrip("/")
+    if "://" in root:
+        import fsspec
+
+        with fsspec.open(f"{root}/{SAMPLES}", "rb") as f:
+            keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+    else:
+        keys = pq.read_table(Path(root) / SAMPLES, columns=["key"]).column("key").to_pylist()
     val = sum(in_validation(k, fraction) for k in keys)
     return len(keys) - val, val
+
+
+def check_splits(version: str | Path, fraction: float, need_validation: bool = True) -> tuple[int, int]:
+    """(training, validation) sample counts, or a ``ShardDataError`` naming the version when a split that will
+    be read is empty (an endless resampled stream over empty shards would otherwise wait forever)."""
+    n_train, n_val = count_samples(version, fraction)
+    total = n_train + n_val
+    if n_train == 0:
+        raise ShardDataError(
+            f"{version}: {total} samples, none of them for training (val_fraction {fraction}); nothing to train on"
+        )
+    if need_validation and fraction > 0 and n_val == 0:
+        raise ShardDataError(
+            f"{version}: the held-in validation split is empty ({total} samples, val_fraction {fraction}); raise "
+            f"val_fraction, or set it to 0 to evaluate on the training composites"
+        )
+    return n_train, n_val
 
 
 def train_loader(urls: list[str], cfg, rank: int = 0, world: int = 1) -> DataLoader:

@@ -39,7 +39,7 @@ from tasks.eval.benchmarks import ShardSplit
 from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.train.data import count_samples, shard_urls, train_loader, validation_samples
+from tasks.train.data import check_splits, shard_urls, train_loader, validation_samples
 from tasks.train.extras import build_extras
 
 Log = Callable[[str], None]
@@ -110,6 +110,7 @@ def pretrain_closed_set(
     opt = torch.optim.Adam(net.parameters(), lr=pc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_schedule(pc.steps, 0.9))
     urls = shard_urls(version)
+    check_splits(version, cfg.val_fraction)
     loader = train_loader(urls, cfg.model_copy(update={"batch_size": pc.batch_size}))
     bar = tqdm(total=pc.steps, desc=f"pre-train {seg.name} (closed set)", unit="step", disable=not progress)
     losses = []
@@ -209,6 +210,7 @@ def train_method(
         log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
         return done
     urls = shard_urls(version)
+    n_train, _ = check_splits(version, cfg.val_fraction)
     seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress, log)
 
     accelerator = _accelerator(cfg)
@@ -219,9 +221,6 @@ def train_method(
     if cfg.max_steps is not None:
         total = cfg.max_steps
     else:
-        n_train, _ = count_samples(version, cfg.val_fraction) if "://" not in version else (None, None)
-        if n_train is None:
-            raise ValueError("for a remote shard version set max_steps (epochs need the local sample count)")
         total = max(1, math.ceil(cfg.epochs * n_train / (cfg.batch_size * accelerator.num_processes)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, cfg.poly_power))
 
