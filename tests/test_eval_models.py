@@ -180,7 +180,9 @@ def test_what_the_model_file_is_decides_how_it_is_read(trained_eel, tmp_path):
         shutil.copy(trained_eel.segmenter, tmp_path / "stash")
         load_eval_model(EvalConfig(model=tmp_path / "stash", datasets=datasets))
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(ValueError, match=r"notes.txt: neither a method checkpoint.*nor a TorchScript file"):
+    with pytest.raises(
+        ValueError, match=r"notes.txt: a text file, neither a method checkpoint.*nor a TorchScript file"
+    ):
         load_eval_model(EvalConfig(model=tmp_path / "notes.txt", datasets=datasets))
     old = tmp_path / "old.pt"
     torch.save({"format": "anomalyforge-method/1", "config": "{}", "head": {}}, old)

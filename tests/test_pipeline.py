@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tasks.synth.object_bank import read_object_bank
-from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
+from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, finalize_shard_set, prepare_scenes
 from tasks.synth.shards import SHARD_PATTERN, read_rejects, read_table
 from tasks.synth.synthesize import (
     Compositor,
@@ -97,6 +97,7 @@ def test_bad_scenes_are_quarantined_and_the_run_goes_on(tiny_config, tmp_path):
     scenes[0].image.write_bytes(b"not an image")  # corrupt image
     lab = cv2.imread(str(scenes[1].label), cv2.IMREAD_UNCHANGED)
     cv2.imwrite(str(scenes[1].label), lab[:, : lab.shape[1] // 2])  # label of the wrong size
+    tiny_config.min_sample_fraction = 0.2  # two of three scenes are bad: this tests the quarantine, not the gate
     summary = run_stage(tiny_config, tmp_path)
     rejects = read_rejects(tmp_path / "shards/rejects.parquet")
     bad = [r for r in rejects if r.reason == "bad_scene"]
@@ -110,11 +111,11 @@ def test_scene_without_drivable_pixels_is_quarantined(tiny_config, tmp_path):
     for s in scenes:
         lab = cv2.imread(str(s.label), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(s.label), np.where(lab == 7, 8, lab).astype(np.uint8))  # road -> sidewalk
-    summary = run_stage(tiny_config, tmp_path)
-    rejects = read_rejects(tmp_path / "shards/rejects.parquet")
-    assert summary["samples"] == 0
+    # every sample is quarantined: the run fails, saying why, and leaves no manifest that looks finished
+    with pytest.raises(TooFewSamplesError, match=r"0 of 10 samples .*composite/no_placement \(10 of 10\).*no drivable"):
+        run_stage(tiny_config, tmp_path)
     assert (
-        sum(r.reason == "no_placement" and "no drivable pixels" in r.detail for r in rejects) == tiny_config.num_samples
+        not (tmp_path / "shards" / "dataset.json").exists() and not (tmp_path / "shards" / "samples.parquet").exists()
     )
 
 
