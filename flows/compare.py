@@ -49,7 +49,7 @@ def compare(
     datasets = list(cfg.benchmarks)
     if cfg.held_in:
         held_in = {"name": "held-in", "val_fraction": base.val_fraction, "limit": base.val_limit}
-        datasets.insert(0, BenchmarkConfig(kind="shards", root=Path(version), **held_in))
+        datasets.insert(0, BenchmarkConfig(kind="shards", root=version, **held_in))
     shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels}
     shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
 

@@ -338,7 +338,7 @@ class BenchmarkConfig(_Strict):
     """One evaluation dataset (layouts in data_manifests/benchmarks.md; ``kind`` is a registered reader)."""
 
     kind: str
-    root: Path
+    root: Path | str = Field(description="a folder; kind shards: a version or run dir, or an fsspec URL of a version")
     name: str | None = None
     split: str = "test"
     track: Literal["anomaly", "obstacle"] = "anomaly"  # component sizes: 500/100 or 50/10 px

@@ -115,7 +115,8 @@ def register_layout(kind: str):
     """Register a file layout: a reader ``(root, split) -> (items, label conversion to 0/1/255)``."""
 
     def deco(reader):
-        def factory(root: Path, name: str | None, split: str, val_fraction: float) -> EvalDataset:
+        def factory(root: str | Path, name: str | None, split: str, val_fraction: float) -> EvalDataset:
+            root = Path(root)
             items, conv = reader(root, split)
             return EvalDataset(name or root.name, kind, items, conv)
 
@@ -143,9 +144,10 @@ class ShardSplit:
 
 
 @register_benchmark("shards")
-def _shards(root: Path, name: str | None, split: str, val_fraction: float) -> ShardSplit:
+def _shards(root: str | Path, name: str | None, split: str, val_fraction: float) -> ShardSplit:
     from tasks.synth.versions import resolve_version
 
+    # root stays a string: an fsspec URL (s3://bucket/run/versions/v0003-...) must keep its double slash
     return ShardSplit(name or "held-in", "shards", resolve_version(root), val_fraction)
 
 
@@ -202,7 +204,7 @@ def load_benchmark(
     """Index a benchmark by kind (see ``BENCHMARKS`` and data_manifests/benchmarks.md)."""
     if kind not in BENCHMARKS:
         raise ValueError(f"unknown benchmark kind {kind!r}; registered: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[kind](Path(root), name, split, val_fraction)
+    return BENCHMARKS[kind](root, name, split, val_fraction)
 
 
 def _folder_manifest(manifest: Path) -> list[EvalItem]:
