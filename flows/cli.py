@@ -196,11 +196,12 @@ def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="r
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's input: printed as one clear message, without a traceback."""
+    from models.segmenters import CheckpointMismatchError
     from schemas.config import ConfigError
     from tasks.imageio import BadInputError
     from tasks.synth.pipeline import TooFewSamplesError
 
-    return ConfigError, BadInputError, FileNotFoundError, TooFewSamplesError
+    return ConfigError, BadInputError, FileNotFoundError, TooFewSamplesError, CheckpointMismatchError
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from models.methods import method_config, method_names
 from schemas import BenchmarkConfig, EvalConfig, load_compare_config
 from tasks.eval.compare import compare_rows, markdown, write_compare
-from tasks.eval.evaluate import evaluate_model
+from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.runtime import configure_process
 from tasks.synth.versions import resolve_version
 from tasks.train.trainer import segmenter_checkpoint, train_method
@@ -48,7 +48,8 @@ def compare(
 
     datasets = list(cfg.benchmarks)
     if cfg.held_in:
-        held_in = {"name": "held-in", "val_fraction": base.val_fraction, "limit": base.val_limit}
+        name = "held-in" if base.val_fraction > 0 else "train"  # val_fraction 0: no held-out split
+        held_in = {"name": name, "val_fraction": base.val_fraction, "limit": base.val_limit}
         datasets.insert(0, BenchmarkConfig(kind="shards", root=version, **held_in))
     shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels}
     shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
@@ -81,4 +82,10 @@ def compare(
     create_table_artifact(table=rows, key="compare", description=f"{cfg.name}: methods × datasets on {version}; %")
     create_markdown_artifact(markdown=markdown(rows), key="compare-md")
     log.info("comparison table %s (csv %s, chart %s)", files["table"], files["csv"], files["chart"])
+    failed = [r for r in rows if r.get("error")]
+    if failed:
+        raise EvaluationError(
+            f"{len(failed)} evaluations failed (the rest is in {files['table']}): "
+            + "; ".join(f"{r['model']} on {r['dataset']}: {r['error']}" for r in failed)
+        )
     return {k: str(v) for k, v in files.items()} | {"rows": rows, "out_dir": str(out)}

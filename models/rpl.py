@@ -19,8 +19,8 @@ from models.segmenters.deeplab import ASPP
 class ResidualBlock(nn.Module):
     """ASPP(deep) → 1×1 bottleneck (``dim``) → upsampled to the classifier input's size → 1×1 to its channels.
 
-    Where the segmenter has an ASPP (DeepLabV3+), ``aspp`` and ``bottleneck`` start as copies of the frozen
-    ``aspp`` and ``bot_aspp``, as in RPL. The output projection starts at zero, so training starts from ŷ = ỹ
+    Where the segmenter has an ASPP (DeepLabV3+) of the block's width (256), ``aspp`` and ``bottleneck`` start as
+    copies of the frozen ``aspp`` and ``bot_aspp``, as in RPL; another ``dim`` starts from random weights. The output projection starts at zero, so training starts from ŷ = ỹ
     (RPL initialises it randomly; a zero start keeps the closed-set prediction intact from step one)."""
 
     def __init__(self, deep_channels: int, plug_channels: int, dim: int = 256, output_stride: int = 8, init_from=None):
@@ -32,7 +32,7 @@ class ResidualBlock(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
         nn.init.zeros_(self.out.weight)
-        if init_from is not None:
+        if init_from is not None and init_from["aspp"].img_conv[0].out_channels == dim:  # a copy needs the same width
             self.aspp.load_state_dict(init_from["aspp"].state_dict())
             self.bottleneck.load_state_dict(init_from["bot_aspp"].state_dict())
         self.dim = dim

@@ -343,7 +343,9 @@ class BenchmarkConfig(_Strict):
     split: str = "test"
     track: Literal["anomaly", "obstacle"] = "anomaly"  # component sizes: 500/100 or 50/10 px
     limit: int | None = Field(None, ge=1)
-    val_fraction: float = Field(0.1, gt=0, lt=1, description="kind shards: the held-in split (sample-key hash)")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="kind shards: the held-in split (sample-key hash); 0: every sample"
+    )
 
     _kind = field_validator("kind")(lambda v: _registered("benchmark", v))
 
@@ -356,7 +358,7 @@ class EvalConfig(_Strict):
     TorchScript file mapping (B,3,H,W) normalized RGB to (B,C,h,w) logits."""
 
     model: Path
-    datasets: list[BenchmarkConfig]
+    datasets: list[BenchmarkConfig] = Field(min_length=1)
     score: str | None = Field(None, description="None: a method's own score, else energy; a name: that post-hoc score")
     smoothing: bool | None = Field(None, description="None: the method's setting (True for post-hoc scores)")
     segmenter: str | None = Field(None, description="network of a plain segmenter state dict (a registered name)")
@@ -432,9 +434,14 @@ _MOVED_TO_METHOD = (
 )  # fmt: skip
 
 
+DEFAULT_METHOD = "eel"
+
+
 def _method_config(data) -> MethodConfig:
     from models.methods import method_config
 
+    if isinstance(data, dict) and "name" not in data:  # e.g. only --set method.lam=0.1 on a file without method:
+        data = {"name": DEFAULT_METHOD} | data
     return method_config(data)
 
 
@@ -443,11 +450,11 @@ class TrainConfig(_Strict):
     ``method`` holds the method's own hyper-parameters: ``method: {name: eel, lam: 0.05, alpha: 1.0}``."""
 
     name: str = "train"
-    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config("eel"))
+    method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: _method_config(DEFAULT_METHOD))
     seed: int = 0
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     crop: tuple[int, int] = Field((512, 1024), description="(H, W) random training crop")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=2, description="per process; >= 2: the heads' batch norms need two samples")
     epochs: float = Field(30, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
     weight_decay: float = Field(0.0, ge=0)

@@ -281,8 +281,8 @@ def test_config_errors_are_field_messages_with_the_file_name(tmp_path):
     code, out, err = _cli("train", "--config", str(tmp_path / "t.yaml"), "--shards", str(tmp_path))
     assert code == 1 and "Traceback" not in err
     assert f"error: {tmp_path / 't.yaml'}: 2 problem(s) in the config:" in err
-    assert "method.lam: Input should be greater than or equal to 0" in err or "lam" in err
-    assert "batch_size: Input should be greater than or equal to 1" in err
+    assert "method.lam: Input should be greater than or equal to 0" in err
+    assert "batch_size: Input should be greater than or equal to 2" in err
 
 
 def test_the_program_start_switches_prefect_telemetry_off_unless_the_user_chose(monkeypatch):

@@ -40,6 +40,12 @@ def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
     assert "| eel | trained | eel | held-in | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown([row])
 
 
+def test_a_dataset_that_failed_is_a_row_of_dashes_with_its_reason():
+    (row,) = compare_rows({"model": "eel", "kind": "trained"}, [{"name": "fs", "kind": "fishyscapes", "error": "boom"}])
+    assert row["dataset"] == "fs" and row["error"] == "boom" and row["ap"] is None and row["auroc"] is None
+    assert "| eel | trained | – | fs | – | – |" in markdown([row])
+
+
 @pytest.mark.slow
 def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path):
     from flows.cli import app

@@ -27,8 +27,11 @@ def test_run_size_keeps_the_aspect_and_rounds_to_the_network():
     assert run_size((1024, 2048), 8, input_width=1000) == (496, 1000)
     assert run_size((720, 1280), 16) == (720, 1280)
     assert run_size((720, 1280), 16, input_size=(640, 360)) == (360, 640)
+    one = [BenchmarkConfig(kind="fishyscapes", root="x")]
     with pytest.raises(ValueError, match="not both"):
-        EvalConfig(model="m.pt", datasets=[], input_width=512, input_size=(512, 256))
+        EvalConfig(model="m.pt", datasets=one, input_width=512, input_size=(512, 256))
+    with pytest.raises(ValueError, match="datasets"):
+        EvalConfig(model="m.pt", datasets=[])
 
 
 def _held_in(version):
@@ -130,6 +133,12 @@ def test_a_frozen_segmenter_with_a_post_hoc_score_at_a_set_width(trained_eel, tm
     for k in ("auroc", "ap", "fpr95"):
         assert got[k] == pytest.approx(ref[k], abs=1e-4)
     assert got["closed_set_agreement"] is None  # the frozen network itself: no ŷ to compare
+
+
+def test_a_shards_split_of_fraction_zero_is_every_sample(trained_eel):
+    everything = list(load_benchmark("shards", trained_eel.version, val_fraction=0).samples())
+    held_in = list(load_benchmark("shards", trained_eel.version, val_fraction=0.3).samples())
+    assert len(everything) == 12 and 0 < len(held_in) < 12
 
 
 def test_the_held_in_split_carries_trainids_for_the_closed_set_miou(trained_eel):

@@ -195,3 +195,30 @@ def test_registering_a_name_twice_or_a_config_of_another_name_is_refused():
     with pytest.raises(ValueError, match="must default name to 'other'"):
         register_method(Mismatch)
     assert Path(__file__).is_file()
+
+
+def test_a_method_override_without_a_method_section_applies_to_the_default_method(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("max_steps: 3\n")
+    assert load_train_config(path, {"method.lam": 0.1}).method.lam == 0.1
+
+
+def test_a_residual_width_other_than_deeplabs_aspp_builds_from_random_weights():
+    seg = build_segmenter("deeplabv3plus_resnet50")
+    spec = get_method("rpl")
+    narrow = spec.build(method_config({"name": "rpl", "residual_dim": 128}), seg)
+    assert narrow.residual.aspp.img_conv[0].out_channels == 128
+    wide = spec.build(method_config({"name": "rpl"}), seg)  # 256: starts as a copy of the frozen ASPP
+    assert torch.equal(wide.residual.aspp.img_conv[0].weight, seg.net.aspp.img_conv[0].weight)
+
+
+def test_batches_of_one_are_refused_by_the_config():
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
+
+
+def test_corocl_on_a_remote_version_asks_for_a_local_object_bank():
+    from tasks.train.extras import build_extras
+
+    with pytest.raises(FileNotFoundError, match=r"s3://bucket/run/versions/v1 is remote.*method.object_bank"):
+        build_extras(get_method("rpl_corocl").extras(method_config("rpl_corocl")), "s3://bucket/run/versions/v1", 0)

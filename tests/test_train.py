@@ -249,3 +249,17 @@ def test_cli_train_runs_the_flow_and_prints_where_outputs_went(demo_shards, tmp_
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"model:   {out / 'model.pt'}" in r.stdout and f"metrics: {out / 'metrics.json'}" in r.stdout
     assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+
+
+def test_the_same_config_on_other_shards_trains_again(trained_eel, demo_shards, tmp_path):
+    """A finished run's checkpoints belong to its shard version: on another version nothing is reused."""
+    cfg = tiny_train_config("eel")
+    seg = cfg.segmenter.model_copy(update={"checkpoint": trained_eel.segmenter})
+    cfg = cfg.model_copy(update={"max_steps": 2, "eval_every": 2, "segmenter": seg})
+    out = tmp_path / "out"
+    first = train_method(cfg, trained_eel.version, out, progress=False, log=lambda m: None)
+    logs = []
+    second = train_method(cfg, demo_shards, out, progress=False, log=logs.append)
+    assert first.steps == second.steps == 2 and second.first_loss is not None
+    assert not any("resuming" in m or "reusing" in m for m in logs)
+    assert load_method(second.model).checkpoint["shards"] == demo_shards

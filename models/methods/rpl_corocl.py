@@ -22,6 +22,7 @@ class RPLCoroCLConfig(RPLConfig):
     tau: float = Field(0.10, gt=0, description="CoroCL temperature")
     max_views: int = Field(512, ge=1, description="pixel embeddings per pool")
     context_size: int = Field(128, ge=16, description="object-context images are resized to this square")
+    object_bank: str | None = Field(None, description="the object bank folder; None: <run_dir>/objects of the shards")
 
 
 @register_method
@@ -37,7 +38,7 @@ class RPLCoroCL(RPL):
         return cfg.projector_dim
 
     def extras(self, cfg: RPLCoroCLConfig) -> dict[str, dict]:
-        return {"object_context": {"size": cfg.context_size}}
+        return {"object_context": {"size": cfg.context_size, "bank": cfg.object_bank}}
 
     def loss(self, cfg: RPLCoroCLConfig, model, images, labels, extras, generator) -> dict[str, torch.Tensor]:
         ctx_images, ctx_labels = extras["object_context"]

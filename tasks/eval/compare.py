@@ -33,8 +33,11 @@ def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
     """One row per dataset of one model; ``entry``: model (name), kind (trained | post-hoc), score, steps."""
     rows = []
     for r in results:
-        m = r["metrics"]
         row = {k: entry.get(k) for k in ("model", "kind", "score", "steps")} | {"dataset": r["name"]}
+        if "error" in r:  # a dataset that could not be evaluated: a row of dashes, the reason below the table
+            rows.append(row | {"images": None, **dict.fromkeys(PERCENT)} | {"error": r["error"]})
+            continue
+        m = r["metrics"]
         row["images"] = m.get("images")
         for k in PERCENT:
             row[k] = None if m.get(k) is None else round(100 * float(m[k]), 2)
@@ -101,6 +104,8 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> dict[str,
         "the frozen class (methods only).",
         "",
         markdown(rows),
+        "",
+        *[f"**{r['model']} on {r['dataset']} failed:** {r['error']}" for r in rows if r.get("error")],
         "",
         f"![comparison]({chart.name})",
         "",

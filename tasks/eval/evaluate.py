@@ -200,6 +200,6 @@ class EvaluationError(BadInputError):
 
 
 def evaluate_model(cfg: EvalConfig, progress: bool = True) -> tuple[EvalModel, list[dict]]:
-    """``cfg.model`` on every dataset of ``cfg``."""
+    """``cfg.model`` on every dataset of ``cfg`` (a dataset that fails gives an error result, the others go on)."""
     model = load_eval_model(cfg)
-    return model, [evaluate_dataset(model, spec, cfg, progress) for spec in cfg.datasets]
+    return model, [evaluate_dataset_or_error(model, spec, cfg, progress) for spec in cfg.datasets]

@@ -328,6 +328,10 @@ def _padded_add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
+class MetricsUndefinedError(ValueError):
+    """The data has no anomaly (or no inlier) pixel, so AUROC / AP / FPR95 do not exist."""
+
+
 class _Tree:
     """The radix tree of per-class counts (see the module docstring).
 
@@ -686,11 +690,11 @@ class PixelMetrics:
     def compute(self) -> dict:
         P, N = self._tree.pos, self._tree.neg
         if P == 0:
-            raise ValueError(
+            raise MetricsUndefinedError(
                 f"no anomaly pixel (label {EVAL_ANOMALY}) in {self._images} images: AP/AUROC/FPR95 are undefined"
             )
         if N == 0:
-            raise ValueError(
+            raise MetricsUndefinedError(
                 f"no inlier pixel (label {EVAL_INLIER}) in {self._images} images: AUROC/FPR95 are undefined"
             )
         if self._tree.recount:

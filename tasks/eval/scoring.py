@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.methods.base import Inference
-from tasks.eval.metrics import PixelMetrics
+from tasks.eval.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.eval.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 
@@ -117,7 +117,7 @@ def evaluate_samples(
     best F1 and its threshold (and their error bounds), the SMIYC component metrics at that threshold, the
     closed-set agreement (inlier pixels where the scored model keeps the frozen network's class; methods
     only), the closed-set mIoU (when samples carry trainId labels), the image count, and one row per tagged
-    condition. A dataset without anomaly or inlier pixels raises ``ValueError``."""
+    condition. A dataset without images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
     pooled = PixelMetrics(per_image=per_image)
     by_condition: dict[str, PixelMetrics] = {}
     conditions: list[str | None] = []
@@ -145,7 +145,7 @@ def evaluate_samples(
             if len(shown) < panels and (s.label == EVAL_ANOMALY).any():
                 shown.append((s.item_id, s.image, s.label, out.score))
         if not conditions:
-            raise ValueError(f"{name}: no images to evaluate")
+            raise MetricsUndefinedError(f"{name}: no images to evaluate")
         _second_pass(pooled, by_condition, conditions, scratch, name, progress)
         result = pooled.compute()
         min_pred, min_gt = DEFAULT_SIZES[track]

@@ -134,8 +134,8 @@ def scene_identity(refs: list[SceneRef]) -> str:
     for ref in refs:
         for p in (ref.image, ref.label, ref.instances, ref.camera):
             if p is not None:
-                st = p.stat()
-                h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                st = p.stat()  # the resolved path: runs/x and /abs/runs/x are the same scenes
+                h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from models.methods import MethodSpec, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter, load_segmenter_weights
 from schemas.config import SegmenterConfig, TrainConfig
+from tasks.imageio import BadInputError
 from tasks.synth.shards import sha256_of
 
 METHOD_FORMAT = "anomalyforge-method/2"
@@ -106,7 +107,7 @@ def _segmenter_file(path: Path, rec: Mapping, override: str | Path | None) -> Pa
         )
     got = sha256_of(found)
     if got != want:
-        raise ValueError(
+        raise BadInputError(
             f"{path} was trained over the segmenter checkpoint {rec['absolute']} (sha256 {want[:12]}…), but {found} "
             f"has sha256 {got[:12]}…: another network. Pass the right file with --segmenter-checkpoint PATH"
         )
@@ -133,7 +134,7 @@ def load_method(path: str | Path, segmenter_checkpoint: str | Path | None = None
             if fmt == "anomalyforge-method/1"
             else ""
         )
-        raise ValueError(f"{path}: not an anomalyforge method checkpoint of {METHOD_FORMAT} (format {fmt!r}){hint}")
+        raise BadInputError(f"{path}: not an anomalyforge method checkpoint of {METHOD_FORMAT} (format {fmt!r}){hint}")
     cfg = TrainConfig.model_validate_json(obj["config"])
     spec = get_method(cfg.method.name)
     seg_file = _segmenter_file(path, obj["segmenter"], segmenter_checkpoint)

@@ -27,23 +27,34 @@ def register_extra(name: str):
 
 
 class ExtraData:
-    def __init__(self, version: Path, seed: int, **options) -> None: ...
+    def __init__(self, version: str, seed: int, **options) -> None: ...
 
     def batch(self, n: int, device) -> object:
         raise NotImplementedError
 
 
-def build_extras(requested: dict[str, dict], version: str | Path, seed: int) -> dict[str, ExtraData]:
+def build_extras(requested: dict[str, dict], version: str, seed: int) -> dict[str, ExtraData]:
+    """``version`` is passed as given (a local path or an fsspec URL)."""
     unknown = sorted(set(requested) - set(EXTRA_DATA))
     if unknown:
         raise ValueError(f"unknown extra training data {unknown}; providers: {', '.join(EXTRA_DATA)}")
-    return {name: EXTRA_DATA[name](Path(version), seed, **opts) for name, opts in requested.items()}
+    return {name: EXTRA_DATA[name](str(version), seed, **opts) for name, opts in requested.items()}
 
 
-def object_bank_images(version: Path) -> list[np.ndarray]:
-    """The object bank next to a version (``<run_dir>/objects``), as RGBA crops."""
+def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.ndarray]:
+    """The object bank ``bank``, or the one next to a local version (``<run_dir>/objects``), as RGBA crops."""
     from tasks.synth.object_bank import read_object_bank
 
+    if bank is not None:
+        if not (Path(bank) / "objects.parquet").is_file():
+            raise FileNotFoundError(f"object bank not found: {bank} has no objects.parquet")
+        return [o.rgba for o in read_object_bank(bank)]
+    if "://" in version:
+        raise FileNotFoundError(
+            f"{version} is remote: the object context needs a local copy of the run's objects/ folder "
+            f"(set method.object_bank=PATH)"
+        )
+    version = Path(version)
     # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
     for cand in (version.parent.parent / "objects", version.parent / "objects"):
         if (cand / "objects.parquet").is_file():
@@ -59,8 +70,8 @@ class ObjectContext(ExtraData):
     """CoroCL's context: the object bank's own images (each object on its own background), ``size``² squares
     labelled anomaly under the object's mask and inlier on its background (``tasks.train.data.context_batch``)."""
 
-    def __init__(self, version: Path, seed: int, size: int = 128) -> None:
-        self.objects = object_bank_images(version)
+    def __init__(self, version: str, seed: int, size: int = 128, bank: str | None = None) -> None:
+        self.objects = object_bank_images(version, bank)
         self.size = size
         self.rng = random.Random(seed)
 

@@ -36,6 +36,7 @@ from models.methods import MethodSpec, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas.config import TrainConfig
 from tasks.eval.benchmarks import ShardSplit
+from tasks.eval.metrics import MetricsUndefinedError
 from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
@@ -71,7 +72,7 @@ def evaluate(model: nn.Module, spec: MethodSpec, cfg: TrainConfig, version: str,
         scorer = method_scorer(spec, cfg.method, model, device)
         m = evaluate_samples(scorer, split.samples(cfg.val_limit), split.name, progress=progress)["metrics"]
         result |= {k: m[k] for k in ("images", "auroc", "ap", "fpr95", "f1_components", "closed_set_agreement", "miou")}
-    except ValueError as e:  # no anomaly (or no inlier) pixel in the split
+    except MetricsUndefinedError as e:  # no anomaly (or no inlier) pixel in the split; bad data still raises
         result["metrics_error"] = str(e)
     model.train(was_training)
     return result
@@ -228,19 +229,21 @@ def train_method(
     last = out_dir / "checkpoints" / "last.pt"
     if resume and last.is_file():
         state = read_checkpoint(last)
-        if state["config_hash"] == cfg.content_hash():
+        if state["config_hash"] == cfg.content_hash() and state.get("shards") == version:
             model.load_state_dict(state["head"], strict=False)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start = int(state["step"])
             log(f"resuming from {last} at step {start}/{total}")
         else:
-            log(f"{last} was written by another config: starting over")
+            log(f"{last} was written by another config or for other shards: starting over")
     extras = build_extras(spec.extras(cfg.method), version, cfg.seed + start)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # the scheduler is not prepared: accelerate would step it num_processes times per step, while ``total`` already
+    # counts steps of all processes together
+    model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
     loader = train_loader(urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
@@ -292,6 +295,7 @@ def train_method(
                     {
                         "step": step,
                         "config_hash": cfg.content_hash(),
+                        "shards": version,
                         "head": {k: v.cpu() for k, v in inner.trainable_state_dict().items()},
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
