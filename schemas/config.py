@@ -191,7 +191,9 @@ class DiffusionConfig(_Strict):
     guidance: float = Field(7.5, ge=0)
     width: int = Field(512, ge=8, multiple_of=8)
     height: int = Field(512, ge=8, multiple_of=8)
-    scheduler: Literal["dpmpp_2m", "dpmpp_2m_karras", "euler_a", "pipeline"] = "dpmpp_2m"
+    scheduler: str = Field(
+        "dpmpp_2m", description="a registered scheduler: dpmpp_2m, dpmpp_2m_karras, euler_a, pipeline"
+    )
     batch_size: int = Field(4, ge=1, description="images per denoising batch (one Prefect task each)")
     device: str = Field("auto", description="auto: cuda if available, else cpu")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
@@ -199,6 +201,8 @@ class DiffusionConfig(_Strict):
     )
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the UNet (pays off from a few hundred images on)")
+
+    _scheduler = field_validator("scheduler")(lambda v: _registered("scheduler", v))
 
 
 class ObjectBankConfig(_Strict):
@@ -320,6 +324,7 @@ _REGISTRIES = {
     "benchmark": ("tasks.eval.benchmarks", "BENCHMARKS"),
     "score": ("models.scores", "SCORES"),
     "segmenter": ("models.segmenters", "SEGMENTERS"),
+    "scheduler": ("tasks.synth.diffusion", "SCHEDULERS"),
 }
 
 

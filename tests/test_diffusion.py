@@ -201,3 +201,21 @@ def test_diffusion_benchmark_runs_on_cpu_at_tiny_size():
     lines = {line.split(":")[0].strip(): line for line in res.stdout.splitlines() if "images/s" in line}
     assert set(lines) == {"plain diffusers", "ours"} and "% of peak" in lines["ours"]
     assert "speed-up ours / plain:" in res.stdout
+
+
+def test_every_registered_scheduler_replaces_the_pipelines_and_others_are_refused(tiny_sd):
+    from tasks.synth.diffusion import SCHEDULERS
+
+    expected = {
+        "dpmpp_2m": ("DPMSolverMultistepScheduler", False),
+        "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", True),
+        "euler_a": ("EulerAncestralDiscreteScheduler", None),
+    }
+    for name, (cls, karras) in expected.items():
+        lp = load_pipeline(tiny_cfg(tiny_sd).model_copy(update={"scheduler": name}))
+        assert type(lp.pipe.scheduler).__name__ == cls
+        if karras is not None:
+            assert lp.pipe.scheduler.config.use_karras_sigmas is karras
+    assert set(SCHEDULERS) == {*expected, "pipeline"}
+    with pytest.raises(ValueError, match="unknown scheduler 'ddim'; registered: dpmpp_2m"):
+        tiny_cfg(tiny_sd).model_validate(tiny_cfg(tiny_sd).model_dump() | {"scheduler": "ddim"})

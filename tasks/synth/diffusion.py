@@ -98,19 +98,27 @@ class LoadedPipeline:
     model: str
 
 
-def _scheduler(pipe, name: str):
-    from diffusers import DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
+def _dpmpp_2m(pipe, karras: bool = False):
+    from diffusers import DPMSolverMultistepScheduler
 
-    if name == "pipeline":
-        return pipe.scheduler
-    if name == "euler_a":
-        return EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
     return DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config,
-        algorithm_type="dpmsolver++",
-        solver_order=2,
-        use_karras_sigmas=name == "dpmpp_2m_karras",
+        pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=karras
     )
+
+
+def _euler_a(pipe):
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+
+
+# name -> the pipeline's scheduler replaced (DiffusionConfig.scheduler is validated against these names)
+SCHEDULERS = {
+    "dpmpp_2m": _dpmpp_2m,
+    "dpmpp_2m_karras": lambda pipe: _dpmpp_2m(pipe, karras=True),
+    "euler_a": _euler_a,
+    "pipeline": lambda pipe: pipe.scheduler,  # the one the pipeline was saved with
+}
 
 
 def load_pipeline(cfg: DiffusionConfig, device: torch.device | None = None) -> LoadedPipeline:
@@ -133,7 +141,7 @@ def load_pipeline(cfg: DiffusionConfig, device: torch.device | None = None) -> L
     if getattr(pipe, "safety_checker", None) is not None:
         # objects are generated for anomaly synthesis; a blacked-out image would only be rejected later
         pipe.safety_checker = None
-    pipe.scheduler = _scheduler(pipe, cfg.scheduler)
+    pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe)
     pipe.to(device)
     pipe.unet.set_default_attn_processor()  # torch SDPA (AttnProcessor2_0) for every attention layer
     if cfg.channels_last:
