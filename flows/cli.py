@@ -61,7 +61,8 @@ def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (
     """Re-read every sample and check it against the manifest; exit 1 listing the problems."""
     from tqdm import tqdm
 
-    from tasks.synth.shards import SHARDS, read_table
+    from tasks.sample_format import SHARDS
+    from tasks.synth.shards import read_table
     from tasks.synth.validate import validate_shard_set
 
     total = len(read_table(shard_dir / SHARDS)) if (shard_dir / SHARDS).is_file() else 0

@@ -34,9 +34,10 @@ import torch
 from data_manifests.parquet import OBJECT_SCHEMA
 from schemas import DiffusionConfig, MaskGateConfig, ObjectRecord, RejectRecord
 from tasks.imageio import encode_rgb, write_bytes_atomic
+from tasks.sample_format import REJECTS
 from tasks.synth.object_bank import OBJECT_MANIFEST, BankObject, bank_sample, gated_object, manifest_row
 from tasks.synth.prompts import PromptSpec
-from tasks.synth.shards import REJECTS, write_json_atomic, write_rejects, write_table, write_tar_shard
+from tasks.synth.shards import write_json_atomic, write_rejects, write_table, write_tar_shard
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,9 @@ from tasks.imageio import (
     read_gray,
     read_rgb,
 )
+from tasks.sample_format import REJECTS
 from tasks.synth.saliency import gate_mask, mask_quality
-from tasks.synth.shards import REJECTS, write_rejects, write_table, write_tar_shard
+from tasks.synth.shards import write_rejects, write_table, write_tar_shard
 
 OBJECT_MANIFEST = "objects.parquet"
 

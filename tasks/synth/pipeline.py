@@ -17,6 +17,7 @@ from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
 from schemas import RejectRecord, SynthConfig
 from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
+from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
 from tasks.synth.cityscapes import SceneRef, index_cityscapes
 from tasks.synth.coco import (
     canonical_class,
@@ -36,17 +37,7 @@ from tasks.synth.object_bank import (
     write_object_bank,
 )
 from tasks.synth.saliency import LazyMasker
-from tasks.synth.shards import (
-    DATASET,
-    PARTIAL_DIR,
-    REJECTS,
-    SAMPLES,
-    SHARDS,
-    read_rejects,
-    write_json_atomic,
-    write_rejects,
-    write_table,
-)
+from tasks.synth.shards import PARTIAL_DIR, read_rejects, write_json_atomic, write_rejects, write_table
 
 log = logging.getLogger(__name__)
 

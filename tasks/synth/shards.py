@@ -27,7 +27,6 @@ import webdataset as wds
 from data_manifests.parquet import REJECT_SCHEMA
 from schemas import RejectRecord
 from tasks.imageio import atomic_path
-from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARD_PATTERN, SHARDS  # noqa: F401 (re-exported)
 
 PARTIAL_DIR = ".partial"  # shards being written
 PARTS_DIR = ".parts"  # records of finished shards, what a re-run skips

@@ -18,7 +18,7 @@ import numpy as np
 from schemas import RejectRecord, SampleMeta, SynthConfig
 from tasks import CODE_VERSION
 from tasks.imageio import BadInputError, write_bytes_atomic
-from tasks.sample_format import encode_sample
+from tasks.sample_format import SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
 from tasks.synth.cityscapes import (
     Scene,
@@ -31,13 +31,7 @@ from tasks.synth.composite import paste, resize_object
 from tasks.synth.harmonize import Harmonizer, make_harmonizer
 from tasks.synth.object_bank import BankObject
 from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
-from tasks.synth.shards import (
-    PARTS_DIR,
-    SHARD_PATTERN,
-    sha256_of,
-    write_json_atomic,
-    write_tar_shard,
-)
+from tasks.synth.shards import PARTS_DIR, sha256_of, write_json_atomic, write_tar_shard
 
 log = logging.getLogger(__name__)
 

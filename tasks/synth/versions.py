@@ -22,7 +22,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.synth.shards import DATASET
+from tasks.sample_format import DATASET
 
 VERSIONS = "versions"
 LATEST = "LATEST"
