@@ -118,10 +118,9 @@ def train(
     from flows.train import train as train_flow
     from schemas.config import load_train_config
 
-    load_train_config(config, _parse_overrides(set_), method)  # config errors as messages, before the flow
-    res = train_flow(
-        str(config), shards, str(out_dir) if out_dir else None, method, _parse_overrides(set_) or None, not fresh
-    )
+    over = _parse_overrides(set_) or None
+    load_train_config(config, over, method)  # config errors as messages, before the flow
+    res = train_flow(str(config), shards, str(out_dir) if out_dir else None, method, over, not fresh)
     typer.echo(f"AUROC {res['auroc']}, AP {res['ap']}, FPR95 {res['fpr95']} after {res['steps']} steps")
     typer.echo(f"model:   {res['model']}")
     typer.echo(f"metrics: {res['metrics']}")
@@ -141,10 +140,9 @@ def compare(
     from schemas import load_compare_config
     from tasks.eval.compare import markdown
 
-    load_compare_config(config, _parse_overrides(set_))  # config errors as messages, before the flow
-    res = compare_flow(
-        str(config), shards, str(out_dir) if out_dir else None, _parse_overrides(set_) or None, not fresh
-    )
+    over = _parse_overrides(set_) or None
+    load_compare_config(config, over)  # config errors as messages, before the flow
+    res = compare_flow(str(config), shards, str(out_dir) if out_dir else None, over, not fresh)
     typer.echo(markdown(res["rows"]))
     typer.echo(f"table: {res['table']}")
     typer.echo(f"csv:   {res['csv']}")
