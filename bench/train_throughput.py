@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from models.methods import get_method
+from models.methods import TrainingProgress, get_method
 from models.segmenters import build_segmenter
 from schemas.config import TrainConfig
 from tasks.synth.shards import write_tar_shard
@@ -67,7 +67,7 @@ def run(spec, mcfg, model, batches, steps: int, device: str, autocast: bool) -> 
             wait += time.perf_counter() - tw
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-            loss = spec.loss(mcfg, model, x, y, {}, gen)["loss"]
+            loss = spec.loss(mcfg, model, x, y, {}, gen, TrainingProgress(step, steps + 1))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

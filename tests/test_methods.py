@@ -12,7 +12,15 @@ import yaml
 from typer.testing import CliRunner
 
 from models.losses import rpl_loss
-from models.methods import METHODS, get_method, method_config, method_names, register_method, unregister_method
+from models.methods import (
+    METHODS,
+    TrainingProgress,
+    get_method,
+    method_config,
+    method_names,
+    register_method,
+    unregister_method,
+)
 from models.methods.residual import ResidualConfig, ResidualMethod
 from models.scores import anomaly_score
 from models.segmenters import build_segmenter
@@ -53,7 +61,7 @@ def test_same_seed_gives_the_same_first_step_losses_as_before_the_move(name):
     x, y, extras = _batch()
     losses = []
     for _ in range(2):
-        parts = spec.loss(cfg, model, x, y, extras, torch.Generator().manual_seed(2))
+        parts = spec.loss(cfg, model, x, y, extras, torch.Generator().manual_seed(2), TrainingProgress(0, 2))
         losses.append(parts["loss"].item())
         opt.zero_grad()
         parts["loss"].backward()
@@ -67,7 +75,9 @@ def test_the_config_names_come_from_the_registry_and_old_flat_keys_are_refused()
     assert type(cfg.method).__name__ == "EELConfig" and cfg.method.lam == 0.1 and cfg.method.lr == 5e-5
     assert TrainConfig(method="rpl").method.lr == 7.5e-5  # a bare name: that method's paper defaults
     dumped = cfg.model_dump()["method"]
-    assert dumped == {"name": "eel", "lr": 5e-5, "head_lr_mult": 10.0, "smoothing": True} | {
+    common = {"name": "eel", "lr": 5e-5, "head_lr_mult": 10.0, "smoothing": True, "optimizer": "adam"}
+    common |= {"momentum": 0.9, "weight_decay": None}
+    assert dumped == common | {
         "residual_dim": 256,
         "lam": 0.1,
         "alpha": 1.0,
@@ -128,7 +138,7 @@ class Toy(ResidualMethod):
     loss_summary = "RPL's ℓ_in + weight · relu(logsumexp) on anomalies"
     score_summary = "msp"
 
-    def loss(self, cfg, model, images, labels, extras, generator):
+    def loss(self, cfg, model, images, labels, extras, generator, progress):
         out = model(images)
         return rpl_loss(out.logits, out.frozen_logits, labels, 1.0, cfg.weight)
 

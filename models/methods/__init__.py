@@ -2,14 +2,14 @@
 
     from models.methods import get_method, method_names
     spec = get_method("eel"); cfg = spec.default_config()
-    model = spec.build(cfg, segmenter); parts = spec.loss(cfg, model, images, labels, extras, generator)
+    model = spec.build(cfg, segmenter); parts = spec.loss(cfg, model, images, labels, extras, generator, progress)
 
 A new method is a new module here (config + spec + ``@register_method``) imported below, plus its tests.
 """
 
 # the built-in methods register themselves on import
-from models.methods import eel, rpl, rpl_corocl  # noqa: E402, F401, I001
-from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
+from models.methods import eel, rpl, rpl_corocl, sleeg  # noqa: E402, F401, I001
+from models.methods.base import Inference, MethodConfig, MethodSpec, TrainingProgress, resize_logits
 from models.methods.registry import (
     METHODS,
     get_method,
@@ -28,6 +28,7 @@ __all__ = [
     "method_config",
     "method_names",
     "register_method",
+    "TrainingProgress",
     "resize_logits",
     "unregister_method",
 ]

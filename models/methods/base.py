@@ -4,7 +4,8 @@ A spec says, for one anomaly method trained over a *frozen* segmenter:
 
 * its config class: a pydantic model of its own hyper-parameters only, with the paper's defaults;
 * ``build``: its trainable head over a ``FrozenSegmenter`` (an ``nn.Module``);
-* ``loss``: its training loss on a batch (a dict of named parts; ``"loss"`` is what is minimised);
+* ``loss``: its training loss on a batch (a dict of named parts; ``"loss"`` is what is minimised), told how far
+  training has come (``TrainingProgress``: schedules such as SLEEG's warm-up read it);
 * ``infer``: its inference score (higher = more anomalous) and closed-set predictions, at a requested size;
 * ``param_groups``: which parameters train, at which learning rate;
 * ``extras``: extra data the trainer provides each step (e.g. CoroCL's object-context images), by the name of
@@ -29,6 +30,19 @@ from models.segmenters.base import FrozenSegmenter
 from schemas.config import MethodConfig
 
 
+@dataclass(frozen=True)
+class TrainingProgress:
+    """Where a training step stands: ``step`` (0-based, the step being computed) of ``total``."""
+
+    step: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        """The share of training done before this step, in [0, 1)."""
+        return self.step / max(self.total, 1)
+
+
 @dataclass
 class Inference:
     """A method's (or a post-hoc baseline's) output for a batch, at the requested size."""
@@ -44,6 +58,17 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def load_state_strictly(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ("segmenter.",)
+) -> None:
+    """Load a head's ``state`` into ``model``: keys under the ``optional`` prefixes (the frozen segmenter, parts
+    used only in training) may be absent; any other mismatch is an error naming ``source``."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(optional)]
+    if missing or unexpected:
+        raise ValueError(f"{source}: head does not match the model: missing {missing}, unexpected {unexpected}")
 
 
 class MethodSpec(ABC):
@@ -78,9 +103,11 @@ class MethodSpec(ABC):
         labels: torch.Tensor,
         extras: dict,
         generator: torch.Generator,
+        progress: TrainingProgress,
     ) -> dict[str, torch.Tensor]:
         """Named loss parts on a batch (images RGB in [0, 1], labels in the shard convention); ``"loss"`` is
-        the total that is minimised. ``generator`` draws any sampling the loss does (seeded by the trainer)."""
+        the total that is minimised. ``extras``: this step's data from the providers ``extras`` asked for;
+        ``generator`` draws any sampling the loss does (seeded by the trainer); ``progress``: this step of all."""
 
     @abstractmethod
     def infer(self, cfg: MethodConfig, model: nn.Module, images: torch.Tensor, size: tuple[int, int]) -> Inference:

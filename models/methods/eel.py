@@ -33,7 +33,7 @@ class EEL(ResidualMethod):
     loss_summary = "L_cons (CE + KL + entropy match to ỹ, inliers) + 0.05·ℓ_eel (energy BCE + entropy)"
     score_summary = "α·H(ŷ) − logsumexp(ŷ), smoothed"
 
-    def loss(self, cfg: EELConfig, model, images, labels, extras, generator) -> dict[str, torch.Tensor]:
+    def loss(self, cfg: EELConfig, model, images, labels, extras, generator, progress) -> dict[str, torch.Tensor]:
         out = model(images)
         return rpl_eel_loss(out.logits, out.frozen_logits, labels, cfg.lam, cfg.alpha)
 

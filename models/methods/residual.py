@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, load_state_strictly, resize_logits
 from models.rpl import ResidualAnomalyModel
 from models.segmenters.base import FrozenSegmenter
 
@@ -53,7 +53,4 @@ class ResidualMethod(MethodSpec):
         return {k: v.detach().cpu() for k, v in model.trainable_state_dict().items() if not k.startswith(PROJECTOR)}
 
     def load_head(self, model: ResidualAnomalyModel, state: dict[str, torch.Tensor], source: str) -> None:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith(("segmenter.", PROJECTOR))]
-        if missing or unexpected:
-            raise ValueError(f"{source}: head does not match the model: missing {missing}, unexpected {unexpected}")
+        load_state_strictly(model, state, source, ("segmenter.", PROJECTOR))

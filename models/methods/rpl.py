@@ -33,7 +33,7 @@ class RPL(ResidualMethod):
     loss_summary = "ℓ_in (CE to argmax ỹ + entropy match, inliers) + 0.05·ℓ_out (relu(logsumexp ŷ), anomalies)"
     score_summary = "energy −logsumexp(ŷ), smoothed"
 
-    def loss(self, cfg: RPLConfig, model, images, labels, extras, generator) -> dict[str, torch.Tensor]:
+    def loss(self, cfg: RPLConfig, model, images, labels, extras, generator, progress) -> dict[str, torch.Tensor]:
         out = model(images)
         return rpl_loss(out.logits, out.frozen_logits, labels, cfg.entropy_t, cfg.out_weight)
 

@@ -40,7 +40,7 @@ class RPLCoroCL(RPL):
     def extras(self, cfg: RPLCoroCLConfig) -> dict[str, dict]:
         return {"object_context": {"size": cfg.context_size, "bank": cfg.object_bank}}
 
-    def loss(self, cfg: RPLCoroCLConfig, model, images, labels, extras, generator) -> dict[str, torch.Tensor]:
+    def loss(self, cfg: RPLCoroCLConfig, model, images, labels, extras, generator, progress) -> dict[str, torch.Tensor]:
         ctx_images, ctx_labels = extras["object_context"]
         out = model(images, with_embeddings=True)
         ctx = model(ctx_images, with_embeddings=True)

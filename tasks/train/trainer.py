@@ -32,7 +32,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from models.methods import MethodSpec, get_method
+from models.methods import MethodSpec, TrainingProgress, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas.config import TrainConfig
 from tasks.eval.benchmarks import ShardSplit
@@ -42,6 +42,7 @@ from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
 from tasks.train.data import check_splits, shard_urls, train_loader, validation_samples
 from tasks.train.extras import build_extras
+from tasks.train.optim import build_optimizer
 
 Log = Callable[[str], None]
 
@@ -217,7 +218,8 @@ def train_method(
     accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_ckpt))
-    optimizer = torch.optim.Adam(spec.param_groups(cfg.method, model), weight_decay=cfg.weight_decay)
+    wd = cfg.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay
+    optimizer = build_optimizer(spec.param_groups(cfg.method, model), cfg.method, wd)
 
     if cfg.max_steps is not None:
         total = cfg.max_steps
@@ -237,7 +239,6 @@ def train_method(
             log(f"resuming from {last} at step {start}/{total}")
         else:
             log(f"{last} was written by another config or for other shards: starting over")
-    extras = build_extras(spec.extras(cfg.method), version, cfg.seed + start)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
@@ -245,6 +246,7 @@ def train_method(
     # counts steps of all processes together
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
+    extras = build_extras(spec.extras(cfg.method), version, cfg.seed + start + 7919 * accelerator.process_index)
     stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
     loader = train_loader(urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
     gen = torch.Generator().manual_seed(cfg.seed + start)
@@ -267,10 +269,10 @@ def train_method(
         if step >= total:
             break
         wait += time.perf_counter() - t_prev
+        batch_extras = {name: e.batch(x, y, accelerator.device) for name, e in extras.items()}  # CPU batch in
         x, y = x.to(accelerator.device), y.to(accelerator.device)
-        batch_extras = {name: e.batch(x.shape[0], accelerator.device) for name, e in extras.items()}
         with accelerator.autocast():
-            parts = spec.loss(cfg.method, model, x, y, batch_extras, gen)
+            parts = spec.loss(cfg.method, model, x, y, batch_extras, gen, TrainingProgress(step, total))
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(

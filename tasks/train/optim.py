@@ -1,0 +1,37 @@
+"""Optimizers a method's config can name (``MethodConfig.optimizer``), one registry like the others: the
+trainer builds whichever the config names from the spec's parameter groups, and never branches on the name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from schemas.config import MethodConfig
+
+Builder = Callable[[list[dict], MethodConfig, float], torch.optim.Optimizer]
+OPTIMIZERS: dict[str, Builder] = {}
+
+
+def register_optimizer(name: str):
+    def deco(fn: Builder) -> Builder:
+        OPTIMIZERS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_optimizer("adam")
+def adam(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam (RPL, CoroCL and EEL train with it)."""
+    return torch.optim.Adam(groups, weight_decay=weight_decay)
+
+
+@register_optimizer("sgd")
+def sgd(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD with ``cfg.momentum`` (SLEEG's authors train with SGD, lr 0.01)."""
+    return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=weight_decay)
+
+
+def build_optimizer(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](groups, cfg, weight_decay)
