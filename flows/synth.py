@@ -121,7 +121,8 @@ def synth(
 ) -> dict:
     """Synthesize a new shard-set version under ``run_dir/versions/`` (``run_dir/shards`` -> the latest).
 
-    ``sources``: object sources to use among those configured (diffusion, coco, files, demo; default all);
+    ``sources``: object sources to use among those configured (diffusion, coco, files, demo, patches; default
+    all);
     ``scenes``: "demo" or a Cityscapes root, instead of the config's; ``generation_deployment``: run the
     diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead of in this process;
     ``keep_versions``: retention of complete versions.
@@ -145,7 +146,7 @@ def synth(
     log.info("%d scenes (%d rejected)", len(scenes_), len(scene_rejects))
 
     t = time.perf_counter()
-    build_bank_task(cfg, bank_dir, generated=store)
+    build_bank_task(cfg, bank_dir, generated=store, scenes=scenes_)
     bank = read_object_bank(bank_dir)
     bank_rejects = read_rejects(bank_dir / "rejects.parquet")
     timings["object bank"] = time.perf_counter() - t

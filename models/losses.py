@@ -163,3 +163,85 @@ def corocl_loss(
     contrast = torch.cat([anchors, pick(ctx_pos), pick(ctx_neg)])
     c_labels = torch.cat([labels, labels])
     return supervised_contrastive(anchors, labels, contrast, c_labels, tau, anchors_in_contrast=True)
+
+
+# ---- SLEEG (Tu et al., "Self-supervised Likelihood Estimation with Energy Guidance for Anomaly Segmentation in
+# Urban Scenes", AAAI 2024). Targets o: 0 normal, 1 anomaly, IGNORE_ID ignored; h: the OoD head's N×2×H×W logits.
+
+
+def jem(frozen: torch.Tensor) -> torch.Tensor:
+    """JEM(z) = −log Σ_y exp(g_φ(z))[y] (Eq. 8): the free energy of the frozen logits (higher = less likely)."""
+    return -torch.logsumexp(frozen.float(), dim=1)
+
+
+def tae_loss(head: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """TAE: ℓ_a = cross-entropy of p_a(o|z) = softmax(h_θ(z)) against o, as a mean over the pixels that are not
+    ignored (0 when all are)."""
+    valid = target != IGNORE_ID
+    if not valid.any():
+        return head.sum() * 0.0
+    return F.cross_entropy(head.float(), target.long(), ignore_index=IGNORE_ID)
+
+
+def tore_loss(head: torch.Tensor, frozen: torch.Tensor, target: torch.Tensor, gamma: float = 15.0) -> torch.Tensor:
+    """TORE (Eq. 8), per image then averaged over the images that have both normal and anomaly pixels:
+
+        ℓ_o = max(0, E_id[h_θ(z)[1]] − E_ood[h_θ(z)[1]] + γ̂),   γ̂ = γ + E_id[JEM(z)] − E_ood[JEM(z)]
+
+    i.e. the likelihood log p_t(o=1|z) = h_θ(z)[1] + JEM(z) + C must be ``gamma`` higher on anomalies than on
+    normal pixels on average. JEM comes from the frozen logits (no gradient). An image without anomaly (or
+    without normal) pixels has no margin to enforce and contributes nothing; with none at all ℓ_o = 0."""
+    h1 = head[:, 1].float()
+    energy = jem(frozen.detach())
+    losses = []
+    for b in range(head.shape[0]):
+        ind, ood = target[b] == 0, target[b] == 1
+        if not (ind.any() and ood.any()):
+            continue
+        margin = gamma + energy[b][ind].mean() - energy[b][ood].mean()
+        losses.append(F.relu(h1[b][ind].mean() - h1[b][ood].mean() + margin))
+    return torch.stack(losses).mean() if losses else head.sum() * 0.0
+
+
+def sleeg_score(head: torch.Tensor, frozen: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """A(x) = log p_a(o=1|z) + λ·log p_t(o=1|z) (Eq. 10 and the inference score), with log p_a = log_softmax(h)[1]
+    and log p_t = h[1] + JEM(z) (the constant C dropped: it moves no threshold and no ranking). Higher = anomalous."""
+    head = head.float()
+    return F.log_softmax(head, dim=1)[:, 1] + lam * (head[:, 1] + jem(frozen))
+
+
+def otsu_threshold(values: torch.Tensor, thresholds: int = 25) -> torch.Tensor:
+    """η* of Eq. 11: among ``thresholds`` levels evenly spaced strictly inside (min, max) of ``values``, the one
+    that minimises the summed within-group variance Σ_{v<η}(v − μ_<)² + Σ_{v≥η}(v − μ_≥)² (Otsu's criterion, as a
+    grid search; the authors' code searches 25 levels). Constant values give their value (nothing is split)."""
+    v = values.detach().double().flatten()
+    lo, hi = v.min(), v.max()
+    if hi <= lo:
+        return lo.to(values.dtype)
+    levels = lo + (hi - lo) * torch.arange(1, thresholds + 1, dtype=v.dtype, device=v.device) / (thresholds + 1)
+    s, _ = torch.sort(v)
+    zero = torch.zeros(1, dtype=v.dtype, device=v.device)
+    c1, c2 = torch.cat([zero, s.cumsum(0)]), torch.cat([zero, (s * s).cumsum(0)])
+    k = torch.searchsorted(s, levels)  # number of values < level; both groups are non-empty inside (min, max)
+    n = s.numel()
+    below = c2[k] - c1[k] ** 2 / k
+    above = (c2[n] - c2[k]) - (c1[n] - c1[k]) ** 2 / (n - k)
+    return levels[torch.argmin(below + above)].to(values.dtype)
+
+
+def refine_candidates(
+    score: torch.Tensor, candidates: torch.Tensor, base: torch.Tensor, thresholds: int = 25
+) -> torch.Tensor:
+    """Adaptive mask refinement (Eq. 10–11), per image: inside the pasted polygons ``candidates`` (N×H×W bool)
+    pixels whose ``score`` (N×H×W; A, or JEM during the warm-up) is ≥ η* of that image's candidate pixels become
+    anomaly (1); the other candidate pixels are ignored. Outside, ``base`` (N×H×W targets) is kept."""
+    target = base.clone()
+    for b in range(score.shape[0]):
+        cand = candidates[b]
+        if not cand.any():
+            continue
+        eta = otsu_threshold(score[b][cand], thresholds)
+        keep = score[b] >= eta
+        target[b][cand & keep] = 1
+        target[b][cand & ~keep] = IGNORE_ID
+    return target

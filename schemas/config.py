@@ -114,6 +114,38 @@ class FilesSourceConfig(_Strict):
     limit: int | None = Field(None, ge=1)
 
 
+class PatchesConfig(_Strict):
+    """Self-made patch anomalies (SLEEG, Tu et al., AAAI 2024, Sec. 3.1): rectangular crops of the scenes
+    themselves, cut to the convex polygon around their Harris corners plus random inner points, pasted elsewhere."""
+
+    library_size: int = Field(30, ge=1, description="the patch library: a queue of this many scene crops")
+    crops_per_image: int = Field(2, ge=1, description="crops each training image adds to the library per step")
+    area: tuple[float, float] = Field((0.03, 0.06), description="crop area as a share of the image area")
+    aspect: tuple[float, float] = Field((0.8, 1.2), description="crop width / height")
+    per_image: int = Field(10, ge=1, description="patches pasted into each training image")
+    noise_ratio: float = Field(0.1, ge=0, le=1, description="share of patches whose pixels are replaced by noise")
+    max_corners: int = Field(16, ge=0, description="Harris corners of a crop that span its polygon")
+    random_points: int = Field(8, ge=3, description="random points inside the crop added to the corners")
+
+    @model_validator(mode="after")
+    def _check(self) -> PatchesConfig:
+        for name in ("area", "aspect"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be 0 < min <= max, got {(lo, hi)}")
+        if self.area[1] > 1:
+            raise ValueError(f"area is a share of the image area (<= 1), got {self.area}")
+        return self
+
+
+class PatchesSourceConfig(PatchesConfig):
+    """The ``patches`` object source of the synth flow: ``count`` patch objects cut from the run's scenes join
+    the object bank (source ``patches``, class ``patch``) and are placed like any other object."""
+
+    count: int = Field(64, ge=1, description="patch objects made for the bank")
+    height_m: tuple[float, float] = Field((0.3, 1.2), description="real-world height range used for placement")
+
+
 class MaskGateConfig(_Strict):
     """Thresholds of the mask-quality gate (every rejection names the failed test)."""
 
@@ -212,6 +244,7 @@ class ObjectBankConfig(_Strict):
     coco: CocoSourceConfig | None = None
     diffusion: DiffusionConfig | None = None
     files: list[FilesSourceConfig] = []
+    patches: PatchesSourceConfig | None = None
 
 
 class PlacementConfig(_Strict):
@@ -325,6 +358,7 @@ _REGISTRIES = {
     "score": ("models.scores", "SCORES"),
     "segmenter": ("models.segmenters", "SEGMENTERS"),
     "scheduler": ("tasks.synth.diffusion", "SCHEDULERS"),
+    "optimizer": ("tasks.train.optim", "OPTIMIZERS"),
 }
 
 
@@ -427,9 +461,14 @@ class MethodConfig(_Strict):
     by ``name`` from the method registry."""
 
     name: str
-    lr: float = Field(gt=0, description="base learning rate (Adam); the paper's default in each method")
+    lr: float = Field(gt=0, description="base learning rate; the paper's default in each method")
     head_lr_mult: float = Field(10.0, gt=0, description="lr multiplier of the newly initialised layers")
     smoothing: bool = Field(True, description="Gaussian 7×7, σ = 1 smoothing of the score at inference")
+    optimizer: str = Field("adam", description="a registered optimizer (tasks.train.optim): adam, sgd")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    weight_decay: float | None = Field(None, ge=0, description="None: the run's weight_decay")
+
+    _optimizer = field_validator("optimizer")(lambda v: _registered("optimizer", v))
 
 
 # hyper-parameters that were flat TrainConfig fields before methods had their own configs

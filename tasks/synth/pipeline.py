@@ -18,7 +18,7 @@ from schemas import RejectRecord, SynthConfig
 from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
 from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
-from tasks.synth.cityscapes import SceneRef, index_cityscapes
+from tasks.synth.cityscapes import SceneRef, index_cityscapes, scene_identity
 from tasks.synth.coco import (
     canonical_class,
     extract_coco_objects,
@@ -36,6 +36,7 @@ from tasks.synth.object_bank import (
     read_object_bank,
     write_object_bank,
 )
+from tasks.synth.patches import patch_bank_objects
 from tasks.synth.saliency import LazyMasker
 from tasks.synth.shards import PARTIAL_DIR, read_rejects, write_json_atomic, write_rejects, write_table
 
@@ -54,7 +55,7 @@ def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef
     return index_cityscapes(root, sc.split, sc.cities, sc.limit)
 
 
-SOURCES = ("diffusion", "coco", "files", "demo")
+SOURCES = ("diffusion", "coco", "files", "demo", "patches")
 
 
 def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: str | None = None) -> SynthConfig:
@@ -72,6 +73,7 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: s
             "coco": oc.coco is not None,
             "files": bool(oc.files),
             "demo": True,  # the packaged demo photos need no configuration
+            "patches": oc.patches is not None,
         }
         missing = [s for s in sources if not configured[s]]
         if missing:
@@ -82,6 +84,7 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: s
                 "coco": oc.coco if "coco" in sources else None,
                 "files": oc.files if "files" in sources else [],
                 "demo_objects": "demo" in sources,
+                "patches": oc.patches if "patches" in sources else None,
             }
         )
     if scenes is not None:
@@ -94,10 +97,12 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: s
     return SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
 
 
-def _bank_hash(cfg: SynthConfig, generated: Path | None = None) -> str:
-    """Identity of a bank: its config, the names and sizes of the source files it reads, and the generated
-    objects it takes from the store."""
+def _bank_hash(cfg: SynthConfig, generated: Path | None = None, scenes: list[SceneRef] | None = None) -> str:
+    """Identity of a bank: its config, the names and sizes of the source files it reads, the generated
+    objects it takes from the store, and the scenes patches are cut from."""
     sources = [(str(p), p.stat().st_size) for fs in cfg.objects.files for p in list_photo_files(fs)]
+    if cfg.objects.patches is not None:
+        sources.append(("patch scenes", scene_identity(scenes or []), cfg.seed))
     if generated is not None:
         sources.append(("generated", GeneratedStore(generated).object_ids()))
     if cfg.objects.coco is not None and cfg.objects.coco.annotations.is_file():
@@ -117,17 +122,23 @@ def _excluded_classes(cfg: SynthConfig) -> set[str]:
     return {canonical_class(n) for n in names} | {"rider"}  # rider: a Cityscapes class with no COCO twin
 
 
-def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None, generated: str | Path | None = None) -> Path:
+def build_object_bank(
+    cfg: SynthConfig,
+    bank_dir: str | Path,
+    masker=None,
+    generated: str | Path | None = None,
+    scenes: list[SceneRef] | None = None,
+) -> Path:
     """Extract objects from every configured source into a bank; reuse a bank built from the same config.
 
     ``masker`` (soft mask from RGB) defaults to rembg with ``cfg.saliency``; it is created only if a
     photo without a mask needs it. ``generated``: the diffusion object store whose accepted objects join
-    the bank (when the config has a diffusion source).
+    the bank (when the config has a diffusion source). ``scenes``: what the ``patches`` source cuts from.
     """
     bank_dir = Path(bank_dir)
     stamp = bank_dir / BANK_STAMP
     generated = Path(generated) if generated is not None and cfg.objects.diffusion is not None else None
-    h = _bank_hash(cfg, generated)
+    h = _bank_hash(cfg, generated, scenes)
     if (bank_dir / OBJECT_MANIFEST).is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == h:
         log.info("object bank %s is up to date (hash %s)", bank_dir, h)
         return bank_dir
@@ -155,6 +166,10 @@ def build_object_bank(cfg: SynthConfig, bank_dir: str | Path, masker=None, gener
     if generated is not None and (generated / OBJECT_MANIFEST).is_file():
         objects += read_object_bank(generated)
         rejects += read_rejects(generated / REJECTS)
+    if oc.patches is not None:
+        got, rej = patch_bank_objects(scenes or [], oc.patches, cfg.seed)
+        objects += got
+        rejects += rej
     if not objects:
         bank_dir.mkdir(parents=True, exist_ok=True)
         write_rejects(bank_dir / REJECTS, rejects)

@@ -1,7 +1,9 @@
 """Extra per-step training data a method can ask for (``MethodSpec.extras``), by provider name.
 
-A provider is built once per run from the shard version and a seed, and gives one batch per step. The trainer
-only knows this registry, never which method asked.
+A provider is built once per run (per process) from the shard version and a seed, and gives one item per step
+from that step's batch (CPU images and labels, before they move to the device): e.g. CoroCL's object-context
+images, or SLEEG's self-made patch composites of the batch itself. Providers may keep state between steps (a
+patch library). The trainer only knows this registry, never which method asked.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from schemas.config import PatchesConfig
+from tasks.seeding import rng_for
+from tasks.synth.patches import PatchLibrary, paste_patches
 from tasks.train.data import context_batch
 
 EXTRA_DATA: dict[str, Callable[..., ExtraData]] = {}
@@ -29,7 +34,8 @@ def register_extra(name: str):
 class ExtraData:
     def __init__(self, version: str, seed: int, **options) -> None: ...
 
-    def batch(self, n: int, device) -> object:
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> object:
+        """This step's extra data for the CPU batch ``images`` (B×3×H×W in [0, 1]) and ``labels`` (B×H×W)."""
         raise NotImplementedError
 
 
@@ -75,6 +81,24 @@ class ObjectContext(ExtraData):
         self.size = size
         self.rng = random.Random(seed)
 
-    def batch(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = context_batch(self.objects, n, self.size, self.rng)
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = context_batch(self.objects, images.shape[0], self.size, self.rng)
         return x.to(device), y.to(device)
+
+
+@register_extra("self_patches")
+class SelfPatches(ExtraData):
+    """SLEEG's self-made anomalies (``tasks.synth.patches``): each step refreshes the patch library with crops of
+    the batch and pastes ``per_image`` patches into every image. Gives (B×3×H×W composites in [0, 1], B×H×W bool
+    mask of the pasted polygons: the anomaly candidates). Options: the fields of ``PatchesConfig``."""
+
+    def __init__(self, version: str, seed: int, **options) -> None:
+        self.library = PatchLibrary(PatchesConfig(**options), rng_for(seed, "self_patches"))
+
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # shard images are uint8 / 255, so this round trip is exact
+        rgb = images.permute(0, 2, 3, 1).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
+        self.library.refresh(list(rgb))
+        pasted, candidates = zip(*(paste_patches(img, self.library) for img in rgb), strict=True)
+        x = torch.from_numpy(np.stack(pasted)).permute(0, 3, 1, 2).float().div(255)
+        return x.to(device), torch.from_numpy(np.stack(candidates)).to(device)
