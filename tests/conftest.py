@@ -120,7 +120,7 @@ def random_state_dict(lines: list[str]) -> dict:
     return out
 
 
-TINY_METHOD = {"residual_dim": 16, "lr": 1e-3, "projector_dim": 16, "context_size": 32}
+TINY_METHOD = {"residual_dim": 16, "lr": 1e-3, "projector_dim": 16, "context_size": 32, "head_width": 16}
 
 
 def tiny_method(name: str) -> dict:

@@ -27,7 +27,7 @@ from tests.conftest import write_object_photos
 def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
     """What the flow does, shard by shard; optionally crash in the middle of one shard."""
     scenes, scene_rejects = prepare_scenes(cfg, run)
-    bank_dir = build_object_bank(cfg, run / "objects")
+    bank_dir = build_object_bank(cfg, run / "objects", scenes=scenes)
     comp = Compositor(cfg, read_object_bank(bank_dir))
     claim_shard_dir(run / "shards", comp.config_hash)
     shards = split_into_shards(
