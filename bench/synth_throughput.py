@@ -51,7 +51,7 @@ def main() -> None:
         write_demo_scenes(tmp / "scenes", cfg.scenes.demo, cfg.seed)
         refs, _ = index_cityscapes(tmp / "scenes")
         scenes = [load_scene(r) for r in refs]
-        bank = read_object_bank(build_object_bank(cfg, tmp / "objects"))
+        bank = read_object_bank(build_object_bank(cfg, tmp / "objects", scenes=refs))
         comp = Compositor(cfg, bank)
         plans = plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed)
 

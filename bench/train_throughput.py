@@ -2,8 +2,8 @@
 over ESPNetv2 s=2.0 at a fixed crop, through the method spec as the trainer runs it.
 
 Two runs in the same process, same model, same number of steps:
-  * baseline  — one batch kept in memory and reused: pure compute (forward of the frozen network, residual,
-                re-decoding, loss, backward, Adam step);
+  * baseline  — one batch kept in memory and reused: pure compute (forward of the frozen network, the head, the
+                loss, backward, the method's optimizer step; extra data such as SLEEG's patches included);
   * streamed  — batches from WebDataset shards through ``tasks.train.data.train_loader`` (decode, crop, flip,
                 collate in worker processes), as ``anomalyforge train`` runs.
 Prints steps/s of both, their ratio, and the share of the streamed step time spent waiting for data.
@@ -27,6 +27,8 @@ from models.segmenters import build_segmenter
 from schemas.config import TrainConfig
 from tasks.synth.shards import write_tar_shard
 from tasks.train.data import train_loader
+from tasks.train.extras import build_extras
+from tasks.train.optim import build_optimizer
 
 
 def write_shards(root: Path, shards: int, per_shard: int, size=(512, 1024)) -> list[str]:
@@ -51,12 +53,14 @@ def write_shards(root: Path, shards: int, per_shard: int, size=(512, 1024)) -> l
     return urls
 
 
-def run(spec, mcfg, model, batches, steps: int, device: str, autocast: bool) -> tuple[float, float]:
-    """(steps/s, seconds spent waiting for data)."""
-    opt = torch.optim.Adam(spec.param_groups(mcfg, model))
+def run(
+    spec, mcfg, model, batches, steps: int, device: str, autocast: bool, extras: dict
+) -> tuple[float, float, float]:
+    """(steps/s, seconds spent waiting for data, seconds spent making the method's extra data)."""
+    opt = build_optimizer(spec.param_groups(mcfg, model), mcfg, 0.0)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    wait = 0.0
+    wait = extra = 0.0
     it = iter(batches)
     x, y = next(it)  # warm-up step (allocations, worker start) not timed
     t0 = None
@@ -65,17 +69,20 @@ def run(spec, mcfg, model, batches, steps: int, device: str, autocast: bool) -> 
             tw = time.perf_counter()
             x, y = next(it)
             wait += time.perf_counter() - tw
+        te = time.perf_counter()
+        batch_extras = {name: e.batch(x, y, device) for name, e in extras.items()}  # as the trainer: CPU batch in
+        extra += time.perf_counter() - te
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
-            loss = spec.loss(mcfg, model, x, y, {}, gen, TrainingProgress(step, steps + 1))["loss"]
+            loss = spec.loss(mcfg, model, x, y, batch_extras, gen, TrainingProgress(step, steps + 1))["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         if step == 0:
-            t0, wait = time.perf_counter(), 0.0
-    return steps / (time.perf_counter() - t0), wait
+            t0, wait, extra = time.perf_counter(), 0.0, 0.0
+    return steps / (time.perf_counter() - t0), wait, extra
 
 
 def main() -> None:
@@ -85,12 +92,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--method", default="eel", help="a registered method that needs no extra data")
+    ap.add_argument(
+        "--method", default="eel", help="a registered method (extra data: only providers that need no object bank)"
+    )
     args = ap.parse_args()
     spec = get_method(args.method)
     mcfg = spec.default_config()
-    if spec.extras(mcfg):
-        ap.error(f"{args.method} needs extra data ({', '.join(spec.extras(mcfg))}); this benchmark feeds shards only")
     torch.manual_seed(0)
     seg = build_segmenter("espnetv2")
     weights = Path(__file__).resolve().parents[2] / "shared/data/espnetv2/espnetv2_s_2.0_city_1024x512.pth"
@@ -109,8 +116,14 @@ def main() -> None:
             while True:
                 yield fixed
 
-        base, _ = run(spec, mcfg, model, repeat(), args.steps, args.device, autocast)
-        streamed, wait = run(spec, mcfg, model, train_loader(urls, cfg), args.steps, args.device, autocast)
+        try:
+            extras = build_extras(spec.extras(mcfg), tmp, 0)
+        except FileNotFoundError as e:
+            ap.error(f"{args.method} needs extra data this benchmark does not have: {e}")
+        base, _, _ = run(spec, mcfg, model, repeat(), args.steps, args.device, autocast, extras)
+        streamed, wait, extra = run(
+            spec, mcfg, model, train_loader(urls, cfg), args.steps, args.device, autocast, extras
+        )
     print(
         f"{args.method}: device {args.device}, crop {args.crop[0]}x{args.crop[1]}, batch {args.batch_size}, {args.steps} steps"
     )
@@ -118,6 +131,11 @@ def main() -> None:
     print(f"  streamed (WebDataset, {args.workers} workers): {streamed:.2f} steps/s")
     print(f"  ratio streamed/baseline: {streamed / base:.2f}")
     print(f"  data wait: {wait / (args.steps / streamed) * 100:.1f} % of streamed step time")
+    if extras:
+        print(
+            f"  extra data ({', '.join(extras)}): {extra / args.steps * 1000:.1f} ms/step, "
+            f"{extra / (args.steps / streamed) * 100:.1f} % of streamed step time"
+        )
 
 
 if __name__ == "__main__":

@@ -222,8 +222,9 @@ def otsu_threshold(values: torch.Tensor, thresholds: int = 25) -> torch.Tensor:
     s, _ = torch.sort(v)
     zero = torch.zeros(1, dtype=v.dtype, device=v.device)
     c1, c2 = torch.cat([zero, s.cumsum(0)]), torch.cat([zero, (s * s).cumsum(0)])
-    k = torch.searchsorted(s, levels)  # number of values < level; both groups are non-empty inside (min, max)
     n = s.numel()
+    # number of values < level; inside (min, max) both groups are non-empty, unless a level rounds onto min or max
+    k = torch.searchsorted(s, levels).clamp(1, n - 1)
     below = c2[k] - c1[k] ** 2 / k
     above = (c2[n] - c2[k]) - (c1[n] - c1[k]) ** 2 / (n - k)
     return levels[torch.argmin(below + above)].to(values.dtype)

@@ -52,7 +52,8 @@ class SLEEGModel(nn.Module):
         with torch.no_grad():
             enc = self.segmenter.encode(images)
             frozen = self.segmenter.decode(enc)
-        h = F.interpolate(self.head(enc.deep), size=enc.padded, mode="bilinear", align_corners=False)
+        # upsampled as ``decode`` upsamples the frozen logits, so h[1] and JEM are aligned pixel for pixel
+        h = F.interpolate(self.head(enc.deep), size=enc.padded, mode="bilinear", align_corners=True)
         return SLEEGOutput(frozen, h[:, :, : enc.size[0], : enc.size[1]])
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

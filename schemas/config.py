@@ -114,21 +114,18 @@ class FilesSourceConfig(_Strict):
     limit: int | None = Field(None, ge=1)
 
 
-class PatchesConfig(_Strict):
-    """Self-made patch anomalies (SLEEG, Tu et al., AAAI 2024, Sec. 3.1): rectangular crops of the scenes
-    themselves, cut to the convex polygon around their Harris corners plus random inner points, pasted elsewhere."""
+class PatchShapeConfig(_Strict):
+    """How a self-made patch anomaly is cut (SLEEG, Tu et al., AAAI 2024, Sec. 3.1): a rectangular crop of a
+    scene, cut to the convex polygon around its Harris corners plus random inner points."""
 
-    library_size: int = Field(30, ge=1, description="the patch library: a queue of this many scene crops")
-    crops_per_image: int = Field(2, ge=1, description="crops each training image adds to the library per step")
-    area: tuple[float, float] = Field((0.03, 0.06), description="crop area as a share of the image area")
+    area: tuple[float, float] = Field((0.03, 0.06), description="crop area as a share of the image it is cut from")
     aspect: tuple[float, float] = Field((0.8, 1.2), description="crop width / height")
-    per_image: int = Field(10, ge=1, description="patches pasted into each training image")
     noise_ratio: float = Field(0.1, ge=0, le=1, description="share of patches whose pixels are replaced by noise")
     max_corners: int = Field(16, ge=0, description="Harris corners of a crop that span its polygon")
     random_points: int = Field(8, ge=3, description="random points inside the crop added to the corners")
 
     @model_validator(mode="after")
-    def _check(self) -> PatchesConfig:
+    def _check(self) -> PatchShapeConfig:
         for name in ("area", "aspect"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
@@ -138,7 +135,16 @@ class PatchesConfig(_Strict):
         return self
 
 
-class PatchesSourceConfig(PatchesConfig):
+class PatchesConfig(PatchShapeConfig):
+    """SLEEG's online patches: a library of crops of the training images (the training *crops*: 3–6 % of a
+    512×1024 crop), refreshed every step, and ``per_image`` patches pasted into every image."""
+
+    library_size: int = Field(30, ge=1, description="the patch library: a queue of this many crops")
+    crops_per_image: int = Field(2, ge=1, description="crops each training image adds to the library per step")
+    per_image: int = Field(10, ge=1, description="patches pasted into each training image")
+
+
+class PatchesSourceConfig(PatchShapeConfig):
     """The ``patches`` object source of the synth flow: ``count`` patch objects cut from the run's scenes join
     the object bank (source ``patches``, class ``patch``) and are placed like any other object."""
 
@@ -466,7 +472,7 @@ class MethodConfig(_Strict):
     smoothing: bool = Field(True, description="Gaussian 7×7, σ = 1 smoothing of the score at inference")
     optimizer: str = Field("adam", description="a registered optimizer (tasks.train.optim): adam, sgd")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
-    weight_decay: float | None = Field(None, ge=0, description="None: the run's weight_decay")
+    weight_decay: float | None = Field(None, ge=0, description="the method's own; None: the run's weight_decay")
 
     _optimizer = field_validator("optimizer")(lambda v: _registered("optimizer", v))
 
@@ -501,7 +507,7 @@ class TrainConfig(_Strict):
     batch_size: int = Field(8, ge=2, description="per process; >= 2: the heads' batch norms need two samples")
     epochs: float = Field(30, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="for methods whose config leaves weight_decay None")
     poly_power: float = Field(0.9, ge=0)
     # data
     shuffle_buffer: int = Field(64, ge=1)

@@ -232,6 +232,34 @@ def test_noise_patches_come_at_the_noise_ratio():
     assert p.rgba[..., :3][p.rgba[..., 3] > 0].std() > 50  # noise, not the flat grey scene
 
 
+def test_training_patches_become_noise_at_the_noise_ratio():
+    from tasks.synth.patches import cut_patch
+
+    crop = np.full((40, 40, 3), 128, np.uint8)
+    rng = np.random.default_rng(0)
+    cuts = [cut_patch(crop, PatchesConfig(noise_ratio=0.25), rng)[0] for _ in range(400)]
+    noisy = [c.std() > 50 for c in cuts]
+    assert 0.19 < np.mean(noisy) < 0.31
+    assert all(np.array_equal(c, crop) for c, n in zip(cuts, noisy, strict=True) if not n)
+
+
+def test_extras_are_made_one_batch_ahead_in_order_from_the_cpu_batch():
+    from tasks.train.trainer import with_extras
+
+    calls = []
+
+    class Recorder:
+        def batch(self, images, labels, device):
+            calls.append((int(images[0, 0, 0, 0]), images.device.type))
+            return int(images[0, 0, 0, 0]) * 10
+
+    loader = [(torch.full((1, 3, 2, 2), float(i)), torch.zeros(1, 2, 2)) for i in range(4)]
+    got = [(int(x[0, 0, 0, 0]), ex["r"]) for x, _, ex in with_extras(loader, {"r": Recorder()}, "cpu")]
+    assert got == [(0, 0), (1, 10), (2, 20), (3, 30)]  # each batch with its own extras
+    assert calls == [(0, "cpu"), (1, "cpu"), (2, "cpu"), (3, "cpu")]
+    assert [(int(x[0, 0, 0, 0]), ex) for x, _, ex in with_extras(loader[:2], {}, "cpu")] == [(0, {}), (1, {})]
+
+
 def test_the_provider_pastes_into_the_batch_it_is_given():
     x = torch.from_numpy(_textured(64, 96)).permute(2, 0, 1)[None].float().div(255).repeat(2, 1, 1, 1)
     y = torch.zeros(2, 64, 96, dtype=torch.long)
@@ -264,8 +292,7 @@ def test_only_the_head_learns_and_the_frozen_network_stays_bitwise_the_same():
         parts = spec.loss(cfg, model, x, y, extras, torch.Generator(), TrainingProgress(step, 3))
         opt.zero_grad()
         parts["loss"].backward()
-        assert all(p.grad is None for p in model.segmenter.parameters())
-        assert all(p.grad is not None for p in model.head.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
         opt.step()
     for k, v in model.segmenter.state_dict().items():
         assert torch.equal(v, frozen_before[k]), k

@@ -39,7 +39,8 @@ from tasks.labels import ANOMALY
 
 
 class SLEEGConfig(MethodConfig):
-    """SLEEG's hyper-parameters (the paper's and its authors' defaults)."""
+    """SLEEG's hyper-parameters (the paper's and its authors' defaults). The whole head is new, so it trains at
+    ``lr`` (``head_lr_mult`` does not apply); ``weight_decay`` is SLEEG's own (None: the run's)."""
 
     name: Literal["sleeg"] = "sleeg"
     lr: float = Field(0.01, gt=0)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from schemas import ObjectRecord, RejectRecord
-from schemas.config import PatchesConfig, PatchesSourceConfig
+from schemas.config import PatchesConfig, PatchesSourceConfig, PatchShapeConfig
 from tasks.imageio import BadInputError, read_rgb
 from tasks.seeding import rng_for
 from tasks.synth.cityscapes import SceneRef
@@ -36,7 +36,7 @@ from tasks.synth.object_bank import BankObject
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
 
-def random_crop_box(height: int, width: int, cfg: PatchesConfig, rng: np.random.Generator) -> Box:
+def random_crop_box(height: int, width: int, cfg: PatchShapeConfig, rng: np.random.Generator) -> Box:
     """A crop of ``cfg.area`` (share of ``height``·``width``) and ``cfg.aspect`` (w / h), at a random place.
     Sides are rounded to whole pixels (≥ 4) and clipped to the image."""
     area = rng.uniform(*cfg.area) * height * width
@@ -48,7 +48,7 @@ def random_crop_box(height: int, width: int, cfg: PatchesConfig, rng: np.random.
     return x0, y0, x0 + w, y0 + h
 
 
-def polygon_points(crop: np.ndarray, cfg: PatchesConfig, rng: np.random.Generator) -> np.ndarray:
+def polygon_points(crop: np.ndarray, cfg: PatchShapeConfig, rng: np.random.Generator) -> np.ndarray:
     """K×2 float32 (x, y) points: the crop's Harris corners (OpenCV ``goodFeaturesToTrack`` with the Harris
     detector) and ``cfg.random_points`` uniform points inside it."""
     h, w = crop.shape[:2]
@@ -63,7 +63,7 @@ def polygon_points(crop: np.ndarray, cfg: PatchesConfig, rng: np.random.Generato
     return np.concatenate(pts)
 
 
-def polygon_mask(crop: np.ndarray, cfg: PatchesConfig, rng: np.random.Generator) -> np.ndarray:
+def polygon_mask(crop: np.ndarray, cfg: PatchShapeConfig, rng: np.random.Generator) -> np.ndarray:
     """Bool H×W mask of the crop: the filled convex hull of ``polygon_points``."""
     hull = cv2.convexHull(polygon_points(crop, cfg, rng))
     mask = np.zeros(crop.shape[:2], np.uint8)
@@ -71,7 +71,7 @@ def polygon_mask(crop: np.ndarray, cfg: PatchesConfig, rng: np.random.Generator)
     return mask.astype(bool)
 
 
-def cut_patch(crop: np.ndarray, cfg: PatchesConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def cut_patch(crop: np.ndarray, cfg: PatchShapeConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(RGB, bool mask) of one patch from a crop; with probability ``noise_ratio`` the RGB is uniform noise."""
     mask = polygon_mask(crop, cfg, rng)
     rgb = crop
@@ -130,7 +130,7 @@ class PatchObject:
     noise: bool
 
 
-def patch_object(scene_id: str, image: np.ndarray, cfg: PatchesConfig, rng: np.random.Generator) -> PatchObject:
+def patch_object(scene_id: str, image: np.ndarray, cfg: PatchShapeConfig, rng: np.random.Generator) -> PatchObject:
     """One bank object from ``image``: a random crop, cut to its polygon, cropped to the polygon's box."""
     x0, y0, x1, y1 = random_crop_box(image.shape[0], image.shape[1], cfg, rng)
     crop = image[y0:y1, x0:x1]
@@ -155,32 +155,36 @@ def patch_bank_objects(
         raise ValueError("the patches object source needs scenes to cut patches from, and there are none")
     picks = [rng_for(seed, "patches", i) for i in range(cfg.count)]
     chosen = [int(rng.integers(len(scenes))) for rng in picks]
-    images: dict[int, np.ndarray | None] = {}
-    objects: list[BankObject] = []
+    made: dict[int, BankObject] = {}
     rejects: list[RejectRecord] = []
-    for i, (rng, k) in enumerate(zip(picks, chosen, strict=True)):
-        if k not in images:
-            try:
-                images[k] = read_rgb(scenes[k].image)
-            except BadInputError as e:
-                images[k] = None
-                item, reason = str(scenes[k].image), e.reason or "unreadable"
-                rejects.append(RejectRecord(stage="patches", item=item, reason=reason, detail=str(e)))
-        if images[k] is None:
+    for k in sorted(set(chosen)):  # one decoded scene in memory at a time
+        try:
+            image = read_rgb(scenes[k].image)
+        except BadInputError as e:
+            item, reason = str(scenes[k].image), e.reason or "unreadable"
+            rejects.append(RejectRecord(stage="patches", item=item, reason=reason, detail=str(e)))
             continue
-        p = patch_object(scenes[k].scene_id, images[k], cfg, rng)
-        h, w = p.rgba.shape[:2]
-        record = ObjectRecord(
-            object_id=p.object_id,
-            source="patches",
-            class_name="patch",
-            origin=p.origin,
-            seed=i,
-            width=w,
-            height=h,
-            mask_area=int((p.rgba[..., 3] > 0).sum()),
-            quality={"noise": float(p.noise)},
-            height_m=cfg.height_m,
-        )
-        objects.append(BankObject(record, p.rgba))
-    return objects, rejects
+        for i in (i for i, c in enumerate(chosen) if c == k):
+            made[i] = _bank_patch(scenes[k].scene_id, image, cfg, picks[i], i)
+    return [made[i] for i in sorted(made)], rejects
+
+
+def _bank_patch(
+    scene_id: str, image: np.ndarray, cfg: PatchesSourceConfig, rng: np.random.Generator, i: int
+) -> BankObject:
+    """Patch object ``i`` of the bank, cut from ``image`` with its own ``rng``."""
+    p = patch_object(scene_id, image, cfg, rng)
+    h, w = p.rgba.shape[:2]
+    record = ObjectRecord(
+        object_id=p.object_id,
+        source="patches",
+        class_name="patch",
+        origin=p.origin,
+        seed=i,
+        width=w,
+        height=h,
+        mask_area=int((p.rgba[..., 3] > 0).sum()),
+        quality={"noise": float(p.noise)},
+        height_m=cfg.height_m,
+    )
+    return BankObject(record, p.rgba)

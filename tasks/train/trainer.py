@@ -21,7 +21,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,10 @@ from tasks.eval.benchmarks import ShardSplit
 from tasks.eval.metrics import MetricsUndefinedError
 from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
+from tasks.seeding import derive_seed
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
 from tasks.train.data import check_splits, shard_urls, train_loader, validation_samples
-from tasks.train.extras import build_extras
+from tasks.train.extras import ExtraData, build_extras
 from tasks.train.optim import build_optimizer
 
 Log = Callable[[str], None]
@@ -77,6 +79,30 @@ def evaluate(model: nn.Module, spec: MethodSpec, cfg: TrainConfig, version: str,
         result["metrics_error"] = str(e)
     model.train(was_training)
     return result
+
+
+def with_extras(loader: Iterable, extras: dict[str, ExtraData], device) -> Iterator[tuple]:
+    """(x, y, extras of that batch) for each batch of ``loader``. The extras of the next batch are made in a
+    background thread while the current step runs (SLEEG's patch pasting is CPU work a GPU should not wait
+    for); providers are still called one batch after the other, in order, so a seed fixes what they give."""
+    if not extras:
+        for x, y in loader:
+            yield x, y, {}
+        return
+
+    def make(x, y):
+        return {name: e.batch(x, y, device) for name, e in extras.items()}  # the CPU batch
+
+    with ThreadPoolExecutor(1, thread_name_prefix="extras") as pool:
+        it = iter(loader)
+        nxt = next(it, None)
+        fut = pool.submit(make, *nxt) if nxt is not None else None
+        while nxt is not None:
+            x, y = nxt
+            ready = fut.result()
+            nxt = next(it, None)
+            fut = pool.submit(make, *nxt) if nxt is not None else None
+            yield x, y, ready
 
 
 def _write_history(path: Path, row: dict) -> None:
@@ -232,7 +258,7 @@ def train_method(
     if resume and last.is_file():
         state = read_checkpoint(last)
         if state["config_hash"] == cfg.content_hash() and state.get("shards") == version:
-            model.load_state_dict(state["head"], strict=False)
+            spec.load_head(model, state["head"], str(last))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             start = int(state["step"])
@@ -246,7 +272,9 @@ def train_method(
     # counts steps of all processes together
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
-    extras = build_extras(spec.extras(cfg.method), version, cfg.seed + start + 7919 * accelerator.process_index)
+    rank = accelerator.process_index
+    extras_seed = cfg.seed + start if rank == 0 else derive_seed(cfg.seed, "extras", start, rank)
+    extras = build_extras(spec.extras(cfg.method), version, extras_seed)
     stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
     loader = train_loader(urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
     gen = torch.Generator().manual_seed(cfg.seed + start)
@@ -265,11 +293,10 @@ def train_method(
     t_start = t_prev = time.perf_counter()
     step = start
     metrics: dict = {}
-    for x, y in loader:
+    for x, y, batch_extras in with_extras(loader, extras, accelerator.device):
         if step >= total:
             break
         wait += time.perf_counter() - t_prev
-        batch_extras = {name: e.batch(x, y, accelerator.device) for name, e in extras.items()}  # CPU batch in
         x, y = x.to(accelerator.device), y.to(accelerator.device)
         with accelerator.autocast():
             parts = spec.loss(cfg.method, model, x, y, batch_extras, gen, TrainingProgress(step, total))
