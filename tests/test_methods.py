@@ -167,10 +167,9 @@ def test_a_method_registered_in_a_test_trains_and_evaluates_through_the_cli(toy_
     assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
     assert f"model:   {out / 'model.pt'}" in res.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
-    assert saved["method"] == {"name": "toy_msp", "lr": 1e-3, "head_lr_mult": 10.0, "smoothing": True} | {
-        "residual_dim": 16,
-        "weight": 0.1,
-    }
+    common = {"name": "toy_msp", "lr": 1e-3, "head_lr_mult": 10.0, "smoothing": True, "optimizer": "adam"}
+    common |= {"momentum": 0.9, "weight_decay": None}
+    assert saved["method"] == common | {"residual_dim": 16, "weight": 0.1}
     # and it is scored by its own score through `anomalyforge eval --model`
     cfg = tmp_path / "eval.yaml"
     cfg.write_text(yaml.safe_dump({"model": "x", "datasets": [{"kind": "shards", "root": trained_eel.version}]}))
