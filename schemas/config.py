@@ -278,12 +278,15 @@ class PlacementConfig(_Strict):
 
 
 class HarmonizeConfig(_Strict):
-    method: Literal["lab", "none"] = "lab"
+    method: str = Field("lab", description="a registered harmonizer (tasks.synth.harmonize): lab, none, style")
     strength_l: float = Field(0.6, ge=0, le=1, description="luminance mean/std transfer strength")
     strength_ab: float = Field(0.35, ge=0, le=1, description="colour (a, b) transfer strength")
     context: float = Field(0.5, gt=0, description="surround ring width, in object heights")
     feather_px: float = Field(1.5, ge=0, description="Gaussian sigma of the alpha edge")
     poisson: bool = False
+    fda_beta: float = Field(0.03, ge=0, le=0.5, description="style: low-frequency band, a share of the crop side")
+
+    _method = field_validator("method")(lambda v: _registered("harmonizer", v))
 
 
 class ShardConfig(_Strict):
@@ -365,6 +368,7 @@ _REGISTRIES = {
     "segmenter": ("models.segmenters", "SEGMENTERS"),
     "scheduler": ("tasks.synth.diffusion", "SCHEDULERS"),
     "optimizer": ("tasks.train.optim", "OPTIMIZERS"),
+    "harmonizer": ("tasks.synth.harmonize", "HARMONIZERS"),
 }
 
 

@@ -9,7 +9,14 @@ with strength ``s`` for L and for (a, b) separately and σ ratios clamped to [0.
 feathered *inwards* (min(m, blur(m))), so every pixel outside the binary mask stays the scene's own —
 exactly Eq. 1's ``Pad(1−m)⊙x_in``. Optional Poisson blending uses ``cv2.seamlessClone``.
 
-A harmonizer is anything with the ``Harmonizer`` call signature, so a learned model can be dropped in.
+``StyleAlignHarmonizer`` (``method: style``) first aligns the object's *style* to the scene — the shortcut a
+network would otherwise learn (Zhang et al., "Anomaly-Aware Semantic Segmentation via Style-Aligned OoD
+Augmentation", who use a GAN, ISSA, we cannot ship) — with a weights-free Fourier-domain low-frequency
+amplitude swap (FDA: Yang & Soatto, "FDA: Fourier Domain Adaptation for Semantic Segmentation", CVPR 2020,
+Eq. 2), then applies the Lab statistics transfer above.
+
+A harmonizer is anything with the ``Harmonizer`` call signature, registered in ``HARMONIZERS`` by the name
+``harmonize.method`` takes, so a learned model can be dropped in.
 """
 
 from __future__ import annotations
@@ -133,7 +140,55 @@ def poisson_blend(scene: np.ndarray, obj_rgb: np.ndarray, mask: np.ndarray, box)
     return cv2.cvtColor(blended[y0:y1, x0:x1], cv2.COLOR_BGR2RGB), True
 
 
-HARMONIZERS: dict[str, type] = {"lab": LabHarmonizer, "none": IdentityHarmonizer}
+def low_frequency_amplitude_swap(src: np.ndarray, ref: np.ndarray, beta: float) -> tuple[np.ndarray, int]:
+    """FDA (Yang & Soatto, CVPR 2020, Eq. 2): ``src``'s Fourier amplitude inside the centred low-frequency square
+    of half-width b = ⌊beta·min(h, w)⌋ is replaced by ``ref``'s (same shape, per channel); the phase — the
+    content — stays ``src``'s. Float in, float64 out; returns (image, b)."""
+    h, w = src.shape[:2]
+    b = int(np.floor(beta * min(h, w)))
+    fs = np.fft.fftshift(np.fft.fft2(src.astype(np.float64), axes=(0, 1)), axes=(0, 1))
+    fr = np.fft.fftshift(np.fft.fft2(ref.astype(np.float64), axes=(0, 1)), axes=(0, 1))
+    amp, phase = np.abs(fs), np.angle(fs)
+    cy, cx = h // 2, w // 2
+    band = np.s_[max(0, cy - b) : cy + b + 1, max(0, cx - b) : cx + b + 1]
+    amp[band] = np.abs(fr[band])
+    return np.fft.ifft2(np.fft.ifftshift(amp * np.exp(1j * phase), axes=(0, 1)), axes=(0, 1)).real, b
+
+
+def luminance_amplitude_swap(obj_rgb: np.ndarray, ref_rgb: np.ndarray, beta: float) -> tuple[np.ndarray, int]:
+    """The swap on the CIE Lab lightness L only (uint8 RGB in and out). Swapped in RGB, or on a and b, the
+    scene's colour amplitudes meet the phases of an object's nearly flat colour channels — noise — and paint
+    coloured blotches on it; its colour is the Lab statistics transfer's job."""
+    lab = _lab(obj_rgb)
+    lab[..., 0], b = low_frequency_amplitude_swap(lab[..., 0], _lab(ref_rgb)[..., 0], beta)
+    rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), b
+
+
+def surround_patch(scene: np.ndarray, box: tuple[int, int, int, int], context: float, size: tuple[int, int]):
+    """The scene around ``box`` (the box grown by ``context`` object heights), resized to ``size`` (h, w)."""
+    ys, xs = surround_region(scene.shape, box, context)
+    return cv2.resize(scene[ys, xs], (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+class StyleAlignHarmonizer:
+    """Style alignment, then the Lab transfer (``method: style``): the object crop's low-frequency lightness amplitude
+    (band ``fda_beta``) is swapped with that of the scene around its placement, then ``LabHarmonizer`` moves its
+    Lab statistics to the surround's. Parameters of both land in the sample's ``meta.json``."""
+
+    def __init__(self, cfg: HarmonizeConfig):
+        self.cfg = cfg
+        self.lab = LabHarmonizer(cfg)
+
+    def __call__(self, scene, obj_rgb, mask, box):
+        ref = surround_patch(scene, box, self.cfg.context, obj_rgb.shape[:2])
+        styled, band = luminance_amplitude_swap(obj_rgb, ref, self.cfg.fda_beta)
+        out, alpha, rec = self.lab(scene, styled, mask, box)
+        params = {"fda_beta": self.cfg.fda_beta, "fda_band_px": band} | rec.params
+        return out, alpha, HarmonizationRecord(method="style", params=params)
+
+
+HARMONIZERS: dict[str, type] = {"lab": LabHarmonizer, "none": IdentityHarmonizer, "style": StyleAlignHarmonizer}
 
 
 def make_harmonizer(cfg: HarmonizeConfig) -> Harmonizer:
