@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from models.scores import energy as free_energy
 from models.scores import entropy as softmax_entropy
+from models.scores import smooth
 from tasks.labels import ANOMALY as ANOMALY_ID
 from tasks.labels import VOID as IGNORE_ID
 
@@ -246,3 +247,88 @@ def refine_candidates(
         target[b][cand & keep] = 1
         target[b][cand & ~keep] = IGNORE_ID
     return target
+
+
+# ---- PEBAL (Tian et al., "Pixel-wise Energy-biased Abstention Learning for Anomaly Segmentation on Complex Urban
+# Driving Scenes", ECCV 2022). logits: N×(C+1)×H×W, the last channel the abstention; labels in the shard convention.
+
+
+def _energy_c(logits: torch.Tensor) -> torch.Tensor:
+    """E(x) = −log Σ_{c<C} exp f_c(x): the free energy of the C class logits (the abstention left out)."""
+    return -torch.logsumexp(logits[:, :-1].float(), dim=1)
+
+
+def pebal_energy_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    m_in: float = -12.0,
+    m_out: float = -6.0,
+    sparsity: float = 5e-4,
+    smoothness: float = 3e-6,
+) -> dict[str, torch.Tensor]:
+    """PEBAL's energy regulariser (Eq. 5, as its authors' code computes it):
+
+        ℓ_e = ½·[mean_in relu(E − m_in)² + mean_out relu(m_out − E)²]     (mean_in alone when no anomaly pixel)
+        ℓ_sparse = sparsity · ‖E_out‖₂                                     (the L2 norm over anomaly pixels)
+        ℓ_smooth = smoothness · ½ Σ_{all pixels} [(E_{i+1,j} − E_{i,j})² + (E_{i,j+1} − E_{i,j})²]
+
+    with m_in = −12, m_out = −6. Inlier pixels exclude void; the smoothness sum runs over every pixel."""
+    energy = _energy_c(logits)
+    inlier, anomaly = _masks(labels)
+    e_in = F.relu(energy[inlier] - m_in).pow(2)
+    hinge_in = e_in.mean() if inlier.any() else energy.sum() * 0.0
+    if anomaly.any():
+        hinge = 0.5 * (hinge_in + F.relu(m_out - energy[anomaly]).pow(2).mean())
+        sparse = sparsity * torch.linalg.vector_norm(energy[anomaly])
+    else:
+        hinge, sparse = hinge_in, energy.sum() * 0.0
+    dy = energy[:, 1:, :] - energy[:, :-1, :]
+    dx = energy[:, :, 1:] - energy[:, :, :-1]
+    smooth = smoothness * 0.5 * (dy.pow(2).sum() + dx.pow(2).sum())
+    return {"energy_hinge": hinge, "energy_sparse": sparse, "energy_smooth": smooth, "energy": hinge + sparse + smooth}
+
+
+def energy_reward(logits: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """PEBAL's pixel-wise reward a(x) = (log Σ_{c<C} exp f_c(x))², Gaussian-smoothed (7×7, σ = 1) per image, as in
+    its authors' code (not detached). Floored at ``floor`` so the abstention term p_{C}/a stays finite."""
+    return smooth(_energy_c(logits).pow(2)).clamp_min(floor)
+
+
+def gambler_loss(logits: torch.Tensor, labels: torch.Tensor, out_weight: float = 0.1) -> dict[str, torch.Tensor]:
+    """PEBAL's abstention (gambler) loss (Eq. 3–4) with p = softmax over all C + 1 channels and the energy reward a:
+
+        gambler_in  = −mean_in  log(p_y + p_{C}/a)
+        gambler_out = −out_weight · mean_{out, c<C} log(p_c + p_{C}/a)        (0 when no anomaly pixel)
+
+    so inliers bet on their class, anomalies on abstaining (the authors' code; out_weight 0.1, log clamped at 1e-7
+    on anomalies). Inlier pixels exclude void."""
+    p = F.softmax(logits.float(), dim=1)
+    abstain = (p[:, -1] / energy_reward(logits)).unsqueeze(1)
+    inlier, anomaly = _masks(labels)
+    y = labels.clamp(max=logits.shape[1] - 2).long().unsqueeze(1)  # any index for non-inliers; masked out
+    true = p.gather(1, y)[:, 0]
+    g_in = -_mean(torch.log(true + abstain[:, 0]), inlier)
+    if anomaly.any():
+        out = torch.log((p[:, :-1] + abstain).clamp_min(1e-7))  # N×C×H×W
+        g_out = -out_weight * out.permute(0, 2, 3, 1)[anomaly].mean()
+    else:
+        g_out = logits.sum() * 0.0
+    return {"gambler_in": g_in, "gambler_out": g_out}
+
+
+def pebal_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    energy_weight: float = 0.1,
+    m_in: float = -12.0,
+    m_out: float = -6.0,
+    sparsity: float = 5e-4,
+    smoothness: float = 3e-6,
+    out_weight: float = 0.1,
+) -> dict[str, torch.Tensor]:
+    """PEBAL's total: gambler_in + gambler_out + energy_weight · ℓ_energy (``gambler_loss``, ``pebal_energy_loss``)."""
+    parts = gambler_loss(logits, labels, out_weight) | pebal_energy_loss(
+        logits, labels, m_in, m_out, sparsity, smoothness
+    )
+    parts["loss"] = parts["gambler_in"] + parts["gambler_out"] + energy_weight * parts["energy"]
+    return parts

@@ -70,7 +70,7 @@ def test_same_seed_gives_the_same_first_step_losses_as_before_the_move(name):
 
 
 def test_the_config_names_come_from_the_registry_and_old_flat_keys_are_refused():
-    assert method_names()[:3] == ["eel", "rpl", "rpl_corocl"]
+    assert {"eel", "rpl", "rpl_corocl", "sleeg", "pebal"} <= set(method_names())
     cfg = TrainConfig(method={"name": "eel", "lam": 0.1})
     assert type(cfg.method).__name__ == "EELConfig" and cfg.method.lam == 0.1 and cfg.method.lr == 5e-5
     assert TrainConfig(method="rpl").method.lr == 7.5e-5  # a bare name: that method's paper defaults
@@ -83,7 +83,7 @@ def test_the_config_names_come_from_the_registry_and_old_flat_keys_are_refused()
         "alpha": 1.0,
     }  # only EEL's own hyper-parameters: nothing of RPL's or CoroCL's
     assert TrainConfig.model_validate_json(cfg.model_dump_json()).method == cfg.method  # JSON round trip
-    with pytest.raises(ValueError, match=r"unknown method 'nope'; registered: eel, rpl, rpl_corocl"):
+    with pytest.raises(ValueError, match=f"unknown method 'nope'; registered: {re.escape(', '.join(method_names()))}"):
         TrainConfig(method="nope")
     with pytest.raises(
         ValueError, match=r"lam, residual_dim: .*under `method:`.*name: rpl, lam: 0.1, residual_dim: 64"
@@ -231,3 +231,15 @@ def test_corocl_on_a_remote_version_asks_for_a_local_object_bank():
 
     with pytest.raises(FileNotFoundError, match=r"s3://bucket/run/versions/v1 is remote.*method.object_bank"):
         build_extras(get_method("rpl_corocl").extras(method_config("rpl_corocl")), "s3://bucket/run/versions/v1", 0)
+
+
+def test_every_method_has_a_readme_row_and_the_train_deployments_name_registered_methods():
+    readme = Path("README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in method_names())
+    deployments = yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]
+    train = {d["name"]: d for d in deployments if d["entrypoint"] == "flows/train.py:train"}
+    assert {"method", "sleeg", "pebal"} <= set(train)
+    for name, d in train.items():
+        assert Path(d["parameters"]["config_path"]).is_file(), name
+        method = d["parameters"]["method"]
+        assert method is None or (method == name and method in method_names()), name

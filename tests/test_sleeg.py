@@ -399,16 +399,3 @@ def test_an_unreadable_scene_is_quarantined_not_fatal(tmp_path):
     assert objects and all(o.record.origin.startswith("good:") for o in objects)
     assert len(rejects) == 1 and rejects[0].item == str(bad) and rejects[0].stage == "patches"
     assert Path(rejects[0].item).name == "bad.png"
-
-
-def test_train_sleeg_deployment_and_readme_row_name_a_registered_method():
-    import yaml
-
-    from models.methods import method_names
-
-    deployments = {d["name"]: d for d in yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]}
-    d = deployments["sleeg"]
-    assert d["entrypoint"] == "flows/train.py:train" and d["parameters"]["method"] == "sleeg"
-    assert Path(d["parameters"]["config_path"]).is_file()
-    readme = Path("README.md").read_text()
-    assert all(f"| `{name}` |" in readme for name in method_names())  # every method has its row

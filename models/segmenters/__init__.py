@@ -47,6 +47,9 @@ class ESPNetv2Segmenter(FrozenSegmenter):
     def _classify(self, plug):
         return self.net.classify(plug)
 
+    def classifier(self) -> nn.Module:
+        return self.net.bu_dec_l4
+
 
 class DeepLabV3PlusSegmenter(FrozenSegmenter):
     """DeepLabV3+ (NVIDIA layout). The residual reads the trunk's stride-8 output and is added to the 304-channel
@@ -66,6 +69,9 @@ class DeepLabV3PlusSegmenter(FrozenSegmenter):
 
     def _classify(self, plug):
         return self.net.final(plug)
+
+    def classifier(self) -> nn.Module:
+        return self.net.final
 
     def aspp_for_init(self) -> nn.Module:
         return nn.ModuleDict({"aspp": self.net.aspp, "bot_aspp": self.net.bot_aspp})

@@ -68,6 +68,11 @@ class FrozenSegmenter(nn.Module):
         """Classifier input → logits at the classifier's resolution (all of the network's output channels)."""
         raise NotImplementedError
 
+    def classifier(self) -> nn.Module:
+        """The module ``_classify`` runs (classifier input → logits at the classifier's resolution); its last
+        ``nn.Conv2d`` is the output layer. Methods that fine-tune the final block (PEBAL) train a copy of it."""
+        raise NotImplementedError(f"{self.name}: no classifier block is exposed for fine-tuning")
+
     def aspp_for_init(self) -> nn.Module | None:
         """The frozen ASPP (and its 1×1 bottleneck) a residual block may copy its initial weights from."""
         return None
@@ -93,9 +98,12 @@ class FrozenSegmenter(nn.Module):
     def decode(self, enc: Encoded, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (N×num_classes×H×W) from the classifier input, plus ``residual`` when given (ŷ); without it ỹ."""
         plug = enc.plug if residual is None else enc.plug + residual
-        logits = self._classify(plug)
+        return self.to_image(self._classify(plug), enc)[:, : self.num_classes]
+
+    def to_image(self, logits: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """Classifier-resolution logits (any number of channels) → the caller's image size, as ``decode`` does."""
         logits = F.interpolate(logits, size=enc.padded, mode="bilinear", align_corners=True)
-        return logits[:, : self.num_classes, : enc.size[0], : enc.size[1]]
+        return logits[:, :, : enc.size[0], : enc.size[1]]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Closed-set logits ỹ."""
