@@ -332,3 +332,30 @@ def pebal_loss(
     )
     parts["loss"] = parts["gambler_in"] + parts["gambler_out"] + energy_weight * parts["energy"]
     return parts
+
+
+# ---- top-K one-vs-rest fine-tuning (Zhang et al., "Anomaly-Aware Semantic Segmentation via Style-Aligned OoD
+# Augmentation"). logits: N×C×h×w at the classifier's resolution (before the final upsampling); labels at that size.
+
+
+def topk_ovr_loss(logits: torch.Tensor, labels: torch.Tensor, k: int = 5, s: float = 2.0) -> torch.Tensor:
+    """L_ood = 1/(K·|N_ood|) Σ_{i∈N_ood} Σ_{k∈topK(i)} −log σ(−s·λ_{i,k}): on every anomaly pixel the K largest
+    class logits are pushed below zero, each as a one-vs-rest "not this class" (−log σ(−s·λ) = softplus(s·λ)).
+    Ties among the top K do not matter: the loss depends on the values only. 0 when there is no anomaly pixel."""
+    anomaly = labels == ANOMALY_ID
+    if not anomaly.any():
+        return logits.sum() * 0.0
+    lam = logits.float().permute(0, 2, 3, 1)[anomaly]  # |N_ood|×C
+    top = lam.topk(min(k, lam.shape[1]), dim=1).values
+    return F.softplus(s * top).mean()
+
+
+def ovr_loss(
+    logits: torch.Tensor, labels: torch.Tensor, gamma: float = 0.05, k: int = 5, s: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """L_all = L_id + γ·L_ood, L_id the cross-entropy on inlier pixels (void and anomaly excluded)."""
+    inlier, _ = _masks(labels)
+    ce = F.cross_entropy(logits.float(), labels.clamp(max=logits.shape[1] - 1).long(), reduction="none")
+    parts = {"ce": _mean(ce, inlier), "ood": topk_ovr_loss(logits, labels, k, s)}
+    parts["loss"] = parts["ce"] + gamma * parts["ood"]
+    return parts

@@ -18,7 +18,7 @@ from torch import nn
 from models.segmenters.base import FrozenSegmenter
 
 
-def _last_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
+def last_conv(module: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
     """(parent, attribute name, conv) of the last ``nn.Conv2d`` registered in ``module``."""
     name = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)][-1]
     parent_name, _, attr = name.rpartition(".")
@@ -30,7 +30,7 @@ def with_abstention(block: nn.Module, num_classes: int) -> nn.Module:
     """A trainable copy of ``block`` whose output layer has ``num_classes`` rows copied from it plus one
     Kaiming-normal abstention row (index ``num_classes``)."""
     block = copy.deepcopy(block)
-    parent, attr, old = _last_conv(block)
+    parent, attr, old = last_conv(block)
     new = nn.Conv2d(
         old.in_channels, num_classes + 1, old.kernel_size, old.stride, old.padding, old.dilation, old.groups,
         bias=old.bias is not None,

@@ -238,7 +238,7 @@ def test_every_method_has_a_readme_row_and_the_train_deployments_name_registered
     assert all(f"| `{name}` |" in readme for name in method_names())
     deployments = yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]
     train = {d["name"]: d for d in deployments if d["entrypoint"] == "flows/train.py:train"}
-    assert {"method", "sleeg", "pebal"} <= set(train)
+    assert {"method", "sleeg", "pebal", "ovr"} <= set(train)
     for name, d in train.items():
         assert Path(d["parameters"]["config_path"]).is_file(), name
         method = d["parameters"]["method"]

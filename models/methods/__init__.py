@@ -8,7 +8,7 @@ A new method is a new module here (config + spec + ``@register_method``) importe
 """
 
 # the built-in methods register themselves on import
-from models.methods import eel, pebal, rpl, rpl_corocl, sleeg  # noqa: E402, F401, I001
+from models.methods import eel, ovr, pebal, rpl, rpl_corocl, sleeg  # noqa: E402, F401, I001
 from models.methods.base import Inference, MethodConfig, MethodSpec, TrainingProgress, resize_logits
 from models.methods.registry import (
     METHODS,

@@ -8,6 +8,7 @@ patch library). The trainer only knows this registry, never which method asked.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from schemas.config import PatchesConfig
 from tasks.seeding import rng_for
 from tasks.synth.patches import PatchLibrary, paste_patches
-from tasks.train.data import context_batch
+from tasks.train.data import context_batch, random_crop_flip, to_tensors
 
 EXTRA_DATA: dict[str, Callable[..., ExtraData]] = {}
 
@@ -102,3 +103,55 @@ class SelfPatches(ExtraData):
         pasted, candidates = zip(*(paste_patches(img, self.library) for img in rgb), strict=True)
         x = torch.from_numpy(np.stack(pasted)).permute(0, 3, 1, 2).float().div(255)
         return x.to(device), torch.from_numpy(np.stack(candidates)).to(device)
+
+
+def clean_scene_refs(version: str, scenes: str | Path | None = None):
+    """The scenes a shard version was composited on, from its ``dataset.json`` (``scenes`` overrides the root):
+    the demo profile's rendered scenes under ``<run_dir>/scenes``, or the configured Cityscapes root."""
+    from schemas import SynthConfig
+    from tasks.sample_format import DATASET
+    from tasks.synth.cityscapes import index_cityscapes
+
+    if "://" in version and scenes is None:
+        raise FileNotFoundError(f"{version} is remote: AnomalyMix needs the clean scenes locally (method.scenes=PATH)")
+    meta = Path(version) / DATASET
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta} not found: AnomalyMix reads the scene source of the shard version from it")
+    sc = SynthConfig.model_validate(json.loads(meta.read_text())["config"]).scenes
+    if scenes is not None:
+        root = Path(scenes)
+    elif sc.kind == "demo":  # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
+        cands = [Path(version).parent.parent / "scenes", Path(version).parent / "scenes"]
+        root = next((c for c in cands if c.is_dir()), cands[0])
+    else:
+        root = sc.root
+    refs, _ = index_cityscapes(root, sc.split, sc.cities, sc.limit)
+    return refs
+
+
+@register_extra("anomaly_mix")
+class AnomalyMix(ExtraData):
+    """AnomalyMix's mixing (Zhang et al.): each training sample keeps its pasted objects with ``probability``
+    (0.1) and is otherwise replaced by a clean scene of the version's scene source, randomly cropped and flipped
+    like the shards. Gives the mixed (B×3×H×W images, B×H×W labels). Clean scenes are read when drawn (a decode
+    per replaced sample, made in the trainer's prefetch thread)."""
+
+    def __init__(self, version: str, seed: int, probability: float = 0.1, scenes: str | None = None) -> None:
+        self.refs = clean_scene_refs(version, scenes)
+        if not self.refs:
+            raise FileNotFoundError(f"AnomalyMix found no clean scenes for {version}")
+        self.probability = probability
+        self.rng = random.Random(seed)
+
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        from tasks.synth.cityscapes import load_scene
+
+        x, y = images.clone(), labels.clone()
+        crop = tuple(labels.shape[-2:])
+        for i in range(x.shape[0]):
+            if self.rng.random() < self.probability:
+                continue  # keeps its objects
+            scene = load_scene(self.refs[self.rng.randrange(len(self.refs))])
+            img, lab = random_crop_flip(scene.image, scene.label, crop, self.rng)
+            x[i], y[i] = to_tensors(img, lab)
+        return x.to(device), y.to(device)

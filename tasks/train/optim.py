@@ -27,6 +27,12 @@ def adam(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.op
     return torch.optim.Adam(groups, weight_decay=weight_decay)
 
 
+@register_optimizer("adamw")
+def adamw(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW (the top-K one-vs-rest fine-tuning); its decoupled weight decay is the run's or the method's."""
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
 @register_optimizer("sgd")
 def sgd(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
     """SGD with ``cfg.momentum`` (SLEEG's authors train with SGD, lr 0.01)."""
