@@ -307,7 +307,7 @@ def gambler_loss(logits: torch.Tensor, labels: torch.Tensor, out_weight: float =
     inlier, anomaly = _masks(labels)
     y = labels.clamp(max=logits.shape[1] - 2).long().unsqueeze(1)  # any index for non-inliers; masked out
     true = p.gather(1, y)[:, 0]
-    g_in = -_mean(torch.log(true + abstain[:, 0]), inlier)
+    g_in = -_mean(torch.log((true + abstain[:, 0]).clamp_min(1e-7)), inlier)
     if anomaly.any():
         out = torch.log((p[:, :-1] + abstain).clamp_min(1e-7))  # N×C×H×W
         g_out = -out_weight * out.permute(0, 2, 3, 1)[anomaly].mean()

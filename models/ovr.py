@@ -25,6 +25,7 @@ def parent_name(root: nn.Module, module: nn.Module) -> str:
 class ClassifierOutput:
     low: torch.Tensor  # N×C'×h×w, the fine-tuned classifier's logits before the final upsampling (all outputs)
     enc: Encoded
+    num_classes: int  # the first num_classes of the C' outputs are the closed-set classes
 
 
 class FinalClassifierModel(nn.Module):
@@ -56,7 +57,7 @@ class FinalClassifierModel(nn.Module):
     def forward(self, images: torch.Tensor) -> ClassifierOutput:
         with torch.no_grad():
             enc = self.segmenter.encode(images)
-        return ClassifierOutput(self.block(enc.plug), enc)
+        return ClassifierOutput(self.block(enc.plug), enc, self.segmenter.num_classes)
 
     def image_logits(self, out: ClassifierOutput) -> torch.Tensor:
         """The C class logits at the image size, as the segmenter's ``decode`` upsamples."""

@@ -4,7 +4,9 @@ the abstention channel.
 
 As in the authors' code the copy's output layer has 19 + 1 rows: the 19 class rows copied from the pretrained
 classifier (so at the start the 19 logits are exactly the frozen ones) and a Kaiming-initialised abstention row.
-Everything before the final block stays frozen (the segmenter adapter's ``classifier()`` names the block).
+Everything before the final block stays frozen (the segmenter adapter's ``classifier()`` names the block); the
+copied block trains with its batch norms in train mode, as in the authors' code, so at the start the copy
+equals the frozen classifier in eval mode only.
 """
 
 from __future__ import annotations

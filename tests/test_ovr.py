@@ -114,3 +114,16 @@ def test_ovr_trains_end_to_end_with_anomaly_mix_and_is_scored_by_eval(trained_ee
     datasets = [{"kind": "shards", "root": trained_eel.version, "name": "held", "val_fraction": 0.3}]
     output, metrics = _eval(tmp_path, datasets, "--model", str(res.model))
     assert "method, score ovr" in output and 0 <= metrics["datasets"]["held"]["auroc"] <= 1
+
+
+def test_labels_land_where_the_upsampled_logits_do():
+    from models.methods.ovr import labels_at
+
+    # a 30×45 image padded to 32×48; classifier at 1/4: 8×12. Low pixel i ↦ padded row round(i·31/7)
+    labels = torch.arange(30)[None, :, None].expand(1, 30, 45) % 250
+    small = labels_at(labels, (32, 48), (8, 12))
+    rows = [round(i * 31 / 7) for i in range(8)]
+    expect = [r if r < 30 else VOID for r in rows]  # rows 30, 31 are padding
+    assert small.shape == (1, 8, 12) and small[0, :, 0].tolist() == expect
+    cols = labels_at(torch.arange(45)[None, None, :].expand(1, 30, 45), (32, 48), (8, 12))[0, 0]
+    assert cols.tolist() == [round(j * 47 / 11) if round(j * 47 / 11) < 45 else VOID for j in range(12)]

@@ -125,3 +125,16 @@ def test_pebal_trains_end_to_end_and_is_scored_by_eval(trained_eel, tmp_path):
     assert "method, score pebal" in output
     held = metrics["datasets"]["held"]
     assert held["images"] >= m["images"] and 0 <= held["auroc"] <= 1 and metrics["settings"]["method"] == "pebal"
+
+
+def test_the_anomaly_gambler_term_averages_over_the_classes():
+    # constant map, unequal class logits (1, 0) and abstention 0: p = (e, 1, 1) / (e + 2); reward (ln(e + 1))²
+    logits = torch.zeros(1, 3, 4, 4)
+    logits[:, 0] = 1.0
+    z = math.e + 2
+    p0, p1, pa = math.e / z, 1 / z, 1 / z
+    reward = math.log(math.e + 1) ** 2
+    labels = torch.full((1, 4, 4), ANOMALY)
+    got = gambler_loss(logits, labels, out_weight=0.1)["gambler_out"].item()
+    expected = -0.1 * (math.log(p0 + pa / reward) + math.log(p1 + pa / reward)) / 2
+    assert got == pytest.approx(expected, rel=1e-5)

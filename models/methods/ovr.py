@@ -9,8 +9,8 @@ final upsampling; L_id the cross-entropy on inlier pixels. AdamW, lr 1e-5, poly 
 score is a post-hoc score of the fine-tuned logits: max logit, energy or max-min logit (``score``).
 
 AnomalyMix (``mix_probability`` 0.1): a training sample keeps its pasted objects with that probability and is
-otherwise its clean scene (``tasks.train.extras.AnomalyMix``: the shards must be written with
-``shards.keep_clean_scene: true``; ``mix_probability: 1`` trains on the composites as they are).
+otherwise replaced by a clean scene drawn from the shard version's own scene source (``tasks.train.extras.
+AnomalyMix``, read through the version's ``dataset.json``); ``mix_probability: 1`` trains on the composites.
 """
 
 from __future__ import annotations
@@ -28,6 +28,20 @@ from models.ovr import FinalClassifierModel
 from models.scores import SCORES, anomaly_score
 from models.segmenters.base import FrozenSegmenter
 from tasks.labels import VOID
+
+
+def labels_at(labels: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Labels (N×H×W) at the classifier's resolution ``size``: each low-resolution pixel takes the label of the
+    image pixel it lands on when ``to_image`` upsamples (bilinear, ``align_corners=True``: low pixel i ↦ image
+    row i·(H_p − 1)/(h − 1) on the padded grid); pixels of the padding are void."""
+    h, w = labels.shape[-2:]
+    padded_labels = F.pad(labels, (0, padded[1] - w, 0, padded[0] - h), value=VOID)
+
+    def index(n_low: int, n_pad: int) -> torch.Tensor:
+        step = (n_pad - 1) / max(n_low - 1, 1)
+        return torch.round(torch.arange(n_low, device=labels.device) * step).long()
+
+    return padded_labels[:, index(size[0], padded[0])][:, :, index(size[1], padded[1])]
 
 
 class OvRConfig(MethodConfig):
@@ -71,13 +85,8 @@ class OvR(MethodSpec):
         if "anomaly_mix" in extras:
             images, labels = extras["anomaly_mix"]
         out = model(images)
-        low = out.low[:, : model.segmenter.num_classes]
-        # labels to the classifier's resolution: nearest, on the padded grid the network saw
-        h, w = labels.shape[-2:]
-        ph, pw = out.enc.padded
-        padded = F.pad(labels, (0, pw - w, 0, ph - h), value=VOID)
-        small = F.interpolate(padded[:, None].float(), size=low.shape[-2:], mode="nearest")[:, 0].long()
-        return ovr_loss(low, small, cfg.gamma, cfg.k, cfg.s)
+        low = out.low[:, : out.num_classes]
+        return ovr_loss(low, labels_at(labels, out.enc.padded, low.shape[-2:]), cfg.gamma, cfg.k, cfg.s)
 
     def infer(self, cfg: OvRConfig, model: FinalClassifierModel, images, size) -> Inference:
         out = model(images)

@@ -155,12 +155,19 @@ def low_frequency_amplitude_swap(src: np.ndarray, ref: np.ndarray, beta: float) 
     return np.fft.ifft2(np.fft.ifftshift(amp * np.exp(1j * phase), axes=(0, 1)), axes=(0, 1)).real, b
 
 
-def luminance_amplitude_swap(obj_rgb: np.ndarray, ref_rgb: np.ndarray, beta: float) -> tuple[np.ndarray, int]:
+def luminance_amplitude_swap(
+    obj_rgb: np.ndarray, ref_rgb: np.ndarray, beta: float, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
     """The swap on the CIE Lab lightness L only (uint8 RGB in and out). Swapped in RGB, or on a and b, the
     scene's colour amplitudes meet the phases of an object's nearly flat colour channels — noise — and paint
-    coloured blotches on it; its colour is the Lab statistics transfer's job."""
+    coloured blotches on it; its colour is the Lab statistics transfer's job. With ``mask``, the crop's pixels
+    outside the object (its source background, never pasted) take the object's mean lightness first, so neither
+    the background's brightness nor the silhouette's edge enters the spectrum."""
     lab = _lab(obj_rgb)
-    lab[..., 0], b = low_frequency_amplitude_swap(lab[..., 0], _lab(ref_rgb)[..., 0], beta)
+    light = lab[..., 0].copy()
+    if mask is not None and mask.any() and not mask.all():
+        light[~mask] = light[mask].mean()
+    lab[..., 0], b = low_frequency_amplitude_swap(light, _lab(ref_rgb)[..., 0], beta)
     rgb = cv2.cvtColor(lab, cv2.COLOR_Lab2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8), b
 
@@ -182,7 +189,7 @@ class StyleAlignHarmonizer:
 
     def __call__(self, scene, obj_rgb, mask, box):
         ref = surround_patch(scene, box, self.cfg.context, obj_rgb.shape[:2])
-        styled, band = luminance_amplitude_swap(obj_rgb, ref, self.cfg.fda_beta)
+        styled, band = luminance_amplitude_swap(obj_rgb, ref, self.cfg.fda_beta, mask)
         out, alpha, rec = self.lab(scene, styled, mask, box)
         params = {"fda_beta": self.cfg.fda_beta, "fda_band_px": band} | rec.params
         return out, alpha, HarmonizationRecord(method="style", params=params)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,7 +127,7 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     else:
         root = sc.root
     refs, _ = index_cityscapes(root, sc.split, sc.cities, sc.limit)
-    return refs
+    return refs, sc.max_unknown_label_fraction
 
 
 @register_extra("anomaly_mix")
@@ -137,21 +138,37 @@ class AnomalyMix(ExtraData):
     per replaced sample, made in the trainer's prefetch thread)."""
 
     def __init__(self, version: str, seed: int, probability: float = 0.1, scenes: str | None = None) -> None:
-        self.refs = clean_scene_refs(version, scenes)
+        self.refs, self.max_unknown = clean_scene_refs(version, scenes)
+        self.bad: set[int] = set()
         if not self.refs:
             raise FileNotFoundError(f"AnomalyMix found no clean scenes for {version}")
         self.probability = probability
         self.rng = random.Random(seed)
 
-    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    def clean_scene(self):
+        """A random readable clean scene; one that cannot be read (the synth run quarantined it) is skipped for
+        the rest of the run, with a warning naming it."""
+        from tasks.imageio import BadInputError
         from tasks.synth.cityscapes import load_scene
 
+        while len(self.bad) < len(self.refs):
+            k = self.rng.randrange(len(self.refs))
+            if k in self.bad:
+                continue
+            try:
+                return load_scene(self.refs[k], max_unknown_label_fraction=self.max_unknown)
+            except BadInputError as e:
+                self.bad.add(k)
+                warnings.warn(f"AnomalyMix skips a clean scene: {e}", stacklevel=2)
+        raise FileNotFoundError(f"AnomalyMix: none of the {len(self.refs)} clean scenes can be read")
+
+    def batch(self, images: torch.Tensor, labels: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = images.clone(), labels.clone()
         crop = tuple(labels.shape[-2:])
         for i in range(x.shape[0]):
             if self.rng.random() < self.probability:
                 continue  # keeps its objects
-            scene = load_scene(self.refs[self.rng.randrange(len(self.refs))])
+            scene = self.clean_scene()
             img, lab = random_crop_flip(scene.image, scene.label, crop, self.rng)
             x[i], y[i] = to_tensors(img, lab)
         return x.to(device), y.to(device)
