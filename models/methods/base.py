@@ -117,13 +117,14 @@ class MethodSpec(ABC):
     def param_groups(self, cfg: MethodConfig, model: nn.Module) -> list[dict]:
         """Optimizer parameter groups, each with its ``lr``."""
 
-    @abstractmethod
     def head_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The tensors a method checkpoint stores (never the frozen segmenter's)."""
+        """The tensors a method checkpoint stores (never the frozen segmenter's); by default the model's
+        ``trainable_state_dict()``."""
+        return {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
 
-    @abstractmethod
     def load_head(self, model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
         """Put ``head_state``'s tensors back (strictly: a mismatch is an error naming ``source``)."""
+        load_state_strictly(model, state, source)
 
     def describe(self) -> dict[str, str]:
         return {

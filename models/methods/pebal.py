@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from models.losses import pebal_loss
-from models.methods.base import Inference, MethodConfig, MethodSpec, load_state_strictly, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
 from models.methods.registry import register_method
 from models.pebal import PEBALModel
 from models.scores import anomaly_score
@@ -64,9 +64,3 @@ class PEBAL(MethodSpec):
 
     def param_groups(self, cfg: PEBALConfig, model: PEBALModel) -> list[dict]:
         return [{"params": list(model.head.parameters()), "lr": cfg.lr}]
-
-    def head_state(self, model: PEBALModel) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
-
-    def load_head(self, model: PEBALModel, state: dict[str, torch.Tensor], source: str) -> None:
-        load_state_strictly(model, state, source)

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from models.losses import IGNORE_ID, refine_candidates, sleeg_score, tae_loss, tore_loss
 from models.losses import jem as frozen_jem
-from models.methods.base import Inference, MethodSpec, TrainingProgress, load_state_strictly, resize_logits
+from models.methods.base import Inference, MethodSpec, TrainingProgress, resize_logits
 from models.methods.registry import register_method
 from models.scores import smooth
 from models.segmenters.base import FrozenSegmenter
@@ -109,9 +109,3 @@ class SLEEG(MethodSpec):
     def param_groups(self, cfg: SLEEGConfig, model: SLEEGModel) -> list[dict]:
         """The whole head is new: one group at ``lr``."""
         return [{"params": list(model.head.parameters()), "lr": cfg.lr}]
-
-    def head_state(self, model: SLEEGModel) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in model.trainable_state_dict().items()}
-
-    def load_head(self, model: SLEEGModel, state: dict[str, torch.Tensor], source: str) -> None:
-        load_state_strictly(model, state, source)
