@@ -57,6 +57,7 @@ class OvRConfig(MethodConfig):
         "max_logit", description="the post-hoc score of the fine-tuned logits: max_logit, energy, max_min"
     )
     mix_probability: float = Field(0.1, ge=0, le=1, description="AnomalyMix: share of samples that keep their objects")
+    scenes: str | None = Field(None, description="AnomalyMix's clean scenes; None: the shard version's scene source")
 
     @field_validator("score")
     @classmethod
@@ -76,7 +77,9 @@ class OvR(MethodSpec):
     score_summary = "max logit (or energy, max-min) of the fine-tuned logits, smoothed"
 
     def extras(self, cfg: OvRConfig) -> dict[str, dict]:
-        return {"anomaly_mix": {"probability": cfg.mix_probability}} if cfg.mix_probability < 1 else {}
+        if cfg.mix_probability >= 1:
+            return {}
+        return {"anomaly_mix": {"probability": cfg.mix_probability, "scenes": cfg.scenes}}
 
     def build(self, cfg: OvRConfig, segmenter: FrozenSegmenter, training: bool = True) -> FinalClassifierModel:
         return FinalClassifierModel.create(segmenter)

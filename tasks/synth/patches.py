@@ -134,9 +134,8 @@ def patch_object(scene_id: str, image: np.ndarray, cfg: PatchShapeConfig, rng: n
     """One bank object from ``image``: a random crop, cut to its polygon, cropped to the polygon's box."""
     x0, y0, x1, y1 = random_crop_box(image.shape[0], image.shape[1], cfg, rng)
     crop = image[y0:y1, x0:x1]
-    mask = polygon_mask(crop, cfg, rng)
-    noise = bool(rng.random() < cfg.noise_ratio)
-    rgb = rng.integers(0, 256, size=crop.shape, dtype=np.uint8) if noise else crop
+    rgb, mask = cut_patch(crop, cfg, rng)
+    noise = rgb is not crop
     ys, xs = np.nonzero(mask)
     sl = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     rgba = np.ascontiguousarray(np.dstack([rgb[sl], mask[sl].astype(np.uint8) * 255]))

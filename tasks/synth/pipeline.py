@@ -15,7 +15,7 @@ from pathlib import Path
 
 from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
 from schemas import RejectRecord, SynthConfig
-from schemas.config import COCO_CITYSCAPES_OVERLAP
+from schemas.config import COCO_CITYSCAPES_OVERLAP, ScenesConfig
 from tasks import CODE_VERSION
 from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
 from tasks.synth.cityscapes import SceneRef, index_cityscapes, scene_identity
@@ -45,13 +45,17 @@ log = logging.getLogger(__name__)
 BANK_STAMP = "bank.json"
 
 
+def scene_root(sc: ScenesConfig, run_dir: str | Path) -> Path:
+    """Where a run's scenes are: the demo profile renders them under ``run_dir/scenes``; otherwise the root."""
+    return Path(run_dir) / "scenes" if sc.kind == "demo" else Path(sc.root)
+
+
 def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     """Index the scene source; the demo profile first renders its scenes under ``run_dir/scenes``."""
     sc = cfg.scenes
+    root = scene_root(sc, run_dir)
     if sc.kind == "demo":
-        root = write_demo_scenes(Path(run_dir) / "scenes", sc.demo, cfg.seed, split=sc.split)
-    else:
-        root = sc.root
+        write_demo_scenes(root, sc.demo, cfg.seed, split=sc.split)
     return index_cityscapes(root, sc.split, sc.cities, sc.limit)
 
 

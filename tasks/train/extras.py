@@ -49,6 +49,12 @@ def build_extras(requested: dict[str, dict], version: str, seed: int) -> dict[st
     return {name: EXTRA_DATA[name](str(version), seed, **opts) for name, opts in requested.items()}
 
 
+def run_dirs(version: str) -> list[Path]:
+    """The run directory a local version may belong to: ``<run>/versions/vNNNN-hash`` (versioned runs) or
+    ``<run>/shards`` (a plain shard directory), in that order."""
+    return [Path(version).parent.parent, Path(version).parent]
+
+
 def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.ndarray]:
     """The object bank ``bank``, or the one next to a local version (``<run_dir>/objects``), as RGBA crops."""
     from tasks.synth.object_bank import read_object_bank
@@ -62,11 +68,10 @@ def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.
             f"{version} is remote: the object context needs a local copy of the run's objects/ folder "
             f"(set method.object_bank=PATH)"
         )
+    for run in run_dirs(version):
+        if (run / "objects" / "objects.parquet").is_file():
+            return [o.rgba for o in read_object_bank(run / "objects")]
     version = Path(version)
-    # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
-    for cand in (version.parent.parent / "objects", version.parent / "objects"):
-        if (cand / "objects.parquet").is_file():
-            return [o.rgba for o in read_object_bank(cand)]
     raise FileNotFoundError(
         f"the object context needs the object bank of {version}: looked for {version.parent.parent / 'objects'} "
         f"(a run's versions/) and {version.parent / 'objects'} (a plain shard directory)"
@@ -112,6 +117,7 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     from schemas import SynthConfig
     from tasks.sample_format import DATASET
     from tasks.synth.cityscapes import index_cityscapes
+    from tasks.synth.pipeline import scene_root
 
     if "://" in version and scenes is None:
         raise FileNotFoundError(f"{version} is remote: AnomalyMix needs the clean scenes locally (method.scenes=PATH)")
@@ -121,11 +127,9 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     sc = SynthConfig.model_validate(json.loads(meta.read_text())["config"]).scenes
     if scenes is not None:
         root = Path(scenes)
-    elif sc.kind == "demo":  # <run>/versions/vNNNN-hash (versioned runs) or <run>/shards (a plain shard directory)
-        cands = [Path(version).parent.parent / "scenes", Path(version).parent / "scenes"]
-        root = next((c for c in cands if c.is_dir()), cands[0])
-    else:
-        root = sc.root
+    else:  # the synth run's own scene root, for the first run directory the version may belong to that has it
+        roots = [scene_root(sc, run) for run in run_dirs(version)]
+        root = next((r for r in roots if r.is_dir()), roots[0])
     refs, _ = index_cityscapes(root, sc.split, sc.cities, sc.limit)
     return refs, sc.max_unknown_label_fraction
 
