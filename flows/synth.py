@@ -35,7 +35,14 @@ from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import write_report
 from tasks.synth.shards import read_rejects
-from tasks.synth.synthesize import Compositor, claim_shard_dir, plan_samples, split_into_shards, synthesize_or_resume
+from tasks.synth.synthesize import (
+    Compositor,
+    claim_shard_dir,
+    plan_samples,
+    split_into_shards,
+    synthesize_or_resume,
+    weather_sheet,
+)
 from tasks.synth.validate import validate_shard_set
 from tasks.synth.versions import plan_version, prune_versions, publish_version
 
@@ -43,6 +50,7 @@ prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=N
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
 finalize_task = task(finalize_shard_set, name="finalize-manifest", cache_policy=NO_CACHE)
 validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO_CACHE)
+weather_sheet_task = task(weather_sheet, name="weather-contact-sheet", cache_policy=NO_CACHE)
 report_task = task(write_report, name="write-report", cache_policy=NO_CACHE)
 write_shard_task = task(
     synthesize_or_resume, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE
@@ -164,11 +172,10 @@ def synth(
     else:
         t = time.perf_counter()
         claim_shard_dir(shard_dir, compositor.config_hash)
-        shards = split_into_shards(
-            plan_samples([s.scene_id for s in scenes_], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
-        )
+        plans = plan_samples([s.scene_id for s in scenes_], cfg.num_samples, cfg.seed, cfg.weather)
+        shards = split_into_shards(plans, cfg.shards.samples_per_shard)
         progress = create_progress_artifact(0.0, description=f"{plan.version.id}: {len(shards)} shards")
-        futures = [write_shard_task.submit(shard_dir, i, plans, scenes_, compositor) for i, plans in enumerate(shards)]
+        futures = [write_shard_task.submit(shard_dir, i, part, scenes_, compositor) for i, part in enumerate(shards)]
         records = []
         for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
             rec = fut.result()
@@ -186,6 +193,10 @@ def synth(
             "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
         }
         summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects, version)
+        if cfg.weather is not None:
+            t = time.perf_counter()
+            weather_sheet_task(shard_dir / "weather.png", scenes_, plans, compositor)
+            timings["weather contact sheet"] = time.perf_counter() - t
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t

@@ -21,6 +21,7 @@ from schemas.config import (
     ShardConfig,
     SynthConfig,
     TrainConfig,
+    WeatherConfig,
     load_compare_config,
     load_config,
     load_eval_config,
@@ -32,6 +33,7 @@ from schemas.records import (
     PlacementRecord,
     RejectRecord,
     SampleMeta,
+    WeatherRecord,
 )
 
 __all__ = [
@@ -63,5 +65,7 @@ __all__ = [
     "ScenesConfig",
     "ShardConfig",
     "SynthConfig",
+    "WeatherConfig",
+    "WeatherRecord",
     "load_config",
 ]

@@ -251,6 +251,11 @@ class ObjectBankConfig(_Strict):
     diffusion: DiffusionConfig | None = None
     files: list[FilesSourceConfig] = []
     patches: PatchesSourceConfig | None = None
+    exclude_classes: list[str] = Field(
+        default_factory=list,
+        description="classes kept out of the bank from every source, e.g. the training shards' classes when this "
+        "is an evaluation split of unseen classes",
+    )
 
 
 class PlacementConfig(_Strict):
@@ -289,6 +294,53 @@ class HarmonizeConfig(_Strict):
     _method = field_validator("method")(lambda v: _registered("harmonizer", v))
 
 
+def _default_weather() -> dict[str, float]:
+    from tasks.synth.weather import adverse_conditions
+
+    return dict.fromkeys(adverse_conditions(), 1.0)
+
+
+class WeatherConfig(_Strict):
+    """Adverse conditions over the whole composite (``tasks/synth/weather.py``), after harmonization.
+
+    ``mode: random``: each sample stays clear with probability ``clear``, else gets one of ``conditions`` (drawn by
+    weight) at a severity drawn in ``severity`` (training shards). ``mode: every``: each of ``num_samples``
+    composites is written once per condition, clear included (an evaluation split tagged by condition)."""
+
+    mode: Literal["random", "every"] = "random"
+    conditions: dict[str, float] = Field(default_factory=_default_weather, description="condition -> weight")
+    clear: float = Field(0.3, ge=0, le=1, description="mode random: share of samples left clear")
+    severity: tuple[float, float] = Field((0.3, 1.0), description="uniform range; (s, s) for one severity")
+    options: dict[str, dict[str, float | bool | tuple[float, ...]]] = Field(
+        default_factory=dict, description="per-condition effect options, e.g. {night: {glows: false}}"
+    )
+    focal_px_per_width: float = Field(1.105, gt=0, description="focal length when the scene has no camera file")
+    max_depth_m: float = Field(1000.0, gt=0, description="depth of the sky and of the far end of the road")
+    contact_sheet: tuple[float, float] = Field((0.4, 0.9), description="the two severities of weather.png")
+
+    @model_validator(mode="after")
+    def _check(self) -> WeatherConfig:
+        from tasks.synth.weather import check_options, conditions
+
+        for name in set(self.conditions) | set(self.options):
+            if name not in conditions()[1:]:
+                raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(conditions()[1:])}")
+        for name, opts in self.options.items():
+            check_options(name, opts)
+        if not self.conditions or any(w < 0 for w in self.conditions.values()) or not sum(self.conditions.values()):
+            raise ValueError(f"weather conditions need non-negative weights, not all zero: {self.conditions}")
+        lo, hi = self.severity
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"severity must be 0 <= low <= high <= 1, got {self.severity}")
+        return self
+
+    def rendered(self) -> tuple[str, ...]:
+        """mode every: the conditions each composite is written in (clear first, registry order)."""
+        from tasks.synth.weather import CLEAR, conditions
+
+        return (CLEAR, *(c for c in conditions() if c in self.conditions))
+
+
 class ShardConfig(_Strict):
     samples_per_shard: int = Field(64, ge=1)
     image_format: Literal["jpg", "png"] = "jpg"
@@ -304,15 +356,22 @@ class SynthConfig(_Strict):
     saliency: SaliencyConfig = SaliencyConfig()
     placement: PlacementConfig = PlacementConfig()
     harmonize: HarmonizeConfig = HarmonizeConfig()
+    weather: WeatherConfig | None = Field(None, description="adverse conditions; None: every sample clear")
     shards: ShardConfig = ShardConfig()
     workers: int = Field(2, ge=1, description="parallel shard tasks; does not change the output")
     min_sample_fraction: float = Field(
         0.5, ge=0, le=1, description="a run that makes fewer than this share of num_samples fails, unpublished"
     )
 
+    def planned_samples(self) -> int:
+        """Samples the run plans: ``num_samples``, times the conditions in weather mode ``every``."""
+        every = self.weather is not None and self.weather.mode == "every"
+        return self.num_samples * (len(self.weather.rendered()) if every else 1)
+
     def content_hash(self) -> str:
         """sha256 (16 hex) of everything that decides the bytes of the shards."""
-        payload = self.model_dump(mode="json", exclude={"workers", "min_sample_fraction"})
+        exclude = {"workers", "min_sample_fraction"} | ({"weather"} if self.weather is None else set())
+        payload = self.model_dump(mode="json", exclude=exclude)  # no weather: the hash of the configs before it
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -38,6 +38,8 @@ class PlacementRecord(BaseModel):
     flipped: bool
     score: float
     candidates: int  # candidates evaluated for this object
+    visibility: float | None = None  # ΔE (Lab) of the object to its surround in the written image (weather runs)
+    visibility_clear: float | None = None  # the same before the weather effect
 
 
 class HarmonizationRecord(BaseModel):
@@ -45,6 +47,15 @@ class HarmonizationRecord(BaseModel):
 
     method: str
     params: dict[str, float | list[float] | bool] = {}
+
+
+class WeatherRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    condition: str
+    severity: float
+    seed: int
+    params: dict[str, float | int | str | bool | list[float]] = {}
 
 
 class SampleMeta(BaseModel):
@@ -65,6 +76,8 @@ class SampleMeta(BaseModel):
     config_hash: str
     code_version: str
     unknown_label_pixels: int = 0  # scene label pixels with a value that is no Cityscapes id (made void)
+    condition: str = "clear"  # tasks.synth.weather.conditions()
+    weather: WeatherRecord | None = None  # the effect's severity and drawn parameters (None: clear)
 
 
 class RejectRecord(BaseModel):

@@ -174,6 +174,13 @@ def build_object_bank(
         got, rej = patch_bank_objects(scenes or [], oc.patches, cfg.seed)
         objects += got
         rejects += rej
+    held_out = {canonical_class(c) for c in oc.exclude_classes}
+    out = [o for o in objects if canonical_class(o.record.class_name) in held_out]
+    rejects += [
+        RejectRecord(stage="bank", item=o.record.object_id, reason="excluded_class", detail=o.record.class_name)
+        for o in out
+    ]
+    objects = [o for o in objects if canonical_class(o.record.class_name) not in held_out]
     if not objects:
         bank_dir.mkdir(parents=True, exist_ok=True)
         write_rejects(bank_dir / REJECTS, rejects)
@@ -192,7 +199,8 @@ class TooFewSamplesError(RuntimeError):
 
 
 def check_yield(out_dir: Path, cfg: SynthConfig, made: int, rejects: list[RejectRecord]) -> None:
-    need = max(1, math.ceil(cfg.min_sample_fraction * cfg.num_samples))
+    planned = cfg.planned_samples()
+    need = max(1, math.ceil(cfg.min_sample_fraction * planned))
     if made >= need:
         return
     why = "no reject was recorded"
@@ -201,7 +209,7 @@ def check_yield(out_dir: Path, cfg: SynthConfig, made: int, rejects: list[Reject
         example = next(r for r in rejects if (r.stage, r.reason) == (stage, reason))
         why = f"most common reject: {stage}/{reason} ({n} of {len(rejects)}), e.g. {example.item}: {example.detail}"
     raise TooFewSamplesError(
-        f"{out_dir}: {made} of {cfg.num_samples} samples were made, fewer than {need} "
+        f"{out_dir}: {made} of {planned} samples were made, fewer than {need} "
         f"(min_sample_fraction {cfg.min_sample_fraction}); the version is not published and LATEST is unchanged. "
         f"{why}"
     )

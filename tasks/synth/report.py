@@ -130,6 +130,25 @@ def write_report(
     by_class = collections.Counter(o.record.class_name for o in bank)
     samples = read_table(shard_dir / SAMPLES)
     placed = collections.Counter(c for s in samples for c in s["classes"])
+    weather_lines = []
+    if (run_dir / "weather.png").is_file():
+        by_cond = collections.defaultdict(list)
+        for s in samples:
+            by_cond[s.get("condition") or "clear"].append(s)
+        weather_lines = [
+            "## Conditions (visibility: mean ΔE of the objects to their surround)",
+            "",
+            "| condition | samples | mean severity | mean visibility |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {c} | {len(v)} | {np.mean([s['severity'] or 0 for s in v]):.2f} | "
+                f"{np.mean([x for s in v for x in (s['visibility'] or [])] or [np.nan]):.1f} |"
+                for c, v in sorted(by_cond.items())
+            ],
+            "",
+            "![weather: one scene in every condition at two severities](weather.png)",
+            "",
+        ]
     lines = [
         f"# anomalyforge run `{summary['name']}`",
         "",
@@ -161,6 +180,7 @@ def write_report(
         "",
         "![composites](composites.png)",
         "",
+        *weather_lines,
         "## Object bank",
         "",
         "![objects](objects.png)",

@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from schemas import RejectRecord, SampleMeta, SynthConfig
+from schemas import RejectRecord, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
 from tasks import CODE_VERSION
-from tasks.imageio import BadInputError, write_bytes_atomic
+from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
 from tasks.sample_format import SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
 from tasks.synth.cityscapes import (
+    CITYSCAPES_SIZE,
     Scene,
     SceneRef,
     camera_height,
@@ -32,6 +33,7 @@ from tasks.synth.harmonize import Harmonizer, make_harmonizer
 from tasks.synth.object_bank import BankObject
 from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
 from tasks.synth.shards import PARTS_DIR, sha256_of, write_json_atomic, write_tar_shard
+from tasks.synth.weather import CLEAR, Frame, conditions, contact_sheet, object_contrast, render
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,19 @@ class SamplePlan:
     index: int
     key: str
     scene_index: int
-    seed: int
+    seed: int  # of the composite (placement, harmonization): shared by the conditions of one composite
+    condition: str = CLEAR
+    severity: float = 0.0
 
 
-def plan_samples(scene_ids: list[str], num_samples: int, seed: int) -> list[SamplePlan]:
-    """Sample i uses scene perm[i mod n] of a seeded permutation: every scene is used before any repeats."""
+def plan_samples(
+    scene_ids: list[str], num_samples: int, seed: int, weather: WeatherConfig | None = None
+) -> list[SamplePlan]:
+    """Composite i uses scene perm[i mod n] of a seeded permutation: every scene is used before any repeats.
+
+    With ``weather`` in mode ``random`` each sample draws its condition and severity (from the seed, so a plan is
+    the same in every run); in mode ``every`` each composite becomes one sample per condition, keyed
+    ``<i>_<scene>_<condition>``."""
     if not scene_ids:
         raise ValueError("no scenes to synthesize on")
     order = rng_for(seed, "scene-order").permutation(len(scene_ids))
@@ -53,7 +63,28 @@ def plan_samples(scene_ids: list[str], num_samples: int, seed: int) -> list[Samp
     for i in range(num_samples):
         s = int(order[i % len(scene_ids)])
         key = f"{i:07d}_{scene_ids[s]}".replace(".", "_")
-        plans.append(SamplePlan(index=i, key=key, scene_index=s, seed=derive_seed(seed, "sample", i)))
+        base = SamplePlan(index=len(plans), key=key, scene_index=s, seed=derive_seed(seed, "sample", i))
+        if weather is None:
+            plans.append(base)
+            continue
+        rng = rng_for(seed, "weather", i)
+        severity = round(float(rng.uniform(*weather.severity)), 4)
+        if weather.mode == "every":
+            for cond in weather.rendered():
+                plans.append(
+                    replace(
+                        base,
+                        index=len(plans),
+                        key=f"{key}_{cond}",
+                        condition=cond,
+                        severity=0.0 if cond == CLEAR else severity,
+                    )
+                )
+            continue
+        names = list(weather.conditions)
+        p = np.array([weather.conditions[c] for c in names], np.float64)
+        cond = CLEAR if rng.random() < weather.clear else names[int(rng.choice(len(names), p=p / p.sum()))]
+        plans.append(replace(base, condition=cond, severity=0.0 if cond == CLEAR else severity))
     return plans
 
 
@@ -143,6 +174,71 @@ class Compositor:
         )
         return Composite(image, label, mask, meta)
 
+    def frame(self, scene: Scene, comp: Composite) -> Frame:
+        """The composite's geometry for the weather effects: labels, horizon, camera height and focal length."""
+        w = self.cfg.weather or WeatherConfig()
+        H, W = comp.label.shape
+        if scene.camera is not None:  # Cityscapes intrinsics refer to the 1024-row frame
+            focal = float(scene.camera["intrinsic"]["fy"]) * H / CITYSCAPES_SIZE[1]
+        else:
+            focal = w.focal_px_per_width * W
+        cam_h = camera_height(scene.camera, self.cfg.placement.camera_height_m)
+        return Frame(comp.label, comp.meta.horizon, cam_h, focal, w.max_depth_m)
+
+    def weathered(self, comp: Composite, scene: Scene, plan: SamplePlan) -> Composite:
+        """``comp`` under the plan's condition (a new composite; labels and mask untouched), with the condition,
+        its parameters and each object's visibility before and after in the metadata. Without a weather
+        config: ``comp`` as it is."""
+        w = self.cfg.weather
+        if w is None:
+            return comp
+        boxes = [p.box for p in comp.meta.objects]
+        before = object_contrast(comp.image, comp.mask, boxes)
+        seed = derive_seed(plan.seed, "weather", plan.condition)
+        image, params = render(
+            plan.condition,
+            comp.image,
+            self.frame(scene, comp),
+            plan.severity,
+            np.random.default_rng(seed),
+            w.options.get(plan.condition),
+        )
+        after = before if plan.condition == CLEAR else object_contrast(image, comp.mask, boxes)
+        objects = [
+            p.model_copy(update={"visibility": a, "visibility_clear": b})
+            for p, a, b in zip(comp.meta.objects, after, before, strict=True)
+        ]
+        record = None
+        if plan.condition != CLEAR:
+            record = WeatherRecord(condition=plan.condition, severity=plan.severity, seed=seed, params=params)
+        meta = comp.meta.model_copy(
+            update={"key": plan.key, "objects": objects, "condition": plan.condition, "weather": record}
+        )
+        return Composite(image, comp.label, comp.mask, meta)
+
+
+def weather_sheet(path: str | Path, scenes: list[SceneRef], plans: list[SamplePlan], compositor: Compositor) -> Path:
+    """``weather.png``: the first composite that can be made, in every registered condition at the config's two
+    contact-sheet severities (one row per severity)."""
+    w = compositor.cfg.weather or WeatherConfig()
+    for plan in plans:
+        try:
+            scene = load_scene(scenes[plan.scene_index], compositor.cfg.scenes.max_unknown_label_fraction)
+            comp = compositor.compose(scene, plan)
+            break
+        except (BadInputError, NoPlacementError):
+            continue
+    else:
+        raise ValueError("no composite could be made for the weather contact sheet")
+    frame = compositor.frame(scene, comp)
+    tiles = {}
+    for severity in w.contact_sheet:
+        for cond in conditions():
+            rng = np.random.default_rng(derive_seed(plan.seed, "weather", cond))
+            tiles[(cond, severity)] = render(cond, comp.image, frame, severity, rng, w.options.get(cond))[0]
+    write_bytes_atomic(Path(path), encode_rgb(contact_sheet(tiles), "png"))
+    return Path(path)
+
 
 def encode_composite(c: Composite, image_format: str, jpeg_quality: int) -> dict:
     """A composite as the tar members of one sample (``tasks.sample_format``)."""
@@ -164,6 +260,9 @@ def manifest_row(c: Composite, shard: str, bank: dict[str, BankObject]) -> dict:
         "sources": [bank[p.object_id].record.source for p in m.objects],
         "boxes": [list(p.box) for p in m.objects],
         "anomaly_pixels": int(np.count_nonzero(c.mask)),
+        "condition": m.condition,
+        "severity": m.weather.severity if m.weather else 0.0,
+        "visibility": [p.visibility for p in m.objects] if m.objects and m.objects[0].visibility is not None else None,
         "seed": m.seed,
         "config_hash": m.config_hash,
     }
@@ -222,6 +321,7 @@ def synthesize_shard(
     t0 = time.perf_counter()
     samples, rows, rejects = [], [], []
     cache: dict[int, Scene] = {}
+    made: dict[tuple[int, int], Composite] = {}  # the composite that the conditions of one plan share
     for plan in plans:
         ref = scenes[plan.scene_index]
         try:
@@ -230,7 +330,11 @@ def synthesize_shard(
                 cache[plan.scene_index] = load_scene(
                     ref, max_unknown_label_fraction=compositor.cfg.scenes.max_unknown_label_fraction
                 )
-            comp = compositor.compose(cache[plan.scene_index], plan)
+            scene = cache[plan.scene_index]
+            if (plan.scene_index, plan.seed) not in made:
+                made.clear()
+                made[(plan.scene_index, plan.seed)] = compositor.compose(scene, plan)
+            comp = compositor.weathered(made[(plan.scene_index, plan.seed)], scene, plan)
         except (BadInputError, NoPlacementError) as e:
             reason = (e.reason or "bad_scene") if isinstance(e, BadInputError) else "no_placement"
             rejects.append(

@@ -11,6 +11,7 @@ from schemas import SampleMeta
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
 from tasks.sample_format import META, REQUIRED, SAMPLES, SHARDS, SampleFormatError, decode_parts, read_tar_samples
 from tasks.synth.shards import read_table, sha256_of
+from tasks.synth.weather import CLEAR, conditions
 
 
 def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
@@ -43,6 +44,12 @@ def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
             problems.append(
                 f"{name}: meta.json says {meta.width}x{meta.height}, label is {label.shape[1]}x{label.shape[0]}"
             )
+        if meta.condition not in conditions():
+            problems.append(f"{name}: unknown condition {meta.condition!r} (one of {', '.join(conditions())})")
+        elif (meta.condition != CLEAR) != (meta.weather is not None) or (
+            meta.weather is not None and meta.weather.condition != meta.condition
+        ):
+            problems.append(f"{name}: condition {meta.condition!r} does not match its weather record")
     return problems
 
 

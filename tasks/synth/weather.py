@@ -1,0 +1,516 @@
+"""Adverse conditions rendered over a whole composite (scene and pasted objects together).
+
+The list of conditions is defined here, once: ``conditions()`` is ``clear`` followed by every registered effect.
+The synthesis stage, the manifests, the benchmark readers and the evaluation all read it from here.
+
+Every effect is a function ``(image, frame, severity, rng, **options) -> (image, params)`` on an H×W×3 uint8 RGB
+image, registered with ``@register_weather(name)``. ``severity`` in [0, 1] moves every parameter from a light to
+a heavy version of the condition; ``rng`` (from the sample's seed) decides the rest; ``params`` are what was drawn,
+recorded in the sample's ``meta.json``. The label never changes.
+
+Depth comes from the flat-ground model of the placement stage (``tasks.synth.placement``): a ground pixel at row
+``v`` below the horizon ``v_h`` is at ``Z = f·h_c / (v − v_h)``; a pixel that is not ground takes the depth of the
+first ground pixel below it in its column (where it stands: objects, cars and façades are billboards on their
+foot point); sky, and everything at or above the horizon with no ground below, is at ``max_depth``.
+
+Speed: full-resolution work is done with OpenCV on uint8 (LUTs, one ``cv2.blendLinear`` per effect); maps that are
+smooth (transmission, noise scale, frost texture) are computed at half or quarter resolution and resized.
+``make bench-weather`` prints the cost of each effect against encoding the sample.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cv2
+import numpy as np
+
+from tasks.labels import train_ids
+
+CLEAR = "clear"
+
+#: Cityscapes classes the depth model treats as ground (objects stand on them) and as sky.
+GROUND_CLASSES = ("road", "sidewalk", "terrain")
+WET_CLASSES = ("road", "sidewalk")
+SKY_CLASS = "sky"
+
+
+@dataclass(frozen=True)
+class Effect:
+    name: str
+    render: Callable[..., tuple[np.ndarray, dict]]
+    options: dict  # keyword options and their defaults
+    summary: str
+
+
+#: condition name -> effect. Adding a condition is one decorated function (here or in a module imported by
+#: ``tasks.synth``); the configs and the benchmark readers take their list of valid names from it.
+WEATHER: dict[str, Effect] = {}
+
+
+def register_weather(name: str):
+    """Register ``render(image, frame, severity, rng, **options) -> (image, params)`` as condition ``name``."""
+
+    def deco(fn):
+        if name == CLEAR:
+            raise ValueError(f"{CLEAR!r} is the absence of an effect, not an effect")
+        sig = inspect.signature(fn)
+        options = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
+        WEATHER[name] = Effect(name, fn, options, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+
+    return deco
+
+
+def conditions() -> tuple[str, ...]:
+    """Every condition a sample or a benchmark image can be tagged with: ``clear``, then the registered effects."""
+    return (CLEAR, *WEATHER)
+
+
+def adverse_conditions() -> tuple[str, ...]:
+    return tuple(WEATHER)
+
+
+def check_options(name: str, options: dict) -> dict:
+    """``options`` of effect ``name`` checked against its keyword parameters (a misspelt option is an error)."""
+    if name not in WEATHER:
+        raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(WEATHER)}")
+    unknown = sorted(set(options) - set(WEATHER[name].options))
+    if unknown:
+        raise ValueError(f"weather {name}: unknown options {unknown}; known: {', '.join(WEATHER[name].options)}")
+    return options
+
+
+# ---------------------------------------------------------------- the scene's geometry
+
+
+@dataclass
+class Frame:
+    """What an effect knows about the scene besides its pixels: labels and the flat-ground camera."""
+
+    label: np.ndarray  # H×W trainIds (254 anomaly, 255 void)
+    horizon: float  # image row
+    camera_height: float  # metres
+    focal: float  # pixels, at this image's size
+    max_depth: float = 1000.0  # metres: sky and the far end of the road
+    maps: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.label.shape
+
+    @property
+    def half_shape(self) -> tuple[int, int]:
+        return self.label[::2, ::2].shape
+
+    def ground(self, step: int = 1) -> np.ndarray:
+        return class_mask(self.label[::step, ::step], GROUND_CLASSES)
+
+    def wet(self) -> np.ndarray:
+        return class_mask(self.label, WET_CLASSES)
+
+    def sky(self, step: int = 1) -> np.ndarray:
+        return class_mask(self.label[::step, ::step], (SKY_CLASS,))
+
+    @cached_property
+    def depth_half(self) -> np.ndarray:
+        """Depth in metres at half resolution (float32), see the module docstring."""
+        return depth_map(self.label[::2, ::2], self.horizon / 2, self.camera_height, self.focal / 2, self.max_depth)
+
+    def transmission(self, beta: float | np.ndarray) -> np.ndarray:
+        """``t = exp(−β·d)`` at half resolution (float32); ``beta`` a scalar or a half-resolution map."""
+        return np.exp(-np.asarray(beta, np.float32) * self.depth_half).astype(np.float32)
+
+
+def class_mask(label: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """uint8 0/1 mask of the pixels of ``names`` (one ``cv2.LUT`` pass)."""
+    lut = np.zeros(256, np.uint8)
+    lut[train_ids(list(names))] = 1
+    return cv2.LUT(np.ascontiguousarray(label), lut)
+
+
+def depth_map(label: np.ndarray, horizon: float, camera_height: float, focal: float, max_depth: float) -> np.ndarray:
+    """Per-pixel depth (metres, float32) of the flat-ground billboard model in the module docstring."""
+    H, _ = label.shape
+    below = np.arange(H, dtype=np.float32) - horizon
+    ground_depth = np.where(below > 0.5, focal * camera_height / np.maximum(below, 0.5), max_depth)
+    ground_depth = np.append(np.minimum(ground_depth, max_depth), max_depth).astype(np.float32)  # [H]: no ground
+    rows = np.arange(H, dtype=np.int16)[:, None]
+    foot = np.where(class_mask(label, GROUND_CLASSES).astype(bool), rows, np.int16(H))[::-1].copy()
+    for i in range(1, H):  # bottom-up running minimum: the nearest ground row at or below each pixel
+        np.minimum(foot[i], foot[i - 1], out=foot[i])
+    foot = foot[::-1]
+    # pixels with no ground below them stand on their own row (below the horizon) or are far (above it)
+    foot = np.where(foot == H, rows, foot)
+    depth = ground_depth[foot]
+    depth[class_mask(label, (SKY_CLASS,)).astype(bool)] = max_depth
+    return depth
+
+
+def full_size(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``a`` resized (bilinear) to ``shape``; unchanged when it has that size already."""
+    if a.shape[:2] == tuple(shape):
+        return a
+    return cv2.resize(a, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def geometric(lo: float, hi: float, s: float) -> float:
+    """``lo`` at severity 0, ``hi`` at severity 1, geometric in between (for scattering coefficients and light)."""
+    return float(lo * (hi / lo) ** s)
+
+
+def linear(lo: float, hi: float, s: float) -> float:
+    return float(lo + (hi - lo) * s)
+
+
+def solid(shape: tuple[int, int], colour) -> np.ndarray:
+    """An H×W×3 uint8 image of one RGB ``colour`` in [0, 1]."""
+    px = np.clip(np.round(np.asarray(colour, np.float64) * 255), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(np.tile(px, (shape[1], 1)), (*shape, 3)))
+
+
+def blend(image: np.ndarray, colour, weight: np.ndarray) -> np.ndarray:
+    """``image·(1 − w) + colour·w`` per pixel; ``colour`` an RGB triple in [0, 1] or an image, ``w`` float32 in
+    [0, 1] at any resolution (resized to the image's). One ``cv2.blendLinear`` pass on uint8."""
+    w = full_size(np.clip(weight, 0.0, 1.0).astype(np.float32), image.shape[:2])
+    target = (
+        colour if isinstance(colour, np.ndarray) and colour.shape == image.shape else solid(image.shape[:2], colour)
+    )
+    return cv2.blendLinear(image, target, 1.0 - w, w)
+
+
+def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cells: int, octaves: int = 3) -> np.ndarray:
+    """Value noise in [0, 1] (float32) at ``shape``: ``octaves`` random grids of ``cells``·2^k cells, resized up."""
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    total = 0.0
+    for k in range(octaves):
+        n = cells * 2**k
+        grid = rng.random((max(2, round(n * h / max(h, w))), max(2, n)), dtype=np.float32)
+        out += cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) / 2**k
+        total += 1 / 2**k
+    out /= total
+    lo, hi = float(out.min()), float(out.max())
+    return (out - lo) / max(hi - lo, 1e-6)
+
+
+def _tone_lut(fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """A 1×256×3 uint8 LUT from ``fn`` on the 256 levels in [0, 1] (``fn`` returns 256×3 in [0, 1])."""
+    x = np.linspace(0.0, 1.0, 256, dtype=np.float64)[:, None].repeat(3, axis=1)
+    return np.clip(np.round(fn(x) * 255), 0, 255).astype(np.uint8).reshape(1, 256, 3)
+
+
+def _streaks(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    count: int,
+    length: float,
+    angle_deg: float,
+    thickness: int,
+    value: int,
+) -> np.ndarray:
+    """A uint8 layer of ``count`` anti-aliased straight streaks of about ``length`` px at ``angle_deg`` from
+    vertical (rain, blown sand), drawn in one ``cv2.polylines`` call."""
+    h, w = shape
+    layer = np.zeros(shape, np.uint8)
+    if count <= 0:
+        return layer
+    x = rng.uniform(-0.1 * w, 1.1 * w, count)
+    y = rng.uniform(-0.1 * h, 1.1 * h, count)
+    ln = length * rng.uniform(0.6, 1.4, count)
+    a = math.radians(angle_deg)
+    dx, dy = ln * math.sin(a), ln * math.cos(a)
+    pts = np.stack([np.stack([x, y], 1), np.stack([x + dx, y + dy], 1)], 1).round().astype(np.int32)
+    cv2.polylines(layer, list(pts), False, int(value), int(thickness), cv2.LINE_AA)
+    return layer
+
+
+def _flakes(shape: tuple[int, int], rng: np.random.Generator, count: int, radius: float) -> np.ndarray:
+    """Soft round flakes of about ``radius`` px as a float32 opacity map: points on a grid ``radius`` times
+    coarser, blurred and resized up (the cost does not grow with the flake size)."""
+    h, w = shape
+    step = max(1.0, radius)
+    gh, gw = max(2, round(h / step)), max(2, round(w / step))
+    grid = np.zeros((gh, gw), np.float32)
+    if count > 0:
+        grid[rng.integers(0, gh, count), rng.integers(0, gw, count)] = rng.uniform(0.6, 1.0, count).astype(np.float32)
+    grid = cv2.GaussianBlur(grid, (0, 0), 0.6)
+    grid *= 1.0 / max(float(grid.max()), 1e-6)
+    return full_size(grid, shape)
+
+
+# ---------------------------------------------------------------- effects
+
+
+@register_weather("fog")
+def fog(image, frame: Frame, severity, rng, *, beta=(0.004, 0.06), airlight=(0.72, 0.9)):
+    """Fog / haze: the atmospheric scattering model ``I = J·t + A·(1 − t)``, ``t = exp(−β·d)``.
+
+    Koschmieder's model as used for Foggy Cityscapes (Sakaridis et al., IJCV 2018, Eq. 1); β from ``beta[0]`` (light
+    haze, visibility 3.912/β ≈ 980 m) to ``beta[1]`` (dense fog, ≈ 65 m), geometric in the severity; a grey airlight.
+    """
+    b = geometric(*beta, severity)
+    a = float(rng.uniform(*airlight))
+    colour = (a, a, min(1.0, a * 1.02))
+    weight = 1.0 - frame.transmission(b)
+    return blend(image, colour, weight), {"beta": b, "visibility_m": 3.912 / b, "airlight": list(colour)}
+
+
+@register_weather("sandstorm")
+def sandstorm(
+    image,
+    frame: Frame,
+    severity,
+    rng,
+    *,
+    beta=(0.01, 0.12),
+    airlight=(0.80, 0.62, 0.36),
+    particles=(0.0005, 0.003),
+    patchiness=0.6,
+):
+    """Sandstorm: the scattering model with a brown-yellow airlight and patchy density, plus blowing particles.
+
+    ``t = exp(−β·(1 − p/2 + p·n)·d)`` with ``n`` smooth noise (dust clouds, ``p`` the patchiness); the scene is
+    tinted toward the dust colour first (blue is scattered most, Narasimhan & Nayar, IJCV 2002); particles are short
+    anti-aliased streaks along the wind whose opacity joins ``1 − t``.
+    """
+    half = frame.half_shape
+    b = geometric(*beta, severity)
+    colour = np.clip(np.asarray(airlight) * float(rng.uniform(0.85, 1.05)), 0, 1)
+    tint = 1.0 - 0.35 * severity * (1.0 - colour / colour.max())
+    image = cv2.LUT(image, _tone_lut(lambda x: x * tint))
+    clouds = smooth_noise(half, rng, cells=4)
+    t = frame.transmission(b * (1.0 - patchiness / 2 + patchiness * clouds))
+    wind = float(rng.uniform(60, 120)) * float(rng.choice([-1, 1]))  # degrees from vertical: near horizontal
+    n = int(linear(*particles, severity) * half[0] * half[1])
+    dust = _streaks(half, rng, n, length=max(3.0, 0.015 * half[1]), angle_deg=wind, thickness=1, value=255)
+    weight = 1.0 - t * (1.0 - dust.astype(np.float32) * (0.7 / 255))
+    params = {"beta": b, "visibility_m": 3.912 / b, "airlight": colour.tolist(), "wind_deg": wind, "particles": n}
+    return blend(image, colour, weight), params
+
+
+@register_weather("rain")
+def rain(
+    image,
+    frame: Frame,
+    severity,
+    rng,
+    *,
+    streaks=(0.0015, 0.006),
+    streak_opacity=(0.3, 0.5),
+    veil=(0.1, 0.35),
+    wet_darkening=(0.15, 0.4),
+):
+    """Rain: directional streaks at three depths, a veil that lowers contrast with distance, a darker wet road.
+
+    Streaks are motion-blurred sparse drops (Garg & Nayar, IJCV 2007: a drop images as a streak along its fall
+    during the exposure): anti-aliased lines at one wind angle, longer, thicker and brighter near the camera. The
+    veil is the scattering model with a grey airlight and ``β`` such that a point 200 m away keeps ``1 − veil`` of
+    its contrast. Road and sidewalk get a darker, more contrasted tone curve (a wet surface reflects less diffusely).
+    """
+    half = frame.half_shape
+    dk = linear(*wet_darkening, severity)
+    image = image.copy()
+    cv2.copyTo(cv2.LUT(image, _tone_lut(lambda x: (1 - dk) * x ** (1 + dk))), frame.wet(), image)
+    angle = float(rng.uniform(-20, 20))
+    density = linear(*streaks, severity)
+    layer = np.zeros(half, np.uint8)
+    for length, thick, value, share in ((0.03, 1, 140, 0.6), (0.06, 1, 200, 0.3), (0.11, 2, 255, 0.1)):
+        drops = _streaks(half, rng, int(density * share * half[0] * half[1]), length * half[0], angle, thick, value)
+        np.maximum(layer, drops, out=layer)
+    v = linear(*veil, severity)
+    t = frame.transmission(-math.log(1 - v) / 200.0)
+    weight = 1.0 - t + t * layer.astype(np.float32) * (linear(*streak_opacity, severity) / 255)
+    grey = float(rng.uniform(0.62, 0.75))
+    params = {"angle_deg": angle, "drops": int(density * half[0] * half[1]), "veil": v, "wet_darkening": dk}
+    return blend(image, (grey, grey, grey * 1.03), weight), params | {"airlight": grey}
+
+
+@register_weather("snow")
+def snow(
+    image,
+    frame: Frame,
+    severity,
+    rng,
+    *,
+    flakes=(0.001, 0.006),
+    haze=(0.003, 0.03),
+    desaturation=(0.15, 0.5),
+    ground_cover=(0.0, 0.45),
+):
+    """Snow / blizzard: flakes at three depths (larger and fewer near the camera), whitening and low contrast.
+
+    A white scattering veil (``β`` from ``haze``) and a partial snow cover on the ground (smooth noise) whiten the
+    scene; colour is pulled toward grey (``desaturation``); flakes are soft discs of radius ≈ 0.2 %, 0.5 % and
+    1.2 % of the image height, the near layers sparser than the far one.
+    """
+    half = frame.half_shape
+    k = linear(*desaturation, severity)
+    grey = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    image = cv2.addWeighted(image, 1 - k, grey, k, 0)
+    b = geometric(*haze, severity)
+    weight = 1.0 - frame.transmission(b)
+    cover = linear(*ground_cover, severity)
+    if cover > 0:
+        weight = np.maximum(weight, frame.ground(2) * smooth_noise(half, rng, cells=12) * cover)
+    density = linear(*flakes, severity) * half[0] * half[1]
+    count = 0
+    for radius_frac, share in ((0.002, 1.0), (0.005, 0.3), (0.012, 0.08)):
+        radius = radius_frac * half[0]
+        n = int(density * share / max(1.0, radius) ** 2)
+        weight = np.maximum(weight, _flakes(half, rng, n, radius) * 0.95)
+        count += n
+    white = float(rng.uniform(0.88, 0.97))
+    params = {"beta": b, "desaturation": k, "ground_cover": cover, "flakes": count, "airlight": white}
+    return blend(image, (white, white, min(1.0, white * 1.03)), weight), params
+
+
+@register_weather("night")
+def night(
+    image,
+    frame: Frame,
+    severity,
+    rng,
+    *,
+    stops=(1.0, 3.0),
+    gamma=(1.0, 1.3),
+    photons=(3000.0, 150.0),
+    read_noise=(0.002, 0.008),
+    glows=True,
+):
+    """Night / low light: exposure drop, gamma, colour-temperature shift, Poisson–Gaussian sensor noise, glows.
+
+    In linear light (sRGB decoded as ``x^2.2``): exposure ``2^−stops``, a warm (sodium / tungsten) or cold (LED)
+    white balance, a sky 8× darker still, then display gamma ``x^(γ/2.2)``. Sensor noise follows the
+    Poisson–Gaussian model (Foi et al., IEEE TIP 2008, Eq. 2): variance ``x/photons + σ_read²`` in linear light,
+    carried through the tone curve to display levels; its shape is the Irwin–Hall sum of four uniforms (close to a
+    Gaussian), drawn at half resolution (demosaicing correlates neighbouring pixels anyway). Glows: bright non-sky
+    pixels of the day image (lamps, signs, lights) bloom as a wide halo.
+    """
+    h, w = frame.shape
+    ev = linear(*stops, severity)
+    g = linear(*gamma, severity)
+    warm = bool(rng.random() < 0.5)
+    wb = np.array((1.0, 0.78, 0.5)) if warm else np.array((0.72, 0.85, 1.0))
+    wb = 1.0 + (wb - 1.0) * (0.4 + 0.6 * severity)
+    exposure = 2.0**-ev
+
+    def tone(x, extra=1.0):
+        return np.clip(x**2.2 * exposure * extra * wb, 0, 1) ** (g / 2.2)
+
+    dark = cv2.LUT(image, _tone_lut(tone))
+    cv2.copyTo(cv2.LUT(image, _tone_lut(lambda x: tone(x, 0.125))), frame.sky(), dark)
+    glow_pixels = 0
+    if glows:
+        small = cv2.resize(image, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+        sky = frame.sky(4)[: small.shape[0], : small.shape[1]]
+        lights = ((small.max(axis=2) >= 235) & (sky == 0)).astype(np.uint8)
+        glow_pixels = int(np.count_nonzero(lights)) * 16
+        if glow_pixels:
+            halo = cv2.GaussianBlur(small * lights[..., None], (0, 0), 0.006 * w)
+            halo = cv2.convertScaleAbs(halo, alpha=1.5 + 2.5 * severity)
+            dark = cv2.add(dark, full_size(halo, (h, w)))
+    # noise std per display level y: σ_lin(x) · dy/dx, x the linear value behind y
+    peak = geometric(*photons, severity)
+    sr = linear(*read_noise, severity)
+    y = np.arange(256) / 255.0
+    x = np.maximum(y, 1e-3) ** (2.2 / g)
+    sigma = np.minimum(np.sqrt(x / peak + sr**2) * (g / 2.2) * x ** (g / 2.2 - 1) * 255, 40.0)
+    hh, hw = (h + 1) // 2, (w + 1) // 2
+    small = cv2.resize(dark, (hw, hh), interpolation=cv2.INTER_AREA)
+    u = rng.integers(0, 256, (4, hh, hw, 3), dtype=np.uint8).astype(np.int16)
+    unit = (u[0] + u[1] + u[2] + u[3] - 510).astype(np.float32) * (1 / 147.8)  # Irwin–Hall(4): mean 0, std 1
+    noise = np.round(unit * sigma.astype(np.float32)[small]).astype(np.int16)
+    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)
+    out = cv2.add(dark, noise, dtype=cv2.CV_8U)
+    params = {
+        "stops": ev,
+        "gamma": g,
+        "white_balance": "warm" if warm else "cold",
+        "photons": peak,
+        "read_noise": sr,
+        "glow_pixels": glow_pixels,
+    }
+    return out, params
+
+
+@register_weather("frost")
+def frost(image, frame: Frame, severity, rng, *, reach=(0.25, 0.65), opacity=(0.55, 0.92), haze=(0.03, 0.12)):
+    """Frost: an ice layer on the lens or windscreen, thick at the border and thinning toward the centre.
+
+    The ice is a ridged fractal texture (Musgrave's ridged multifractal, ``1 − |2n − 1|``) over an elliptical border
+    ramp that reaches ``reach`` of the way in; under it the image is frosted glass (blurred, whitened); a thin lens
+    haze (``haze``) veils the whole frame.
+    """
+    h, w = frame.shape
+    qh, qw = (h + 3) // 4, (w + 3) // 4
+    r = linear(*reach, severity)
+    yy, xx = np.mgrid[0:qh, 0:qw].astype(np.float32)
+    radius = np.sqrt(((xx + 0.5) / qw * 2 - 1) ** 2 + ((yy + 0.5) / qh * 2 - 1) ** 2) / math.sqrt(2)
+    ramp = np.clip((radius - (1 - r) / 1.2) / max(r, 1e-3), 0, 1) ** 1.5
+    ridges = (1.0 - np.abs(2 * smooth_noise((qh, qw), rng, cells=24, octaves=4) - 1)) ** 3
+    op = linear(*opacity, severity)
+    lens = linear(*haze, severity)
+    alpha = np.maximum(np.clip(ramp * (0.35 + 0.65 * ridges) * op, 0, 0.97), lens)
+    small = cv2.resize(image, (qw, qh), interpolation=cv2.INTER_AREA)
+    ice = cv2.addWeighted(cv2.GaussianBlur(small, (0, 0), 2.0), 0.45, solid((qh, qw), (0.85, 0.9, 0.94)), 0.55, 0)
+    return blend(image, full_size(ice, (h, w)), alpha), {"reach": r, "opacity": op, "haze": lens}
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def render(
+    name: str, image: np.ndarray, frame: Frame, severity: float, rng: np.random.Generator, options: dict | None = None
+) -> tuple[np.ndarray, dict]:
+    """``image`` under condition ``name`` (``clear``: unchanged) and the parameters drawn for it."""
+    if name == CLEAR:
+        return image, {}
+    eff = WEATHER.get(name)
+    if eff is None:
+        raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(WEATHER)}")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != frame.shape:
+        raise ValueError(f"weather {name}: expected a {frame.shape} uint8 RGB image, got {image.dtype} {image.shape}")
+    out, params = eff.render(image, frame, float(np.clip(severity, 0, 1)), rng, **(options or {}))
+    return out, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in params.items()}
+
+
+def object_contrast(image: np.ndarray, mask: np.ndarray, boxes: list[tuple[int, int, int, int]], ring: float = 0.3):
+    """ΔE (CIE76, Lab) between each object's mean colour and its surround's (a ring ``ring`` of the object's larger
+    side around its box, without pasted pixels): how visible the object still is. One value per box."""
+    H, W = mask.shape
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        m = round(ring * max(x1 - x0, y1 - y0))
+        X0, Y0, X1, Y1 = max(0, x0 - m), max(0, y0 - m), min(W, x1 + m), min(H, y1 + m)
+        crop = cv2.cvtColor(image[Y0:Y1, X0:X1].astype(np.float32) * (1 / 255), cv2.COLOR_RGB2Lab)
+        pasted = mask[Y0:Y1, X0:X1] > 0
+        inside = np.zeros_like(pasted)
+        inside[y0 - Y0 : y1 - Y0, x0 - X0 : x1 - X0] = True
+        obj, sur = pasted & inside, ~pasted
+        if not obj.any() or not sur.any():
+            out.append(0.0)
+            continue
+        out.append(round(float(np.linalg.norm(crop[obj].mean(0) - crop[sur].mean(0))), 3))
+    return out
+
+
+def contact_sheet(tiles: dict[tuple[str, float], np.ndarray], width: int = 360) -> np.ndarray:
+    """A grid of ``tiles[(condition, severity)]``: one column per condition, one row per severity, labelled."""
+    conds = list(dict.fromkeys(c for c, _ in tiles))
+    sevs = sorted({s for _, s in tiles})
+    first = next(iter(tiles.values()))
+    th = round(first.shape[0] * width / first.shape[1])
+    head = 22
+    sheet = np.full((len(sevs) * (th + head), len(conds) * width, 3), 255, np.uint8)
+    for (c, s), img in tiles.items():
+        i, j = sevs.index(s), conds.index(c)
+        y, x = i * (th + head), j * width
+        sheet[y + head : y + head + th, x : x + width] = cv2.resize(img, (width, th), interpolation=cv2.INTER_AREA)
+        text = c if c == CLEAR else f"{c}  severity {s:.2f}"
+        cv2.putText(sheet, text, (x + 6, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet
