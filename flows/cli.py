@@ -129,8 +129,12 @@ def train(
 @app.command()
 def compare(
     config: Path = typer.Option(Path("configs/compare.yaml"), help="comparison YAML (methods, budget, benchmarks)"),
-    shards: str = typer.Option("runs/demo", help="shard version dir, run dir (its latest version) or fsspec URL"),
-    out_dir: Path = typer.Option(None, help="default: <run_dir>/compare"),
+    shards: list[str] = typer.Option(
+        ["runs/demo"],
+        help="shard version dir, run dir (its latest version) or fsspec URL; give it twice (e.g. without and with "
+        "weather) to train every method on each and report the per-condition difference",
+    ),
+    out_dir: Path = typer.Option(None, help="default: <run_dir>/compare (<run_dir>/compare-vs-<other> for two)"),
     set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=200"),
     fresh: bool = typer.Option(False, help="retrain every method instead of reusing finished ones"),
 ) -> None:
@@ -138,15 +142,17 @@ def compare(
     `compare` Prefect flow, run locally)."""
     from flows.compare import compare as compare_flow
     from schemas import load_compare_config
-    from tasks.eval.compare import markdown
+    from tasks.eval.compare import markdown, study_markdown
 
     over = _parse_overrides(set_) or None
     load_compare_config(config, over)  # config errors as messages, before the flow
-    res = compare_flow(str(config), shards, str(out_dir) if out_dir else None, over, not fresh)
+    res = compare_flow(str(config), list(shards), str(out_dir) if out_dir else None, over, not fresh)
     typer.echo(markdown(res["rows"]))
-    typer.echo(f"table: {res['table']}")
-    typer.echo(f"csv:   {res['csv']}")
-    typer.echo(f"chart: {res['chart']}")
+    if res["study_rows"]:
+        typer.echo(study_markdown(res["study_rows"]))
+    for k in ("table", "csv", "chart", "conditions", "study", "study_chart"):
+        if k in res:
+            typer.echo(f"{k + ':':12s} {res[k]}")
 
 
 @app.command()

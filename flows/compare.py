@@ -1,7 +1,9 @@
 """The ``compare`` flow (``make compare``): train every registered method on one shard version over one frozen
 segmenter (same seed, same step budget), evaluate each and the frozen segmenter's post-hoc scores on the held-in
-split and the configured benchmarks, and write one table. Wiring only; one Prefect task per training and per
-evaluated model. Trained models are reused when their config and shards are unchanged.
+split and the configured benchmarks, and write one table. Given several shard versions (with and without weather,
+say), every method is trained on each and the table adds the per-condition difference to the first. Wiring only;
+one Prefect task per training and per evaluated model. Trained models are reused when their config and shards are
+unchanged.
 """
 
 from __future__ import annotations
@@ -25,23 +27,41 @@ train_task = task(train_method, name="train-method", task_run_name="{cfg.method.
 evaluate_task = task(evaluate_model, name="evaluate-model", task_run_name="{cfg.model.name}", cache_policy=NO_CACHE)
 
 
+def shard_labels(shards: list[str]) -> dict[str, str]:
+    """``{label: resolved version}``: the label is the run directory's name (``runs/demo-weather`` →
+    ``demo-weather``) or the version's, made unique with a suffix."""
+    out: dict[str, str] = {}
+    for s in shards:
+        version = resolve_version(s)
+        name = Path(str(s).rstrip("/")).name or Path(version).name
+        label, k = name, 2
+        while label in out:
+            label, k = f"{name}-{k}", k + 1
+        out[label] = version
+    return out
+
+
 @flow(name="compare")
 def compare(
     config_path: str = "configs/compare.yaml",
-    shards: str = "runs/demo",
+    shards: str | list[str] = "runs/demo",
     out_dir: str | None = None,
     overrides: dict | None = None,
     resume: bool = True,
 ) -> dict:
-    """``shards``: a version dir, a run dir (its latest version) or an fsspec URL; outputs under ``out_dir``
-    (default ``<run_dir>/compare``): ``compare.md|csv|json|png`` and ``models/<method>/``."""
+    """``shards``: a version dir, a run dir (its latest version) or an fsspec URL, or a list of them (each method is
+    trained on each; the first also gives the held-in split and pre-trains a demo segmenter); outputs under
+    ``out_dir`` (default ``<run_dir>/compare``, ``<run_dir>/compare-vs-<other>`` for a list):
+    ``compare.md|csv|json|png``, ``conditions.png``, ``study.csv|png`` and ``models/[<shards>/]<method>/``."""
     configure_process()  # a deployment's worker starts the program here
     log = get_run_logger()
     cfg = load_compare_config(config_path, overrides)
-    version = resolve_version(shards)
+    trains = shard_labels([shards] if isinstance(shards, str) else list(shards))
+    version = next(iter(trains.values()))
     if out_dir is None and "://" in version:
         raise ValueError("out_dir is required for a remote shard version")
-    out = Path(out_dir or Path(version).parent.parent / "compare")
+    default = "compare" if len(trains) == 1 else "compare-vs-" + "-".join(list(trains)[1:])
+    out = Path(out_dir or Path(version).parent.parent / default)
     base = cfg.train.model_copy(update={"max_steps": cfg.max_steps})
     seg_ckpt = segmenter_task(base, version, out / "models" / "segmenter", True, log.info)
     base = base.model_copy(update={"segmenter": base.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
@@ -55,22 +75,27 @@ def compare(
     shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
 
     rows, trained = [], {}
-    for name in cfg.methods or method_names():
-        mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
-        result = train_task(
-            base.model_copy(update={"method": mcfg}), version, out / "models" / name, resume, True, log.info
-        )
-        trained[name] = str(result.model)
-        evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
-        rows += compare_rows({"model": name, "kind": "trained", "score": name, "steps": result.steps}, results)
+    for label, train_version in trains.items():
+        models = out / "models" if len(trains) == 1 else out / "models" / label
+        for name in cfg.methods or method_names():
+            mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
+            result = train_task(
+                base.model_copy(update={"method": mcfg}), train_version, models / name, resume, True, log.info
+            )
+            trained[f"{label}/{name}"] = str(result.model)
+            evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
+            entry = {"model": name, "kind": "trained", "score": name, "train": label, "steps": result.steps}
+            rows += compare_rows(entry, results)
     for score in cfg.post_hoc:
         seg = {"segmenter": base.segmenter.name, "segmenter_options": base.segmenter.options, "score": score}
         _, results = evaluate_task(EvalConfig(model=seg_ckpt, **seg, **shared))
-        rows += compare_rows({"model": f"{base.segmenter.name} + {score}", "kind": "post-hoc", "score": score}, results)
+        entry = {"model": f"{base.segmenter.name} + {score}", "kind": "post-hoc", "score": score, "train": "–"}
+        rows += compare_rows(entry, results)
 
     details = {
         "name": cfg.name,
         "shards": version,
+        "trained_on": trains,
         "segmenter": base.segmenter.name,
         "segmenter_checkpoint": str(seg_ckpt),
         "seed": base.seed,
@@ -78,7 +103,7 @@ def compare(
         "models": trained,
         "config": cfg.model_dump(mode="json"),
     }
-    files = write_compare(rows, details, out)
+    files, study = write_compare(rows, details, out)
     create_table_artifact(table=rows, key="compare", description=f"{cfg.name}: methods × datasets on {version}; %")
     create_markdown_artifact(markdown=markdown(rows), key="compare-md")
     log.info("comparison table %s (csv %s, chart %s)", files["table"], files["csv"], files["chart"])
@@ -88,4 +113,4 @@ def compare(
             f"{len(failed)} evaluations failed (the rest is in {files['table']}): "
             + "; ".join(f"{r['model']} on {r['dataset']}: {r['error']}" for r in failed)
         )
-    return {k: str(v) for k, v in files.items()} | {"rows": rows, "out_dir": str(out)}
+    return {k: str(v) for k, v in files.items()} | {"rows": rows, "study_rows": study, "out_dir": str(out)}

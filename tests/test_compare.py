@@ -22,13 +22,16 @@ from tests.test_pipeline import run_stage
 
 def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
     result = {"name": "held-in", "metrics": {"ap": 0.5, "fpr95": 0.25, "auroc": 0.875, "images": 3, "miou": None}}
-    (row,) = compare_rows({"model": "eel", "kind": "trained", "score": "eel", "steps": 10}, [result])
+    entry = {"model": "eel", "kind": "trained", "score": "eel", "train": "demo", "steps": 10}
+    (row,) = compare_rows(entry, [result])
     assert row == {
         "model": "eel",
         "kind": "trained",
         "score": "eel",
+        "train": "demo",
         "steps": 10,
         "dataset": "held-in",
+        "condition": "all",
         "images": 3,
         "ap": 50.0,
         "fpr95": 25.0,
@@ -37,13 +40,13 @@ def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
         "miou": None,
         "closed_set_agreement": None,
     }
-    assert "| eel | trained | eel | held-in | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown([row])
+    assert "| eel | trained | eel | demo | held-in | all | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown([row])
 
 
 def test_a_dataset_that_failed_is_a_row_of_dashes_with_its_reason():
     (row,) = compare_rows({"model": "eel", "kind": "trained"}, [{"name": "fs", "kind": "fishyscapes", "error": "boom"}])
     assert row["dataset"] == "fs" and row["error"] == "boom" and row["ap"] is None and row["auroc"] is None
-    assert "| eel | trained | – | fs | – | – |" in markdown([row])
+    assert "| eel | trained | – | – | fs | all | – | – |" in markdown([row])
 
 
 @pytest.mark.slow
@@ -83,7 +86,7 @@ def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path)
     # the post-hoc rows score the frozen network itself: one closed-set prediction, one mIoU for all of them
     assert len({r["miou"] for r in rows if r["kind"] == "post-hoc"}) == 1
     md = (out / "compare.md").read_text()
-    assert "| rpl_corocl | trained | rpl_corocl | held-in |" in md and "![comparison](compare.png)" in md
+    assert "| rpl_corocl | trained | rpl_corocl | " in md and " | held-in | all |" in md and "![comparison](compare.png)" in md
     assert "tiny: methods × datasets" in md and "table:" in res.output
     with Image.open(out / "compare.png") as im:
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # a drawn chart, not a blank

@@ -31,7 +31,8 @@ def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
     comp = Compositor(cfg, read_object_bank(bank_dir))
     claim_shard_dir(run / "shards", comp.config_hash)
     shards = split_into_shards(
-        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed), cfg.shards.samples_per_shard
+        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed, cfg.weather),
+        cfg.shards.samples_per_shard,
     )
     records = []
     for i, plans in enumerate(shards):

@@ -17,9 +17,9 @@ import numpy as np
 from tasks.eval.scoring import EvalSample
 from tasks.imageio import BadInputError, read_gray, read_rgb
 from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID, to_eval_labels
+from tasks.synth.weather import conditions
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
-CONDITIONS = ("clear", "rain", "night", "fog", "snow", "frost", "sandstorm")
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,10 @@ def register_layout(kind: str):
 
 @dataclass
 class ShardSplit:
-    """The held-in validation split of a shard version (sample keys chosen by hash, ``tasks.train.data``): the
-    composites with evaluation labels (254 → anomaly), and their trainIds for the closed-set mIoU."""
+    """The held-in validation split of a shard version (sample keys chosen by hash, ``tasks.train.data``; every
+    sample with ``val_fraction`` 0): the composites with evaluation labels (254 → anomaly), their trainIds for the
+    closed-set mIoU, and the condition their ``meta.json`` records (a weather evaluation split, ``synth`` with
+    ``weather.mode: every``)."""
 
     name: str
     kind: str
@@ -140,7 +142,7 @@ class ShardSplit:
         from tasks.train.data import shard_urls, validation_samples
 
         for s in validation_samples(shard_urls(self.version), self.val_fraction, limit):
-            yield EvalSample(s["__key__"], s["image"], to_eval_labels(s["label"]), None, s["label"])
+            yield EvalSample(s["__key__"], s["image"], to_eval_labels(s["label"]), s["condition"], s["label"])
 
 
 @register_benchmark("shards")
@@ -220,9 +222,9 @@ def _folder_manifest(manifest: Path) -> list[EvalItem]:
     items = []
     for r in rows:
         cond = (r.get("condition") or "").strip().lower() or None
-        if cond is not None and cond not in CONDITIONS:
+        if cond is not None and cond not in conditions():
             raise ValueError(
-                f"{manifest}: unknown condition {cond!r} for {r['image']} (one of {', '.join(CONDITIONS)})"
+                f"{manifest}: unknown condition {cond!r} for {r['image']} (one of {', '.join(conditions())})"
             )
         img = manifest.parent / r["image"]
         items.append(EvalItem(Path(r["image"]).stem, img, manifest.parent / r["label"], cond))

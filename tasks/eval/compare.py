@@ -1,6 +1,8 @@
-"""The comparison table (``make compare``): methods and post-hoc baselines × datasets, as our users put it in a
-paper. Rows come from ``tasks.eval.scoring`` results; outputs are ``compare.md``, ``compare.csv``,
-``compare.json`` and a bar chart ``compare.png``."""
+"""The comparison table (``make compare``): methods and post-hoc baselines × datasets (and × conditions, where a
+dataset is tagged with them), as our users put it in a paper. Rows come from ``tasks.eval.scoring`` results;
+outputs are ``compare.md``, ``compare.csv``, ``compare.json``, a bar chart ``compare.png``, ``conditions.png``
+(per condition) and, when methods were trained on more than one shard version (with and without weather, say),
+the per-condition difference of each method in ``study.csv`` / ``study.png``."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np  # noqa: E402
 from tasks.imageio import write_bytes_atomic  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
-COLUMNS = ("model", "kind", "score", "dataset", "images", *PERCENT, "steps")
+COLUMNS = ("model", "kind", "score", "train", "dataset", "condition", "images", *PERCENT, "steps")
+DELTAS = ("ap", "fpr95", "auroc")
 HEADERS = {
     "ap": "AP",
     "fpr95": "FPR95",
@@ -29,37 +32,71 @@ HEADERS = {
 }
 
 
+def _percent(m: dict) -> dict:
+    return {k: None if m.get(k) is None else round(100 * float(m[k]), 2) for k in PERCENT}
+
+
 def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
-    """One row per dataset of one model; ``entry``: model (name), kind (trained | post-hoc), score, steps."""
+    """One row per dataset of one model (condition ``all``), then one per tagged condition of that dataset;
+    ``entry``: model (name), kind (trained | post-hoc), score, train (the shard version it was trained on), steps."""
     rows = []
     for r in results:
-        row = {k: entry.get(k) for k in ("model", "kind", "score", "steps")} | {"dataset": r["name"]}
+        row = {k: entry.get(k) for k in ("model", "kind", "score", "train", "steps")} | {"dataset": r["name"]}
         if "error" in r:  # a dataset that could not be evaluated: a row of dashes, the reason below the table
-            rows.append(row | {"images": None, **dict.fromkeys(PERCENT)} | {"error": r["error"]})
+            rows.append(row | {"condition": "all", "images": None, **dict.fromkeys(PERCENT)} | {"error": r["error"]})
             continue
         m = r["metrics"]
-        row["images"] = m.get("images")
-        for k in PERCENT:
-            row[k] = None if m.get(k) is None else round(100 * float(m[k]), 2)
-        rows.append(row)
+        rows.append(row | {"condition": "all", "images": m.get("images")} | _percent(m))
+        for cond, cm in m.get("conditions", {}).items():
+            if "error" in cm:  # e.g. no anomaly pixel in that condition
+                rows.append(row | {"condition": cond, "images": None, **dict.fromkeys(PERCENT)})
+            else:
+                rows.append(row | {"condition": cond, "images": cm.get("images")} | _percent(cm))
     return rows
+
+
+def study_rows(rows: list[dict], base: str) -> list[dict]:
+    """Per trained method, dataset and condition: each other training version's AP / FPR95 / AUROC minus those of
+    the model trained on ``base`` (percentage points; ΔFPR95 < 0 is better)."""
+    key = lambda r: (r["model"], r["dataset"], r["condition"])  # noqa: E731
+    ref = {key(r): r for r in rows if r["kind"] == "trained" and r["train"] == base and r.get("ap") is not None}
+    out = []
+    for r in rows:
+        if r["kind"] != "trained" or r["train"] == base or r.get("ap") is None or key(r) not in ref:
+            continue
+        b = ref[key(r)]
+        d = {f"d_{k}": None if r[k] is None or b[k] is None else round(r[k] - b[k], 2) for k in DELTAS}
+        out.append(
+            {"model": r["model"], "dataset": r["dataset"], "condition": r["condition"], "base": base}
+            | {"train": r["train"]}
+            | {f"{k}_base": b[k] for k in DELTAS}
+            | {k: r[k] for k in DELTAS}
+            | d
+        )
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
     head = [HEADERS.get(c, c) for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(COLUMNS) - 4)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(COLUMNS) - 6)]
     for r in rows:
         lines.append("| " + " | ".join("–" if r.get(c) is None else str(r[c]) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
+def _label(r: dict, trains: int) -> str:
+    return f"{r['model']} [{r['train']}]" if trains > 1 and r["kind"] == "trained" else r["model"]
+
+
 def bar_chart(rows: list[dict], path: Path) -> Path:
     """AP (higher is better) and FPR95 (lower is better) per model, one column of panels per dataset."""
+    trains = len({r["train"] for r in rows if r["kind"] == "trained"})
+    rows = [r for r in rows if r["condition"] == "all"]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     fig, axes = plt.subplots(2, len(datasets), figsize=(3 + 3.2 * len(datasets), 6.4), dpi=120, squeeze=False)
     for j, ds in enumerate(datasets):
         sub = [r for r in rows if r["dataset"] == ds]
-        names = [r["model"] for r in sub]
+        names = [_label(r, trains) for r in sub]
         colors = ["tab:blue" if r["kind"] == "trained" else "tab:gray" for r in sub]
         for i, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
             ax = axes[i][j]
@@ -83,17 +120,125 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def write_compare(rows: list[dict], details: dict, out: str | Path) -> dict[str, Path]:
-    """``compare.md`` (the table, settings, the chart), ``compare.csv``, ``compare.json``, ``compare.png``."""
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+def condition_chart(rows: list[dict], path: Path) -> Path | None:
+    """AP and FPR95 per condition (x) for every model (bars), one row of panels per dataset with conditions."""
+    trains = len({r["train"] for r in rows if r["kind"] == "trained"})
+    tagged = [r for r in rows if r["condition"] != "all"]
+    datasets = list(dict.fromkeys(r["dataset"] for r in tagged))
+    if not datasets:
+        return None
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(14, 0.8 + 3.4 * len(datasets)), dpi=110, squeeze=False)
+    for i, ds in enumerate(datasets):
+        sub = [r for r in tagged if r["dataset"] == ds]
+        conds = list(dict.fromkeys(r["condition"] for r in sub))
+        models = list(dict.fromkeys(_label(r, trains) for r in sub))
+        width = 0.8 / len(models)
+        cmap = plt.get_cmap("tab20")
+        for j, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
+            ax = axes[i][j]
+            for k, m in enumerate(models):
+                vals = {r["condition"]: r[metric] for r in sub if _label(r, trains) == m}
+                ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
+                ax.bar(
+                    np.arange(len(conds)) + (k - (len(models) - 1) / 2) * width, ys, width, label=m, color=cmap(k % 20)
+                )
+            ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{ds}: {label.split()[0]} per condition", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[i][1].legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def study_chart(study: list[dict], path: Path) -> Path | None:
+    """ΔAP and ΔFPR95 per condition for each method (one row of panels per dataset and compared version)."""
+    groups = list(dict.fromkeys((r["dataset"], r["train"]) for r in study))
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 2, figsize=(13, 0.8 + 3.2 * len(groups)), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    for i, (ds, train) in enumerate(groups):
+        sub = [r for r in study if (r["dataset"], r["train"]) == (ds, train)]
+        conds = list(dict.fromkeys(r["condition"] for r in sub))
+        models = list(dict.fromkeys(r["model"] for r in sub))
+        width = 0.8 / len(models)
+        for j, (metric, label) in enumerate((("d_ap", "ΔAP, points (↑)"), ("d_fpr95", "ΔFPR95, points (↓)"))):
+            ax = axes[i][j]
+            for k, m in enumerate(models):
+                vals = {r["condition"]: r[metric] for r in sub if r["model"] == m}
+                ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
+                ax.bar(
+                    np.arange(len(conds)) + (k - (len(models) - 1) / 2) * width, ys, width, label=m, color=cmap(k % 10)
+                )
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{ds}: trained on {train} minus on {sub[0]['base']}", fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+        axes[i][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
+def _csv(rows: list[dict], columns, path: Path) -> Path:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns))
+    w.writeheader()
+    w.writerows({c: r.get(c) for c in columns} for r in rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
+    return path
+
+
+def study_markdown(study: list[dict]) -> str:
+    head = ["model", "dataset", "condition", "trained on", "AP", "ΔAP", "FPR95", "ΔFPR95", "AUROC", "ΔAUROC"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * 6]
+    fmt = lambda v: "–" if v is None else f"{v:+.2f}"  # noqa: E731
+    for r in study:
+        vals = [r["ap"], fmt(r["d_ap"]), r["fpr95"], fmt(r["d_fpr95"]), r["auroc"], fmt(r["d_auroc"])]
+        lines.append("| " + " | ".join(map(str, [r["model"], r["dataset"], r["condition"], r["train"], *vals])) + " |")
+    return "\n".join(lines)
+
+
+def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dict[str, Path], list[dict]]:
+    """``compare.md`` (the table, settings, the charts), ``compare.csv``, ``compare.json``, ``compare.png``,
+    ``conditions.png`` (datasets tagged with conditions) and, when models were trained on more than one shard
+    version, ``study.csv`` / ``study.png``. Returns the files and the study rows (empty for one version)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(COLUMNS))
-    w.writeheader()
-    w.writerows({c: r.get(c) for c in COLUMNS} for r in rows)
-    write_bytes_atomic(out / "compare.csv", buf.getvalue().encode())
-    write_bytes_atomic(out / "compare.json", json.dumps({"rows": rows} | details, indent=1, default=str).encode())
-    chart = bar_chart(rows, out / "compare.png")
+    files = {"table": out / "compare.md", "csv": _csv(rows, COLUMNS, out / "compare.csv"), "json": out / "compare.json"}
+    trains = list(dict.fromkeys(r["train"] for r in rows if r["kind"] == "trained"))
+    study = study_rows(rows, trains[0]) if len(trains) > 1 else []
+    write_bytes_atomic(
+        out / "compare.json", json.dumps({"rows": rows, "study": study} | details, indent=1, default=str).encode()
+    )
+    chart = files["chart"] = bar_chart(rows, out / "compare.png")
+    per_condition = condition_chart(rows, out / "conditions.png")
+    if per_condition is not None:
+        files["conditions"] = per_condition
+    study_lines: list[str] = []
+    if study:
+        files["study"] = _csv(study, list(study[0]), out / "study.csv")
+        study_png = study_chart(study, out / "study.png")
+        files["study_chart"] = study_png
+        study_lines = [
+            f"## Trained on {', '.join(trains[1:])} instead of {trains[0]}: the difference per condition",
+            "",
+            "Each method trained on each shard version with the same seed, budget and frozen segmenter; Δ = the "
+            f"other version minus {trains[0]}, in points (ΔFPR95 < 0 is better).",
+            "",
+            study_markdown(study),
+            "",
+            f"![per-condition difference]({study_png.name})",
+            "",
+        ]
     md = [
         f"# {details.get('name', 'compare')}: methods × datasets",
         "",
@@ -101,7 +246,8 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> dict[str,
         f"(`{details.get('segmenter_checkpoint')}`); seed {details.get('seed')}; "
         f"{details.get('max_steps')} steps per method. Values in %. mIoU: the scored model's closed-set "
         "prediction against the shards' trainIds (held-in split only); agreement: inlier pixels where ŷ keeps "
-        "the frozen class (methods only).",
+        "the frozen class (methods only). Condition `all`: every image of the dataset; `adverse`: every "
+        "condition but clear (the ComsAmy split).",
         "",
         markdown(rows),
         "",
@@ -109,6 +255,8 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> dict[str,
         "",
         f"![comparison]({chart.name})",
         "",
+        *([f"![per condition]({per_condition.name})", ""] if per_condition is not None else []),
+        *study_lines,
     ]
     write_bytes_atomic(out / "compare.md", "\n".join(md).encode())
-    return {"table": out / "compare.md", "csv": out / "compare.csv", "json": out / "compare.json", "chart": chart}
+    return files, study

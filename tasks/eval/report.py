@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
+from tasks.synth.weather import ADVERSE, CLEAR  # noqa: E402
 
 COLUMNS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
 
@@ -68,6 +69,34 @@ def plot_curves(results: list[dict], out: Path) -> tuple[Path, Path]:
     return roc, pr
 
 
+def condition_chart(results: list[dict], path: Path, title: str = "") -> Path | None:
+    """AP (↑) and FPR95 (↓) per tagged condition, one row of panels per dataset that has conditions (clear in
+    blue, each adverse condition in orange, their pool ``adverse`` in red); None when no dataset has them."""
+    tagged = [r for r in results if "error" not in r and r["metrics"].get("conditions")]
+    if not tagged:
+        return None
+    fig, axes = plt.subplots(len(tagged), 2, figsize=(9, 0.6 + 2.6 * len(tagged)), dpi=120, squeeze=False)
+    for i, r in enumerate(tagged):
+        conds = {c: m for c, m in r["metrics"]["conditions"].items() if "error" not in m}
+        names = list(conds)
+        colors = ["tab:blue" if c == CLEAR else "tab:red" if c == ADVERSE else "tab:orange" for c in names]
+        for j, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
+            ax = axes[i][j]
+            bars = ax.bar(range(len(names)), [100 * conds[c][metric] for c in names], color=colors)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(0, 105)
+            ax.set_ylabel(label, fontsize=8)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_title(f"{r['name']}: {label.split()[0]} per condition", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def panel(image: np.ndarray, label: np.ndarray, score: np.ndarray, width: int = 384) -> np.ndarray:
     """image | ground truth (anomaly red, void grey) | score map (colour scale over the image's range)."""
     gt = np.zeros_like(image)
@@ -89,6 +118,9 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
     write_bytes_atomic(out / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
     roc, pr = plot_curves(results, out)
     files = {"metrics": out / "metrics.json", "roc": roc, "pr": pr}
+    chart = condition_chart(results, out / "conditions.png", f"{settings['model']} ({settings['score']})")
+    if chart is not None:
+        files["conditions"] = chart
     for r in results:
         if r.get("panels"):
             p = out / f"panels_{r['name']}.png"
@@ -106,6 +138,7 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
         "",
         "![ROC](roc.png) ![PR](pr.png)",
         "",
+        *(["![per condition](conditions.png)", ""] if chart is not None else []),
         *[f"![{k}]({v.name})" for k, v in files.items() if k.startswith("panels_")],
         "",
     ]

@@ -26,6 +26,7 @@ from models.methods.base import Inference
 from tasks.eval.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.eval.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
+from tasks.synth.weather import ADVERSE, CLEAR, condition_order
 
 
 @dataclass
@@ -87,6 +88,14 @@ class TensorScorer:
         return ScoredImage(arr(out.score, np.float32), arr(out.pred, np.uint8), arr(out.frozen_pred, np.uint8))
 
 
+def condition_groups(condition: str | None) -> tuple[str, ...]:
+    """The per-condition accumulators an image feeds: its condition and, when that is not clear, ``adverse``
+    (the clear-vs-adverse split of ComsAmy). Untagged images feed none."""
+    if not condition:
+        return ()
+    return (condition,) if condition == CLEAR else (condition, ADVERSE)
+
+
 def _second_pass(pooled: PixelMetrics, by_condition: dict, conditions: list, scratch: Path, name: str, progress):
     """Feed the cached scores again to the accumulators whose error bounds exceed their tolerance."""
     todo = [(None, pooled)] if pooled.needs_second_pass() else []
@@ -98,7 +107,7 @@ def _second_pass(pooled: PixelMetrics, by_condition: dict, conditions: list, scr
     for k, cond_k in enumerate(tqdm(conditions, desc=f"{name} (2nd pass)", unit="img", disable=not progress)):
         score, label = np.load(scratch / f"{k}.score.npy"), np.load(scratch / f"{k}.label.npy")
         for cond, m in todo:
-            if cond is None or cond_k == cond:
+            if cond is None or cond in condition_groups(cond_k):
                 m.update(score, label, name=f"{name}#{k}")
 
 
@@ -117,7 +126,7 @@ def evaluate_samples(
     best F1 and its threshold (and their error bounds), the SMIYC component metrics at that threshold, the
     closed-set agreement (inlier pixels where the scored model keeps the frozen network's class; methods
     only), the closed-set mIoU (when samples carry trainId labels), the image count, and one row per tagged
-    condition. A dataset without images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
+    condition (with ``adverse`` pooling every condition but clear, when both are present). A dataset without images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
     pooled = PixelMetrics(per_image=per_image)
     by_condition: dict[str, PixelMetrics] = {}
     conditions: list[str | None] = []
@@ -130,8 +139,8 @@ def evaluate_samples(
         for k, s in enumerate(tqdm(samples, desc=name, unit="img", total=total, disable=not progress, leave=False)):
             out = scorer(s.image)
             pooled.update(out.score, s.label, name=s.item_id)
-            if s.condition:
-                by_condition.setdefault(s.condition, PixelMetrics()).update(out.score, s.label, name=s.item_id)
+            for group in condition_groups(s.condition):
+                by_condition.setdefault(group, PixelMetrics()).update(out.score, s.label, name=s.item_id)
             conditions.append(s.condition)
             np.save(scratch / f"{k}.score.npy", out.score)
             np.save(scratch / f"{k}.label.npy", s.label)
@@ -159,7 +168,11 @@ def evaluate_samples(
     result["closed_set_agreement"] = agree / agree_total if agree_total else None
     result["miou"] = float(confusion.compute()["miou"]) if has_miou else None
     result["conditions"] = {}
-    for cond, m in sorted(by_condition.items()):
+    if len(set(by_condition) - {ADVERSE}) < 2:  # one condition only: its row would repeat the pooled one
+        by_condition = {}
+    elif CLEAR not in by_condition:  # nothing clear to set the adverse images against
+        by_condition.pop(ADVERSE, None)
+    for cond, m in sorted(by_condition.items(), key=lambda kv: condition_order(kv[0])):
         try:
             result["conditions"][cond] = m.compute()
         except ValueError as e:  # a condition without anomalies: say so instead of a number

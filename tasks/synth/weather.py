@@ -32,6 +32,7 @@ import numpy as np
 from tasks.labels import train_ids
 
 CLEAR = "clear"
+ADVERSE = "adverse"  # not a condition: the group of every condition but clear, in evaluation reports
 
 #: Cityscapes classes the depth model treats as ground (objects stand on them) and as sky.
 GROUND_CLASSES = ("road", "sidewalk", "terrain")
@@ -56,8 +57,8 @@ def register_weather(name: str):
     """Register ``render(image, frame, severity, rng, **options) -> (image, params)`` as condition ``name``."""
 
     def deco(fn):
-        if name == CLEAR:
-            raise ValueError(f"{CLEAR!r} is the absence of an effect, not an effect")
+        if name in (CLEAR, ADVERSE):
+            raise ValueError(f"{name!r} is reserved ({CLEAR}: no effect; {ADVERSE}: every condition but clear)")
         sig = inspect.signature(fn)
         options = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
         WEATHER[name] = Effect(name, fn, options, (fn.__doc__ or "").strip().splitlines()[0])
@@ -73,6 +74,12 @@ def conditions() -> tuple[str, ...]:
 
 def adverse_conditions() -> tuple[str, ...]:
     return tuple(WEATHER)
+
+
+def condition_order(name: str) -> tuple[int, str]:
+    """Sort key of report rows: clear, the registered conditions in registry order, adverse, then anything else."""
+    order = (*conditions(), ADVERSE)
+    return (order.index(name) if name in order else len(order), name)
 
 
 def check_options(name: str, options: dict) -> dict:

@@ -14,6 +14,7 @@ shard order. Every random choice is drawn from generators seeded by (config seed
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +87,8 @@ def decode_sample(sample: dict) -> dict:
     bad = set(np.unique(s.label).tolist()) - SHARD_LABEL_VALUES
     if bad:
         raise ShardDataError(f"{where}: label values {sorted(bad)} are outside trainIds 0-18, {ANOMALY}, {VOID}")
-    return {"__key__": s.key, "image": s.image, "label": s.label}
+    condition = json.loads(s.meta).get("condition") if s.meta else None  # shards before the weather stage: None
+    return {"__key__": s.key, "image": s.image, "label": s.label, "condition": condition}
 
 
 def random_crop_flip(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: random.Random):

@@ -1,0 +1,187 @@
+"""The per-condition evaluation: an every-condition split synthesized and read back with its tags, metrics per
+condition and clear-vs-adverse, the charts, and the weather study of `make compare` (two training versions)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from sklearn.metrics import average_precision_score
+from typer.testing import CliRunner
+
+from schemas import WeatherConfig
+from tasks.eval.benchmarks import load_benchmark
+from tasks.eval.compare import compare_rows, study_rows, write_compare
+from tasks.eval.report import write_eval_report
+from tasks.eval.scoring import EvalSample, ScoredImage, evaluate_samples
+from tasks.synth.validate import validate_shard_set
+from tasks.synth.versions import resolve_version
+from tasks.synth.weather import conditions
+from tests.conftest import tiny_method, tiny_train_config
+from tests.test_pipeline import run_stage
+
+
+def _sample(k: int, condition: str | None, rng) -> EvalSample:
+    label = np.zeros((8, 8), np.uint8)
+    label[2:5, 2:5] = 1
+    image = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+    return EvalSample(f"img{k}", image, label, condition)
+
+
+def _scorer(seed: int):
+    rng = np.random.default_rng(seed)
+
+    def score(image):  # an imperfect detector: the anomaly scores higher on average, with noise
+        s = rng.normal(0, 1, image.shape[:2]).astype(np.float32)
+        s[2:5, 2:5] += 1.5
+        return ScoredImage(s)
+
+    return score
+
+
+def test_metrics_per_condition_and_adverse_pool_match_sklearn():
+    rng = np.random.default_rng(0)
+    tags = ["clear", "fog", "night", "clear", "fog", "night"]
+    samples = [_sample(k, c, rng) for k, c in enumerate(tags)]
+    # replay the scorer to know every score map
+    scorer, replay = _scorer(1), _scorer(1)
+    scores = [replay(s.image).score for s in samples]
+    res = evaluate_samples(scorer, samples, "tagged", progress=False)
+    conds = res["metrics"]["conditions"]
+    assert list(conds) == ["clear", "fog", "night", "adverse"]  # registry order, the pool last
+
+    def ap(idx):
+        y = np.concatenate([samples[i].label.ravel() for i in idx])
+        return average_precision_score(y, np.concatenate([scores[i].ravel() for i in idx]))
+
+    assert conds["fog"]["ap"] == pytest.approx(ap([1, 4]), abs=1e-4)
+    assert conds["clear"]["ap"] == pytest.approx(ap([0, 3]), abs=1e-4)
+    assert conds["adverse"]["ap"] == pytest.approx(ap([1, 2, 4, 5]), abs=1e-4)
+    assert res["metrics"]["ap"] == pytest.approx(ap(range(6)), abs=1e-4)
+
+
+def test_one_condition_or_none_gives_no_condition_rows_and_no_adverse_without_clear():
+    rng = np.random.default_rng(0)
+    only_clear = evaluate_samples(_scorer(0), [_sample(k, "clear", rng) for k in range(3)], "c", progress=False)
+    assert only_clear["metrics"]["conditions"] == {}
+    untagged = evaluate_samples(_scorer(0), [_sample(k, None, rng) for k in range(3)], "u", progress=False)
+    assert untagged["metrics"]["conditions"] == {}
+    no_clear = [_sample(k, c, rng) for k, c in enumerate(["fog", "rain", "fog"])]
+    res = evaluate_samples(_scorer(0), no_clear, "n", progress=False)
+    assert set(res["metrics"]["conditions"]) == {"fog", "rain"}
+
+
+@pytest.fixture(scope="module")
+def every_condition_split(tmp_path_factory):
+    """A tiny every-condition evaluation split: 2 composites × 7 conditions."""
+    from tests.conftest import tiny_synth_config
+
+    root = tmp_path_factory.mktemp("eval_split")
+    cfg = tiny_synth_config(root)
+    cfg.num_samples = 2
+    cfg.seed = 11
+    cfg.weather = WeatherConfig(mode="every", severity=(0.7, 0.7))
+    run_stage(cfg, root / "run")
+    return cfg, resolve_version(root / "run" / "shards")
+
+
+def test_every_condition_split_holds_each_composite_in_every_condition(every_condition_split):
+    cfg, version = every_condition_split
+    checked, problems = validate_shard_set(version)
+    assert problems == [] and checked == 2 * len(conditions())
+    split = load_benchmark("shards", version, val_fraction=0.0)
+    samples = list(split.samples())
+    assert len(samples) == 14
+    by_cond = {c: [s for s in samples if s.condition == c] for c in conditions()}
+    assert all(len(v) == 2 for v in by_cond.values())
+    # one composite in every condition: the same labels, different pixels
+    first = [s for s in samples if s.item_id.startswith("0000000_")]
+    assert len(first) == 7 and {s.condition for s in first} == set(conditions())
+    assert all(np.array_equal(s.label, first[0].label) for s in first)
+    clear = next(s for s in first if s.condition == "clear").image.astype(int)
+    for s in first:
+        if s.condition != "clear":
+            assert np.abs(s.image.astype(int) - clear).mean() > 2, s.condition
+    assert json.loads(open(f"{version}/dataset.json").read())["samples"] == 14
+
+
+def test_eval_report_has_rows_and_a_chart_per_condition(every_condition_split, tmp_path):
+    _, version = every_condition_split
+    split = load_benchmark("shards", version, name="conds", val_fraction=0.0)
+    res = evaluate_samples(
+        lambda img: ScoredImage(img.mean(axis=2).astype(np.float32)), split.samples(), "conds", progress=False
+    )
+    files = write_eval_report([res], tmp_path, {"score": "brightness", "model": "toy"})
+    rows = json.loads(files["metrics"].read_text())["table"]
+    assert [r["condition"] for r in rows] == ["all", *conditions(), "adverse"]
+    assert "![per condition](conditions.png)" in files["report"].read_text()
+    with Image.open(files["conditions"]) as im:
+        assert np.asarray(im.convert("L")).std() > 10
+
+
+def test_compare_rows_carry_conditions_and_the_study_differences(tmp_path):
+    def result(ap_fog, ap_clear):
+        m = {"ap": 0.5, "fpr95": 0.4, "auroc": 0.8, "images": 4}
+        m["conditions"] = {
+            "clear": {"ap": ap_clear, "fpr95": 0.3, "auroc": 0.9, "images": 2},
+            "fog": {"ap": ap_fog, "fpr95": 0.6, "auroc": 0.7, "images": 2},
+        }
+        return [{"name": "conds", "metrics": m}]
+
+    base = compare_rows({"model": "eel", "kind": "trained", "train": "demo", "steps": 2}, result(0.2, 0.6))
+    other = compare_rows({"model": "eel", "kind": "trained", "train": "demo-weather", "steps": 2}, result(0.35, 0.55))
+    assert [r["condition"] for r in base] == ["all", "clear", "fog"]
+    assert base[2]["ap"] == 20.0 and base[2]["images"] == 2
+    study = study_rows(base + other, "demo")
+    fog = next(r for r in study if r["condition"] == "fog")
+    assert fog["d_ap"] == 15.0 and fog["d_fpr95"] == 0.0 and fog["ap_base"] == 20.0
+    assert next(r for r in study if r["condition"] == "clear")["d_ap"] == -5.0
+    files, rows = write_compare(base + other, {"name": "t"}, tmp_path)
+    assert rows == study and files["study"].is_file() and files["conditions"].is_file()
+    assert "ΔAP" in files["table"].read_text() and "+15.00" in files["table"].read_text()
+
+
+@pytest.mark.slow
+def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference(
+    trained_eel, every_condition_split, tmp_path
+):
+    from flows.cli import app
+    from tests.conftest import tiny_synth_config
+
+    weather_cfg = tiny_synth_config(tmp_path)
+    weather_cfg.num_samples = 12
+    weather_cfg.weather = WeatherConfig(clear=0.3)
+    run_stage(weather_cfg, tmp_path / "wet")
+    wet = resolve_version(tmp_path / "wet" / "shards")
+    _, eval_split = every_condition_split
+    cfg = {
+        "name": "study",
+        "max_steps": 2,
+        "methods": ["eel"],
+        "method_overrides": {"eel": tiny_method("eel")},
+        "post_hoc": ["energy"],
+        "held_in": False,
+        "benchmarks": [{"kind": "shards", "root": eval_split, "val_fraction": 0, "name": "conds"}],
+        "train": tiny_train_config("eel").model_dump(mode="json", exclude={"method", "max_steps"})
+        | {"segmenter": {"name": "espnetv2_demo", "checkpoint": str(trained_eel.segmenter)}},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "cmp"
+    args = ["compare", "--config", str(tmp_path / "study.yaml"), "--shards", trained_eel.version]
+    res = CliRunner().invoke(app, [*args, "--shards", wet, "--out-dir", str(out)])
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    trained = [r for r in rows if r["kind"] == "trained"]
+    labels = {r["train"] for r in trained}
+    assert len(labels) == 2 and {r["condition"] for r in trained} == {"all", *conditions(), "adverse"}
+    study = list(csv.DictReader((out / "study.csv").open()))
+    assert {r["condition"] for r in study} == {"all", *conditions(), "adverse"}
+    for r in study:  # every difference is the other model's value minus the base model's
+        assert float(r["d_ap"]) == pytest.approx(float(r["ap"]) - float(r["ap_base"]), abs=0.011)
+    assert (out / "models").is_dir() and len(list((out / "models").glob("*/eel/model.pt"))) == 2
+    md = (out / "compare.md").read_text()
+    assert "the difference per condition" in md and "![per-condition difference](study.png)" in md
