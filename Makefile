@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo synth serve eval compare bench bench-synth bench-metrics bench-diffusion bench-train clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,17 @@ demo:
 	$(BIN)/anomalyforge synth --config configs/demo.yaml --run-dir $(RUN_DIR)
 	$(BIN)/anomalyforge validate $(RUN_DIR)/shards
 	@echo "demo outputs: $(RUN_DIR)/shards -> the latest version (WebDataset + parquet manifest, report.md, composites.png)"
+
+# the per-condition evaluation split: held-out demo scenes, unseen anomaly class, every composite in every condition
+EVAL_SPLIT_DIR ?= runs/demo-eval
+demo-eval:
+	$(BIN)/anomalyforge synth --config configs/demo_eval.yaml --run-dir $(EVAL_SPLIT_DIR)
+	@echo "evaluation split: $(EVAL_SPLIT_DIR)/shards (weather.png: one scene in every condition)"
+
+# training shards with adverse weather (the demo profile + a random condition per sample)
+WEATHER_DIR ?= runs/demo-weather
+demo-weather:
+	$(BIN)/anomalyforge synth --config configs/demo_weather.yaml --run-dir $(WEATHER_DIR)
 
 # one-off local run without a server (Prefect's temporary one), e.g. make synth SYNTH_CONFIG=configs/diffusion.yaml
 SYNTH_CONFIG ?= configs/demo.yaml
@@ -65,9 +76,23 @@ COMPARE_CONFIG ?= configs/compare.yaml
 COMPARE_SET ?=
 compare:
 	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
+	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
 	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach s,$(COMPARE_SET),--set $(s))
 
-bench: bench-synth bench-metrics bench-diffusion bench-train
+# The weather study: every method trained on RUN_DIR and on WEATHER_DIR (same seed, budget, frozen segmenter), the
+# per-condition difference in one table: $(RUN_DIR)/compare-vs-demo-weather/compare.md, study.csv, study.png
+compare-weather:
+	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
+	@test -e $(WEATHER_DIR)/LATEST || $(MAKE) demo-weather
+	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
+	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) --shards $(WEATHER_DIR) $(foreach s,$(COMPARE_SET),--set $(s))
+
+bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather
+
+# each weather effect on a 2048x1024 frame, against encoding that frame (JPEG, PNG) and the whole shard sample
+WEATHER_BENCH ?=
+bench-weather:
+	$(BIN)/python bench/weather_throughput.py $(WEATHER_BENCH)
 
 bench-synth:
 	$(BIN)/python bench/synth_throughput.py
