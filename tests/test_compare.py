@@ -86,7 +86,11 @@ def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path)
     # the post-hoc rows score the frozen network itself: one closed-set prediction, one mIoU for all of them
     assert len({r["miou"] for r in rows if r["kind"] == "post-hoc"}) == 1
     md = (out / "compare.md").read_text()
-    assert "| rpl_corocl | trained | rpl_corocl | " in md and " | held-in | all |" in md and "![comparison](compare.png)" in md
+    assert (
+        "| rpl_corocl | trained | rpl_corocl | " in md
+        and " | held-in | all |" in md
+        and "![comparison](compare.png)" in md
+    )
     assert "tiny: methods × datasets" in md and "table:" in res.output
     with Image.open(out / "compare.png") as im:
         assert im.size[0] > 300 and np.asarray(im.convert("L")).std() > 10  # a drawn chart, not a blank

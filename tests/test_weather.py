@@ -586,3 +586,19 @@ def test_compositor_without_weather_returns_the_composite_as_it_is():
     assert comp.weathered(c, scene, plan) is c
     assert c.meta.condition == "clear" and c.meta.weather is None
     assert all(o.visibility is None for o in c.meta.objects)
+
+
+def test_sensor_noise_has_the_poisson_gaussian_std_of_each_level():
+    from tasks.synth.weather import _sensor_noise, noise_table
+
+    photons, read, gamma = 300.0, 0.005, 1.2
+    table = noise_table(photons, read, gamma)
+    rng = np.random.default_rng(0)
+    for level in (20, 100, 200):
+        x = (level / 255) ** (2.2 / gamma)  # linear light behind the display level
+        sigma = np.sqrt(x / photons + read**2) * (gamma / 2.2) * x ** (gamma / 2.2 - 1) * 255  # by hand
+        out = _sensor_noise(np.full((256, 256, 3), level, np.uint8), rng, table).astype(np.float64)
+        assert out.mean() == pytest.approx(level, abs=0.3)
+        assert out.std() == pytest.approx(sigma, rel=0.05), level
+    # more photons, less noise
+    assert noise_table(3000.0, read, gamma)[100].std() < table[100].std() / 2

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from statistics import NormalDist
 
 import cv2
 import numpy as np
@@ -394,9 +395,8 @@ def night(
     In linear light (sRGB decoded as ``x^2.2``): exposure ``2^−stops``, a warm (sodium / tungsten) or cold (LED)
     white balance, a sky 8× darker still, then display gamma ``x^(γ/2.2)``. Sensor noise follows the
     Poisson–Gaussian model (Foi et al., IEEE TIP 2008, Eq. 2): variance ``x/photons + σ_read²`` in linear light,
-    carried through the tone curve to display levels; its shape is the Irwin–Hall sum of four uniforms (close to a
-    Gaussian), drawn at half resolution (demosaicing correlates neighbouring pixels anyway). Glows: bright non-sky
-    pixels of the day image (lamps, signs, lights) bloom as a wide halo.
+    carried through the tone curve to display levels (``noise_table``), per channel. Glows: bright
+    non-sky pixels of the day image (lamps, signs, lights) bloom as a wide halo.
     """
     h, w = frame.shape
     ev = linear(*stops, severity)
@@ -410,7 +410,12 @@ def night(
         return np.clip(x**2.2 * exposure * extra * wb, 0, 1) ** (g / 2.2)
 
     dark = cv2.LUT(image, _tone_lut(tone))
-    cv2.copyTo(cv2.LUT(image, _tone_lut(lambda x: tone(x, 0.125))), frame.sky(), dark)
+    sky = frame.sky()
+    rows = np.flatnonzero(sky.any(axis=1))
+    if rows.size:  # the sky's rows only: it is usually the top of the frame
+        top, bottom = rows[0], rows[-1] + 1
+        sky_tone = cv2.LUT(image[top:bottom], _tone_lut(lambda x: tone(x, 0.125)))
+        cv2.copyTo(sky_tone, sky[top:bottom], dark[top:bottom])
     glow_pixels = 0
     if glows:
         small = cv2.resize(image, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
@@ -421,19 +426,9 @@ def night(
             halo = cv2.GaussianBlur(small * lights[..., None], (0, 0), 0.006 * w)
             halo = cv2.convertScaleAbs(halo, alpha=1.5 + 2.5 * severity)
             dark = cv2.add(dark, full_size(halo, (h, w)))
-    # noise std per display level y: σ_lin(x) · dy/dx, x the linear value behind y
     peak = geometric(*photons, severity)
     sr = linear(*read_noise, severity)
-    y = np.arange(256) / 255.0
-    x = np.maximum(y, 1e-3) ** (2.2 / g)
-    sigma = np.minimum(np.sqrt(x / peak + sr**2) * (g / 2.2) * x ** (g / 2.2 - 1) * 255, 40.0)
-    hh, hw = (h + 1) // 2, (w + 1) // 2
-    small = cv2.resize(dark, (hw, hh), interpolation=cv2.INTER_AREA)
-    u = rng.integers(0, 256, (4, hh, hw, 3), dtype=np.uint8).astype(np.int16)
-    unit = (u[0] + u[1] + u[2] + u[3] - 510).astype(np.float32) * (1 / 147.8)  # Irwin–Hall(4): mean 0, std 1
-    noise = np.round(unit * sigma.astype(np.float32)[small]).astype(np.int16)
-    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)
-    out = cv2.add(dark, noise, dtype=cv2.CV_8U)
+    out = _sensor_noise(dark, rng, noise_table(peak, sr, g))
     params = {
         "stops": ev,
         "gamma": g,
@@ -443,6 +438,30 @@ def night(
         "glow_pixels": glow_pixels,
     }
     return out, params
+
+
+def noise_table(photons: float, read_noise: float, gamma: float) -> np.ndarray:
+    """256×256 int16 table ``T[y, u]``: the noise offset at display level ``y`` for a uniform random byte ``u``.
+
+    The std at ``y`` is ``σ_lin(x)·dy/dx``, with ``x = y^(2.2/γ)`` the linear value behind ``y`` and
+    ``σ_lin² = x/photons + read_noise²`` (Poisson–Gaussian, Foi et al., IEEE TIP 2008, Eq. 2); ``u`` picks one of
+    256 equal-mass quantiles of the standard normal (inverse-CDF sampling: Gaussian up to 1/256 quantisation)."""
+    y = np.arange(256, dtype=np.float64)
+    x = np.maximum(y / 255, 1e-3) ** (2.2 / gamma)
+    sigma = np.minimum(np.sqrt(x / photons + read_noise**2) * (gamma / 2.2) * x ** (gamma / 2.2 - 1) * 255, 40.0)
+    z = np.array([NormalDist().inv_cdf((k + 0.5) / 256) for k in range(256)])
+    return np.round(sigma[:, None] * z[None, :]).astype(np.int16)
+
+
+def _sensor_noise(image: np.ndarray, rng: np.random.Generator, table: np.ndarray) -> np.ndarray:
+    """``image`` plus ``table[level, random byte]`` per pixel and channel, drawn at half resolution (each draw
+    covers 2×2 pixels, as demosaicing correlates neighbours) and saturated to uint8."""
+    h, w = image.shape[:2]
+    small = cv2.resize(image, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+    index = small.astype(np.uint16) << 8
+    index |= np.frombuffer(rng.bytes(small.size), np.uint8).reshape(small.shape)
+    noise = cv2.resize(np.take(table.ravel(), index), (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.add(image, noise, dtype=cv2.CV_8U)
 
 
 @register_weather("frost")
