@@ -577,6 +577,9 @@ class TrainConfig(_Strict):
     workers: int = Field(2, ge=0)
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-in validation split (by sample key)")
     val_limit: int | None = Field(64, ge=1, description="at most this many validation images per evaluation")
+    min_visibility: float | None = Field(
+        None, ge=0, description="weather shards: objects whose visibility (ΔE to their surround) is below this are void"
+    )
     # running
     eval_every: int = Field(500, ge=1, description="steps between evaluations (and checkpoints)")
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -603,7 +606,10 @@ class TrainConfig(_Strict):
         return _method_config(v)
 
     def content_hash(self) -> str:
-        keep = self.model_dump(mode="json", exclude={"workers", "eval_every", "val_limit", "device"})
+        exclude = {"workers", "eval_every", "val_limit", "device"} | (
+            {"min_visibility"} if self.min_visibility is None else set()
+        )
+        keep = self.model_dump(mode="json", exclude=exclude)  # unset new fields keep the hash of older models
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 

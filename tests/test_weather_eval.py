@@ -1,5 +1,6 @@
 """The per-condition evaluation: an every-condition split synthesized and read back with its tags, metrics per
-condition and clear-vs-adverse, the charts, and the weather study of `make compare` (two training versions)."""
+condition and clear-vs-adverse, the charts, the weather study of `make compare` (two training versions), and the
+training filter on the objects' recorded visibility."""
 
 from __future__ import annotations
 
@@ -185,3 +186,45 @@ def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference
     assert (out / "models").is_dir() and len(list((out / "models").glob("*/eel/model.pt"))) == 2
     md = (out / "compare.md").read_text()
     assert "the difference per condition" in md and "![per-condition difference](study.png)" in md
+
+
+def test_objects_the_weather_hid_become_void_in_training_labels():
+    from tasks.labels import ANOMALY, VOID
+    from tasks.train.data import void_hidden_objects
+
+    label = np.zeros((10, 20), np.uint8)
+    label[2:5, 2:5] = ANOMALY
+    label[6:9, 12:16] = ANOMALY
+    meta = {
+        "objects": [
+            {"box": [2, 2, 5, 5], "visibility": 1.5},  # hidden by the weather
+            {"box": [12, 6, 16, 9], "visibility": 20.0},
+            {"box": [0, 0, 1, 1], "visibility": None},  # a run without weather: kept
+        ]
+    }
+    out = void_hidden_objects(label, meta, min_visibility=3.0)
+    assert (out[2:5, 2:5] == VOID).all() and (out[6:9, 12:16] == ANOMALY).all()
+    assert np.count_nonzero(out == VOID) == 9 and (label[2:5, 2:5] == ANOMALY).all()  # the input is not changed
+    assert void_hidden_objects(label, {"objects": [{"box": [2, 2, 5, 5], "visibility": 0.0}]}, 0.5)[3, 3] == VOID
+    assert void_hidden_objects(label, meta, min_visibility=1.0) is label  # nothing below: the same array
+
+
+def test_training_stream_voids_hidden_objects_of_a_weather_version(every_condition_split):
+    import tarfile
+
+    from tasks.labels import ANOMALY, VOID
+    from tasks.sample_format import read_tar_samples
+    from tasks.train.data import decode_sample, shard_urls
+
+    _, version = every_condition_split
+    with tarfile.open(shard_urls(version)[0]) as tar:
+        samples, _ = read_tar_samples(tar, "shard")
+    key, parts = next(iter(samples.items()))
+    raw = {"__key__": key, **parts}
+    meta = json.loads(parts["meta.json"])
+    assert all(o["visibility"] is not None for o in meta["objects"])
+    kept = decode_sample(raw)
+    assert kept["condition"] == meta["condition"] and (kept["label"] == ANOMALY).any()
+    hidden = decode_sample(raw, min_visibility=1e9)  # every object below: no anomaly pixel left
+    assert not (hidden["label"] == ANOMALY).any()
+    assert np.array_equal(hidden["label"] == VOID, (kept["label"] == VOID) | (kept["label"] == ANOMALY))

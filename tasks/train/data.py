@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -78,17 +79,34 @@ def in_validation(key: str, fraction: float) -> bool:
     return h < fraction * 2**32
 
 
-def decode_sample(sample: dict) -> dict:
+def decode_sample(sample: dict, min_visibility: float | None = None) -> dict:
     """Raw tar sample (either image format) → RGB uint8 H×W×3 and single-channel uint8 label, checked against
-    the shard label convention."""
+    the shard label convention, and the sample's condition (``None`` for shards made before the weather stage).
+    With ``min_visibility``, objects the weather hid (``visibility`` in ``meta.json`` below it) are made void."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     parts = {k: v for k, v in sample.items() if not k.startswith("__")}
     s = decode_parts(sample["__key__"], parts, where)
     bad = set(np.unique(s.label).tolist()) - SHARD_LABEL_VALUES
     if bad:
         raise ShardDataError(f"{where}: label values {sorted(bad)} are outside trainIds 0-18, {ANOMALY}, {VOID}")
-    condition = json.loads(s.meta).get("condition") if s.meta else None  # shards before the weather stage: None
-    return {"__key__": s.key, "image": s.image, "label": s.label, "condition": condition}
+    meta = json.loads(s.meta) if s.meta else {}
+    label = s.label if min_visibility is None else void_hidden_objects(s.label, meta, min_visibility)
+    return {"__key__": s.key, "image": s.image, "label": label, "condition": meta.get("condition")}
+
+
+def void_hidden_objects(label: np.ndarray, meta: dict, min_visibility: float) -> np.ndarray:
+    """``label`` with the anomaly pixels of every object whose recorded visibility (ΔE to its surround after the
+    weather effect) is below ``min_visibility`` set to void: an object the weather hid is taught as neither
+    anomaly nor inlier. Objects without a visibility (runs without weather) are kept; boxes never overlap."""
+    objects = meta.get("objects", [])
+    hidden = [o["box"] for o in objects if o.get("visibility") is not None and o["visibility"] < min_visibility]
+    if not hidden:
+        return label
+    label = label.copy()
+    for x0, y0, x1, y1 in hidden:
+        region = label[y0:y1, x0:x1]
+        region[region == ANOMALY] = VOID
+    return label
 
 
 def random_crop_flip(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: random.Random):
@@ -115,9 +133,19 @@ class TrainStream(IterableDataset):
     """Endless stream of augmented training samples (resampled shards: each worker draws shards with
     replacement, so epochs are counted in samples, not passes)."""
 
-    def __init__(self, urls: list[str], crop, val_fraction: float, shuffle_buffer: int, seed: int, rank: int = 0):
+    def __init__(
+        self,
+        urls: list[str],
+        crop,
+        val_fraction: float,
+        shuffle_buffer: int,
+        seed: int,
+        rank: int = 0,
+        min_visibility: float | None = None,
+    ):
         self.urls, self.crop, self.val_fraction = urls, tuple(crop), val_fraction
         self.shuffle_buffer, self.seed, self.rank = shuffle_buffer, seed, rank
+        self.min_visibility = min_visibility
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -129,7 +157,7 @@ class TrainStream(IterableDataset):
             _tar_samples,
             wds.select(lambda s: not in_validation(s["__key__"], self.val_fraction)),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=random.Random(seed + 1)),
-            wds.map(decode_sample),
+            wds.map(partial(decode_sample, min_visibility=self.min_visibility)),
         )
         for s in pipeline:
             yield to_tensors(*random_crop_flip(s["image"], s["label"], self.crop, rng))
@@ -183,7 +211,7 @@ def check_splits(version: str | Path, fraction: float, need_validation: bool = T
 def train_loader(urls: list[str], cfg, rank: int = 0, world: int = 1) -> DataLoader:
     """Batches for one process. Workers × world is capped at the number of shards (each worker needs its own)."""
     workers = max(0, min(cfg.workers, len(urls) // max(world, 1)))
-    stream = TrainStream(urls, cfg.crop, cfg.val_fraction, cfg.shuffle_buffer, cfg.seed, rank)
+    stream = TrainStream(urls, cfg.crop, cfg.val_fraction, cfg.shuffle_buffer, cfg.seed, rank, cfg.min_visibility)
     return DataLoader(stream, batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0)
 
 
