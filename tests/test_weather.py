@@ -602,3 +602,21 @@ def test_sensor_noise_has_the_poisson_gaussian_std_of_each_level():
         assert out.std() == pytest.approx(sigma, rel=0.05), level
     # more photons, less noise
     assert noise_table(3000.0, read, gamma)[100].std() < table[100].std() / 2
+
+
+def test_night_glows_come_from_lamps_not_from_lane_markings():
+    label = street_label()
+    image = street_image(label)
+    image[40:48, 20:28] = 255  # a lamp on the building
+    image[100:108, 140:148] = 255  # a lane marking on the road
+    frame = street_frame(label)
+
+    def night_at(glows):
+        return render("night", image, frame, 0.6, np.random.default_rng(0), {"glows": glows})
+
+    lit, params = night_at(True)
+    dark, _ = night_at(False)
+    assert params["glow_pixels"] > 0
+    halo = lambda img, y, x: grey(img)[y - 8 : y + 16, x - 8 : x + 16].mean()  # noqa: E731
+    assert halo(lit, 40, 20) > halo(dark, 40, 20) + 5  # the lamp blooms
+    assert halo(lit, 100, 140) == pytest.approx(halo(dark, 100, 140), abs=1.0)  # the marking does not

@@ -396,7 +396,7 @@ def night(
     white balance, a sky 8× darker still, then display gamma ``x^(γ/2.2)``. Sensor noise follows the
     Poisson–Gaussian model (Foi et al., IEEE TIP 2008, Eq. 2): variance ``x/photons + σ_read²`` in linear light,
     carried through the tone curve to display levels (``noise_table``), per channel. Glows: bright
-    non-sky pixels of the day image (lamps, signs, lights) bloom as a wide halo.
+    pixels of the day image off the sky and the ground (lamps, signs, lights) bloom as a wide halo.
     """
     h, w = frame.shape
     ev = linear(*stops, severity)
@@ -419,8 +419,9 @@ def night(
     glow_pixels = 0
     if glows:
         small = cv2.resize(image, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
-        sky = frame.sky(4)[: small.shape[0], : small.shape[1]]
-        lights = ((small.max(axis=2) >= 235) & (sky == 0)).astype(np.uint8)
+        sh, sw = small.shape[:2]
+        lamps = (frame.sky(4)[:sh, :sw] == 0) & (frame.ground(4)[:sh, :sw] == 0)  # lane markings do not shine
+        lights = ((small.max(axis=2) >= 235) & lamps).astype(np.uint8)
         glow_pixels = int(np.count_nonzero(lights)) * 16
         if glow_pixels:
             halo = cv2.GaussianBlur(small * lights[..., None], (0, 0), 0.006 * w)
