@@ -38,7 +38,8 @@ demo:
 	@echo "demo outputs: $(RUN_DIR)/shards -> the latest version (WebDataset + parquet manifest, report.md, composites.png)"
 
 # the per-condition evaluation split: held-out demo scenes, unseen anomaly class, every composite in every condition
-EVAL_SPLIT_DIR ?= runs/demo-eval
+# (configs/compare.yaml evaluates this path, so it is fixed)
+EVAL_SPLIT_DIR := runs/demo-eval
 demo-eval:
 	$(BIN)/anomalyforge synth --config configs/demo_eval.yaml --run-dir $(EVAL_SPLIT_DIR)
 	@echo "evaluation split: $(EVAL_SPLIT_DIR)/shards (weather.png: one scene in every condition)"

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from models.methods import method_config, method_names
 from schemas import BenchmarkConfig, EvalConfig, load_compare_config
+from tasks.eval.benchmarks import check_benchmarks
 from tasks.eval.compare import compare_rows, markdown, write_compare
 from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.runtime import configure_process
@@ -41,6 +42,15 @@ def shard_labels(shards: list[str]) -> dict[str, str]:
     return out
 
 
+def models_dir(label: str, version: str, out: Path | None, versions: int) -> Path:
+    """Where the models trained on ``version`` live: under an explicit ``out`` (``models/``, or ``models/<label>/``
+    when several versions are compared), else in the version's own run directory (``<run_dir>/compare/models``),
+    so ``make compare`` on each version and the study between them reuse the same trained models."""
+    if out is not None:
+        return out / "models" if versions == 1 else out / "models" / label
+    return Path(version).parent.parent / "compare" / "models"
+
+
 @flow(name="compare")
 def compare(
     config_path: str = "configs/compare.yaml",
@@ -52,18 +62,21 @@ def compare(
     """``shards``: a version dir, a run dir (its latest version) or an fsspec URL, or a list of them (each method is
     trained on each; the first also gives the held-in split and pre-trains a demo segmenter); outputs under
     ``out_dir`` (default ``<run_dir>/compare``, ``<run_dir>/compare-vs-<other>`` for a list):
-    ``compare.md|csv|json|png``, ``conditions.png``, ``study.csv|png`` and ``models/[<shards>/]<method>/``."""
+    ``compare.md|csv|json|png``, ``conditions.png`` and ``study.csv|png``; trained models where ``models_dir``
+    says. The frozen segmenter is shared by every version's models (a demo one is pre-trained on the first)."""
     configure_process()  # a deployment's worker starts the program here
     log = get_run_logger()
     cfg = load_compare_config(config_path, overrides)
     trains = shard_labels([shards] if isinstance(shards, str) else list(shards))
     version = next(iter(trains.values()))
-    if out_dir is None and "://" in version:
+    if out_dir is None and any("://" in v for v in trains.values()):
         raise ValueError("out_dir is required for a remote shard version")
     default = "compare" if len(trains) == 1 else "compare-vs-" + "-".join(list(trains)[1:])
     out = Path(out_dir or Path(version).parent.parent / default)
+    models = {label: models_dir(label, v, out if out_dir else None, len(trains)) for label, v in trains.items()}
+    check_benchmarks(cfg.benchmarks)  # a missing dataset fails now, not after every method has trained
     base = cfg.train.model_copy(update={"max_steps": cfg.max_steps})
-    seg_ckpt = segmenter_task(base, version, out / "models" / "segmenter", True, log.info)
+    seg_ckpt = segmenter_task(base, version, models[next(iter(trains))] / "segmenter", True, log.info)
     base = base.model_copy(update={"segmenter": base.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
 
     datasets = list(cfg.benchmarks)
@@ -76,11 +89,10 @@ def compare(
 
     rows, trained = [], {}
     for label, train_version in trains.items():
-        models = out / "models" if len(trains) == 1 else out / "models" / label
         for name in cfg.methods or method_names():
             mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
             result = train_task(
-                base.model_copy(update={"method": mcfg}), train_version, models / name, resume, True, log.info
+                base.model_copy(update={"method": mcfg}), train_version, models[label] / name, resume, True, log.info
             )
             trained[f"{label}/{name}"] = str(result.model)
             evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))

@@ -192,11 +192,11 @@ def synth(
             "objects": len(bank),
             "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
         }
-        summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects, version)
-        if cfg.weather is not None:
+        if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
             t = time.perf_counter()
             weather_sheet_task(shard_dir / "weather.png", scenes_, plans, compositor)
             timings["weather contact sheet"] = time.perf_counter() - t
+        summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects, version)
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
@@ -308,7 +309,9 @@ class WeatherConfig(_Strict):
     composites is written once per condition, clear included (an evaluation split tagged by condition)."""
 
     mode: Literal["random", "every"] = "random"
-    conditions: dict[str, float] = Field(default_factory=_default_weather, description="condition -> weight")
+    conditions: dict[str, float] = Field(
+        default_factory=_default_weather, description="condition -> weight (mode every: those above 0, unweighted)"
+    )
     clear: float = Field(0.3, ge=0, le=1, description="mode random: share of samples left clear")
     severity: tuple[float, float] = Field((0.3, 1.0), description="uniform range; (s, s) for one severity")
     options: dict[str, dict[str, float | bool | tuple[float, ...]]] = Field(
@@ -338,7 +341,16 @@ class WeatherConfig(_Strict):
         """mode every: the conditions each composite is written in (clear first, registry order)."""
         from tasks.synth.weather import CLEAR, conditions
 
-        return (CLEAR, *(c for c in conditions() if c in self.conditions))
+        return (CLEAR, *(c for c in conditions() if self.conditions.get(c, 0) > 0))
+
+    def weighted(self) -> tuple[list[str], np.ndarray]:
+        """mode random: the conditions (registry order, so the plan does not depend on the YAML's key order) and
+        their probabilities."""
+        from tasks.synth.weather import conditions
+
+        names = [c for c in conditions() if self.conditions.get(c, 0) > 0]
+        p = np.array([self.conditions[c] for c in names], np.float64)
+        return names, p / p.sum()
 
 
 class ShardConfig(_Strict):
@@ -370,8 +382,13 @@ class SynthConfig(_Strict):
 
     def content_hash(self) -> str:
         """sha256 (16 hex) of everything that decides the bytes of the shards."""
-        exclude = {"workers", "min_sample_fraction"} | ({"weather"} if self.weather is None else set())
-        payload = self.model_dump(mode="json", exclude=exclude)  # no weather: the hash of the configs before it
+        exclude: dict = {"workers": True, "min_sample_fraction": True}
+        # fields added later leave the hash of configs that do not use them as it was
+        if self.weather is None:
+            exclude["weather"] = True
+        if not self.objects.exclude_classes:
+            exclude["objects"] = {"exclude_classes"}
+        payload = self.model_dump(mode="json", exclude=exclude)
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -10,7 +10,10 @@ A sample is the group of tar members sharing a key (no dots, no slashes)::
     <key>.mask.png                      uint8 0/255, the pasted objects
     <key>.meta.json                     ``schemas.SampleMeta``
 
-A shard set (one version) holds ``shard-*.tar`` plus the manifests named below.
+A shard set (one version) holds ``shard-*.tar`` plus the manifests named below. The samples of one composite
+rendered in several weather conditions (an evaluation split) are keyed ``<composite>__<condition>``; the held-in
+split is decided on ``composite_key``, so the renderings of a composite are never split between training and
+validation.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ SHARDS = "shards.parquet"
 REJECTS = "rejects.parquet"
 DATASET = "dataset.json"
 SHARD_PATTERN = "shard-{:06d}.tar"
+CONDITION_SEP = "__"  # <composite>__<condition>
+
+
+def composite_key(key: str) -> str:
+    """The key of the composite a sample renders (the key itself unless it ends in ``__<condition>``)."""
+    return key.split(CONDITION_SEP, 1)[0]
 
 
 class SampleFormatError(BadInputError):

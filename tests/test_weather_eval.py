@@ -63,6 +63,38 @@ def test_metrics_per_condition_and_adverse_pool_match_sklearn():
     assert conds["clear"]["ap"] == pytest.approx(ap([0, 3]), abs=1e-4)
     assert conds["adverse"]["ap"] == pytest.approx(ap([1, 2, 4, 5]), abs=1e-4)
     assert res["metrics"]["ap"] == pytest.approx(ap(range(6)), abs=1e-4)
+    assert [conds[c]["images"] for c in ("clear", "fog", "night", "adverse")] == [2, 2, 2, 4]
+
+
+def test_component_metrics_and_miou_per_condition_are_those_of_its_images():
+    from tasks.eval.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
+
+    rng = np.random.default_rng(5)
+    samples, scores = [], []
+    for k, cond in enumerate(["clear", "fog", "clear", "fog"]):
+        label = np.zeros((48, 48), np.uint8)
+        label[10:22, 10:22] = 1
+        train = np.where(label == 1, 254, rng.integers(0, 3, label.shape)).astype(np.uint8)
+        samples.append(EvalSample(f"i{k}", np.zeros((48, 48, 3), np.uint8), label, cond, train))
+        score = rng.normal(0, 1, label.shape).astype(np.float32)
+        score[8:20, 12:24] += 2.5 if cond == "clear" else 0.8  # fog: a weaker, shifted detection
+        scores.append(score)
+    preds = [rng.integers(0, 3, (48, 48)).astype(np.uint8) for _ in samples]
+    it = iter(zip(scores, preds, strict=True))
+    res = evaluate_samples(lambda img: ScoredImage(*next(it)), samples, "c", progress=False, track="obstacle")
+    m = res["metrics"]
+    for cond, idx in (("clear", [0, 2]), ("fog", [1, 3])):
+        comps = ComponentMetrics(m["f1_threshold"], *DEFAULT_SIZES["obstacle"])
+        conf = ConfusionMatrix(19)
+        for i in idx:
+            comps.update(scores[i], samples[i].label)
+            conf.update(preds[i], np.where(samples[i].train_label == 254, 255, samples[i].train_label).astype(np.uint8))
+        want = comps.compute()
+        got = m["conditions"][cond]
+        assert got["f1_components"] == pytest.approx(want["f1_components"]) and got["images"] == 2
+        assert got["siou"] == pytest.approx(want["siou"])
+        assert got["miou"] == pytest.approx(float(conf.compute()["miou"]))
+    assert m["conditions"]["clear"]["ap"] > m["conditions"]["fog"]["ap"]
 
 
 def test_one_condition_or_none_gives_no_condition_rows_and_no_adverse_without_clear():
@@ -197,15 +229,18 @@ def test_objects_the_weather_hid_become_void_in_training_labels():
     label[6:9, 12:16] = ANOMALY
     meta = {
         "objects": [
-            {"box": [2, 2, 5, 5], "visibility": 1.5},  # hidden by the weather
-            {"box": [12, 6, 16, 9], "visibility": 20.0},
-            {"box": [0, 0, 1, 1], "visibility": None},  # a run without weather: kept
+            {"box": [2, 2, 5, 5], "visibility": 1.5, "visibility_clear": 12.0},  # hidden by the weather
+            {"box": [12, 6, 16, 9], "visibility": 20.0, "visibility_clear": 25.0},  # still visible
+            {"box": [0, 0, 1, 1], "visibility": None, "visibility_clear": None},  # a run without weather
         ]
     }
     out = void_hidden_objects(label, meta, min_visibility=3.0)
     assert (out[2:5, 2:5] == VOID).all() and (out[6:9, 12:16] == ANOMALY).all()
     assert np.count_nonzero(out == VOID) == 9 and (label[2:5, 2:5] == ANOMALY).all()  # the input is not changed
-    assert void_hidden_objects(label, {"objects": [{"box": [2, 2, 5, 5], "visibility": 0.0}]}, 0.5)[3, 3] == VOID
+    hidden_to_zero = {"objects": [{"box": [2, 2, 5, 5], "visibility": 0.0, "visibility_clear": 4.0}]}
+    assert void_hidden_objects(label, hidden_to_zero, 0.5)[3, 3] == VOID
+    faint_already = {"objects": [{"box": [2, 2, 5, 5], "visibility": 1.0, "visibility_clear": 1.0}]}  # clear sample
+    assert void_hidden_objects(label, faint_already, 3.0) is label  # the weather hid nothing: kept
     assert void_hidden_objects(label, meta, min_visibility=1.0) is label  # nothing below: the same array
 
 
@@ -217,14 +252,55 @@ def test_training_stream_voids_hidden_objects_of_a_weather_version(every_conditi
     from tasks.train.data import decode_sample, shard_urls
 
     _, version = every_condition_split
-    with tarfile.open(shard_urls(version)[0]) as tar:
-        samples, _ = read_tar_samples(tar, "shard")
-    key, parts = next(iter(samples.items()))
-    raw = {"__key__": key, **parts}
-    meta = json.loads(parts["meta.json"])
-    assert all(o["visibility"] is not None for o in meta["objects"])
+    samples = {}
+    for url in shard_urls(version):
+        with tarfile.open(url) as tar:
+            samples |= read_tar_samples(tar, "shard")[0]
+    metas = {k: json.loads(p["meta.json"]) for k, p in samples.items()}
+    assert all(o["visibility"] is not None for m in metas.values() for o in m["objects"])
+    # a rendering whose every object lost contrast to the weather (night, at this severity)
+    key = next(k for k, m in metas.items() if all(o["visibility"] < o["visibility_clear"] for o in m["objects"]))
+    raw = {"__key__": key, **samples[key]}
     kept = decode_sample(raw)
-    assert kept["condition"] == meta["condition"] and (kept["label"] == ANOMALY).any()
+    assert kept["condition"] == metas[key]["condition"] != "clear" and (kept["label"] == ANOMALY).any()
     hidden = decode_sample(raw, min_visibility=1e9)  # every object below: no anomaly pixel left
     assert not (hidden["label"] == ANOMALY).any()
     assert np.array_equal(hidden["label"] == VOID, (kept["label"] == VOID) | (kept["label"] == ANOMALY))
+    clear_key = next(k for k, m in metas.items() if m["condition"] == "clear")
+    clear = decode_sample({"__key__": clear_key, **samples[clear_key]}, min_visibility=1e9)
+    assert (clear["label"] == ANOMALY).any()  # clear samples lose nothing
+
+
+def test_renderings_of_one_composite_fall_on_one_side_of_the_split(every_condition_split):
+    from tasks.sample_format import composite_key
+    from tasks.train.data import in_validation
+
+    _, version = every_condition_split
+    split = load_benchmark("shards", version, val_fraction=0.0)
+    keys = [s.item_id for s in split.samples()]
+    assert all("__" in k for k in keys) and len({composite_key(k) for k in keys}) == 2
+    for fraction in (0.3, 0.5, 0.7):
+        sides = {}
+        for k in keys:
+            sides.setdefault(composite_key(k), set()).add(in_validation(k, fraction))
+        assert all(len(v) == 1 for v in sides.values())
+
+
+def test_a_run_without_weather_writes_the_meta_of_the_runs_before_it(tmp_path):
+    from tests.conftest import tiny_synth_config
+
+    cfg = tiny_synth_config(tmp_path)
+    cfg.num_samples = 2
+    run_stage(cfg, tmp_path / "run")
+    version = resolve_version(tmp_path / "run" / "shards")
+    import tarfile
+
+    from tasks.sample_format import read_tar_samples
+    from tasks.train.data import shard_urls
+
+    with tarfile.open(shard_urls(version)[0]) as tar:
+        samples, _ = read_tar_samples(tar, "shard")
+    for parts in samples.values():
+        meta = json.loads(parts["meta.json"])
+        assert "condition" not in meta and "weather" not in meta
+        assert all("visibility" not in o for o in meta["objects"])

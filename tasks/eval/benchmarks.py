@@ -209,6 +209,19 @@ def load_benchmark(
     return BENCHMARKS[kind](root, name, split, val_fraction)
 
 
+def check_benchmarks(configs: list) -> None:
+    """Index every configured dataset (``BenchmarkConfig``s) once, so a missing folder or split fails before any
+    training starts; the error lists every dataset that cannot be opened."""
+    problems = []
+    for b in configs:
+        try:
+            load_benchmark(b.kind, b.root, b.name, b.split, b.val_fraction)
+        except (OSError, ValueError) as e:
+            problems.append(f"{b.name or b.kind} ({b.kind} at {b.root}): {e}")
+    if problems:
+        raise FileNotFoundError("benchmarks that cannot be read:\n  " + "\n  ".join(problems))
+
+
 def _folder_manifest(manifest: Path) -> list[EvalItem]:
     """A CSV with ``image,label[,condition]`` columns; paths relative to the manifest's folder."""
     if manifest.is_dir():

@@ -125,13 +125,16 @@ def evaluate_samples(
     """Metrics of one dataset: ``{"name", "metrics", "curves", "panels"}``. ``metrics`` holds AUROC, AP, FPR95,
     best F1 and its threshold (and their error bounds), the SMIYC component metrics at that threshold, the
     closed-set agreement (inlier pixels where the scored model keeps the frozen network's class; methods
-    only), the closed-set mIoU (when samples carry trainId labels), the image count, and one row per tagged
-    condition (with ``adverse`` pooling every condition but clear, when both are present). A dataset without images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
+    only), the closed-set mIoU (when samples carry trainId labels), the image count, and per tagged condition the
+    same pixel, component (at the dataset's threshold) and mIoU numbers, with ``adverse`` pooling every condition
+    but clear when both are present. A dataset without images, anomaly or inlier pixels raises
+    ``MetricsUndefinedError``."""
     pooled = PixelMetrics(per_image=per_image)
     by_condition: dict[str, PixelMetrics] = {}
     conditions: list[str | None] = []
     agree = agree_total = 0
     confusion = ConfusionMatrix(NUM_TRAIN_CLASSES)
+    confusion_by: dict[str, ConfusionMatrix] = {}
     has_miou = False
     shown = []
     scratch = Path(tempfile.mkdtemp(prefix=f"anomalyforge-eval-{name}-"))
@@ -149,7 +152,10 @@ def evaluate_samples(
                 agree += int(np.count_nonzero(out.pred[inlier] == out.frozen_pred[inlier]))
                 agree_total += int(np.count_nonzero(inlier))
             if out.pred is not None and s.train_label is not None:
-                confusion.update(out.pred, np.where(s.train_label == ANOMALY, VOID, s.train_label).astype(np.uint8))
+                inlier_gt = np.where(s.train_label == ANOMALY, VOID, s.train_label).astype(np.uint8)
+                confusion.update(out.pred, inlier_gt)
+                for group in condition_groups(s.condition):
+                    confusion_by.setdefault(group, ConfusionMatrix(NUM_TRAIN_CLASSES)).update(out.pred, inlier_gt)
                 has_miou = True
             if len(shown) < panels and (s.label == EVAL_ANOMALY).any():
                 shown.append((s.item_id, s.image, s.label, out.score))
@@ -158,9 +164,14 @@ def evaluate_samples(
         _second_pass(pooled, by_condition, conditions, scratch, name, progress)
         result = pooled.compute()
         min_pred, min_gt = DEFAULT_SIZES[track]
+        # one operating point per dataset: the pooled best-F1 threshold, for the conditions too
         comps = ComponentMetrics(result["f1_threshold"], min_pred, min_gt)
-        for k in range(len(conditions)):
-            comps.update(np.load(scratch / f"{k}.score.npy"), np.load(scratch / f"{k}.label.npy"))
+        comps_by = {g: ComponentMetrics(result["f1_threshold"], min_pred, min_gt) for g in by_condition}
+        for k, cond_k in enumerate(conditions):
+            score, label = np.load(scratch / f"{k}.score.npy"), np.load(scratch / f"{k}.label.npy")
+            comps.update(score, label)
+            for group in condition_groups(cond_k):
+                comps_by[group].update(score, label)
         result |= comps.compute()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -174,7 +185,11 @@ def evaluate_samples(
         by_condition.pop(ADVERSE, None)
     for cond, m in sorted(by_condition.items(), key=lambda kv: condition_order(kv[0])):
         try:
-            result["conditions"][cond] = m.compute()
+            cm = m.compute() | comps_by[cond].compute()
         except ValueError as e:  # a condition without anomalies: say so instead of a number
             result["conditions"][cond] = {"error": str(e)}
+            continue
+        cm["images"] = sum(cond in condition_groups(c) for c in conditions)
+        cm["miou"] = float(confusion_by[cond].compute()["miou"]) if cond in confusion_by else None
+        result["conditions"][cond] = cm
     return {"name": name, "metrics": result, "curves": pooled.curves(), "panels": shown}

@@ -113,7 +113,9 @@ def _bank_hash(cfg: SynthConfig, generated: Path | None = None, scenes: list[Sce
         sources.append((str(cfg.objects.coco.annotations), cfg.objects.coco.annotations.stat().st_size))
     payload = {
         "sources": sources,
-        "objects": cfg.objects.model_dump(mode="json"),
+        "objects": cfg.objects.model_dump(
+            mode="json", exclude=set() if cfg.objects.exclude_classes else {"exclude_classes"}
+        ),
         "saliency": cfg.saliency.model_dump(mode="json", exclude={"model_home"}),
         "placement_excluded": sorted(_excluded_classes(cfg)),
     }

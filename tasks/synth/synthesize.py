@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ import numpy as np
 from schemas import RejectRecord, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
 from tasks import CODE_VERSION
 from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
-from tasks.sample_format import SHARD_PATTERN, encode_sample
+from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
 from tasks.synth.cityscapes import (
     CITYSCAPES_SIZE,
@@ -55,7 +55,7 @@ def plan_samples(
 
     With ``weather`` in mode ``random`` each sample draws its condition and severity (from the seed, so a plan is
     the same in every run); in mode ``every`` each composite becomes one sample per condition, keyed
-    ``<i>_<scene>_<condition>``."""
+    ``<i>_<scene>__<condition>`` (``tasks.sample_format.composite_key`` gives back the shared part)."""
     if not scene_ids:
         raise ValueError("no scenes to synthesize on")
     order = rng_for(seed, "scene-order").permutation(len(scene_ids))
@@ -75,15 +75,14 @@ def plan_samples(
                     replace(
                         base,
                         index=len(plans),
-                        key=f"{key}_{cond}",
+                        key=f"{key}{CONDITION_SEP}{cond}",
                         condition=cond,
                         severity=0.0 if cond == CLEAR else severity,
                     )
                 )
             continue
-        names = list(weather.conditions)
-        p = np.array([weather.conditions[c] for c in names], np.float64)
-        cond = CLEAR if rng.random() < weather.clear else names[int(rng.choice(len(names), p=p / p.sum()))]
+        names, p = weather.weighted()
+        cond = CLEAR if rng.random() < weather.clear else names[int(rng.choice(len(names), p=p))]
         plans.append(replace(base, condition=cond, severity=0.0 if cond == CLEAR else severity))
     return plans
 
@@ -98,6 +97,7 @@ class Composite:
     label: np.ndarray
     mask: np.ndarray
     meta: SampleMeta
+    derived: dict = field(default_factory=dict, repr=False)  # the weather frame and clear contrast, made once
 
 
 class Compositor:
@@ -193,12 +193,14 @@ class Compositor:
         if w is None:
             return comp
         boxes = [p.box for p in comp.meta.objects]
-        before = object_contrast(comp.image, comp.mask, boxes)
+        if not comp.derived:  # shared by every condition of this composite
+            comp.derived |= {"frame": self.frame(scene, comp), "before": object_contrast(comp.image, comp.mask, boxes)}
+        before = comp.derived["before"]
         seed = derive_seed(plan.seed, "weather", plan.condition)
         image, params = render(
             plan.condition,
             comp.image,
-            self.frame(scene, comp),
+            comp.derived["frame"],
             plan.severity,
             np.random.default_rng(seed),
             w.options.get(plan.condition),
@@ -241,8 +243,12 @@ def weather_sheet(path: str | Path, scenes: list[SceneRef], plans: list[SamplePl
 
 
 def encode_composite(c: Composite, image_format: str, jpeg_quality: int) -> dict:
-    """A composite as the tar members of one sample (``tasks.sample_format``)."""
-    meta = c.meta.model_dump_json().encode()
+    """A composite as the tar members of one sample (``tasks.sample_format``). A run without weather writes the
+    ``meta.json`` of the runs before the weather stage (no condition fields), so its shards keep their bytes."""
+    m = c.meta
+    plain = m.weather is None and m.condition == CLEAR and all(p.visibility is None for p in m.objects)
+    exclude = {"condition": True, "weather": True, "objects": {"__all__": {"visibility", "visibility_clear"}}}
+    meta = m.model_dump_json(exclude=exclude if plain else None).encode()
     return encode_sample(c.meta.key, c.image, c.label, c.mask, meta, image_format, jpeg_quality)
 
 
@@ -321,7 +327,7 @@ def synthesize_shard(
     t0 = time.perf_counter()
     samples, rows, rejects = [], [], []
     cache: dict[int, Scene] = {}
-    made: dict[tuple[int, int], Composite] = {}  # the composite that the conditions of one plan share
+    made: dict[tuple[int, int], Composite | Exception] = {}  # what the conditions of one composite share
     for plan in plans:
         ref = scenes[plan.scene_index]
         try:
@@ -333,8 +339,14 @@ def synthesize_shard(
             scene = cache[plan.scene_index]
             if (plan.scene_index, plan.seed) not in made:
                 made.clear()
-                made[(plan.scene_index, plan.seed)] = compositor.compose(scene, plan)
-            comp = compositor.weathered(made[(plan.scene_index, plan.seed)], scene, plan)
+                try:
+                    made[(plan.scene_index, plan.seed)] = compositor.compose(scene, plan)
+                except NoPlacementError as e:  # every condition of this composite fails the same way
+                    made[(plan.scene_index, plan.seed)] = e
+            comp = made[(plan.scene_index, plan.seed)]
+            if isinstance(comp, Exception):
+                raise comp
+            comp = compositor.weathered(comp, scene, plan)
         except (BadInputError, NoPlacementError) as e:
             reason = (e.reason or "bad_scene") if isinstance(e, BadInputError) else "no_placement"
             rejects.append(

@@ -84,13 +84,39 @@ def condition_order(name: str) -> tuple[int, str]:
 
 
 def check_options(name: str, options: dict) -> dict:
-    """``options`` of effect ``name`` checked against its keyword parameters (a misspelt option is an error)."""
+    """``options`` of effect ``name`` checked against its keyword parameters: known names, values shaped like the
+    defaults (a bool, a number, a range of as many numbers), and a trial render on a small street at severities 0
+    and 1, so a bad value fails when the config is read, not in a shard worker."""
     if name not in WEATHER:
         raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(WEATHER)}")
-    unknown = sorted(set(options) - set(WEATHER[name].options))
+    defaults = WEATHER[name].options
+    unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ValueError(f"weather {name}: unknown options {unknown}; known: {', '.join(WEATHER[name].options)}")
+        raise ValueError(f"weather {name}: unknown options {unknown}; known: {', '.join(defaults)}")
+    for k, v in options.items():
+        if not _shaped_like(v, defaults[k]):
+            raise ValueError(f"weather {name}: option {k} = {v!r} is not shaped like its default {defaults[k]!r}")
+    label = np.full((32, 64), train_ids(["sky"])[0], np.uint8)
+    label[12:] = train_ids(["road"])[0]
+    frame = Frame(label, horizon=10.0, camera_height=1.2, focal=70.0)
+    image = np.full((32, 64, 3), 128, np.uint8)
+    for severity in (0.0, 1.0):
+        try:
+            WEATHER[name].render(image, frame, severity, np.random.default_rng(0), **options)
+        except (ValueError, ArithmeticError, TypeError) as e:
+            raise ValueError(f"weather {name}: options {options} fail at severity {severity}: {e}") from None
     return options
+
+
+def _shaped_like(value, default) -> bool:
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list)) and len(value) == len(default) and all(map(number, value))
+    return number(value)
 
 
 # ---------------------------------------------------------------- the scene's geometry
@@ -168,6 +194,8 @@ def full_size(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def geometric(lo: float, hi: float, s: float) -> float:
     """``lo`` at severity 0, ``hi`` at severity 1, geometric in between (for scattering coefficients and light)."""
+    if lo <= 0 or hi <= 0:
+        raise ValueError(f"a geometric range needs positive ends, got ({lo}, {hi})")
     return float(lo * (hi / lo) ** s)
 
 

@@ -27,7 +27,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
-from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, decode_parts
+from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, composite_key, decode_parts
 
 ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
 
@@ -72,10 +72,11 @@ def _tar_samples(src: Iterator[dict]) -> Iterator[dict]:
 
 
 def in_validation(key: str, fraction: float) -> bool:
-    """Held-in validation split: a fixed fraction of sample keys, chosen by hash (stable across shard orders)."""
+    """Held-in validation split: a fixed fraction of composites, chosen by the hash of their key (stable across shard
+    orders; every condition of one composite falls on the same side)."""
     if fraction <= 0:
         return False
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "big")
+    h = int.from_bytes(hashlib.sha1(composite_key(key).encode()).digest()[:4], "big")
     return h < fraction * 2**32
 
 
@@ -94,12 +95,17 @@ def decode_sample(sample: dict, min_visibility: float | None = None) -> dict:
     return {"__key__": s.key, "image": s.image, "label": label, "condition": meta.get("condition")}
 
 
+def _hidden(after: float | None, before: float | None, threshold: float) -> bool:
+    return after is not None and before is not None and after < threshold and after < before
+
+
 def void_hidden_objects(label: np.ndarray, meta: dict, min_visibility: float) -> np.ndarray:
-    """``label`` with the anomaly pixels of every object whose recorded visibility (ΔE to its surround after the
-    weather effect) is below ``min_visibility`` set to void: an object the weather hid is taught as neither
-    anomaly nor inlier. Objects without a visibility (runs without weather) are kept; boxes never overlap."""
+    """``label`` with the anomaly pixels of every object the weather hid set to void: its visibility (ΔE to its
+    surround) fell under the effect and ends below ``min_visibility``. Such an object is taught as neither anomaly
+    nor inlier. Objects that were faint before the effect, clear samples and runs without weather are kept; boxes
+    never overlap."""
     objects = meta.get("objects", [])
-    hidden = [o["box"] for o in objects if o.get("visibility") is not None and o["visibility"] < min_visibility]
+    hidden = [o["box"] for o in objects if _hidden(o.get("visibility"), o.get("visibility_clear"), min_visibility)]
     if not hidden:
         return label
     label = label.copy()
