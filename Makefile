@@ -75,18 +75,18 @@ train-%:
 # Every registered method + the post-hoc baselines, one table: $(RUN_DIR)/compare/compare.md|csv|png
 COMPARE_CONFIG ?= configs/compare.yaml
 COMPARE_SET ?=
+# COMPARE_WITH=runs/other: every method is also trained on that version, and the table adds the per-condition
+# difference (other − RUN_DIR) of each method: $(RUN_DIR)/compare-vs-other/compare.md, study.csv, study.png
+COMPARE_WITH ?=
 compare:
 	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
 	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
-	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach s,$(COMPARE_SET),--set $(s))
+	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach w,$(COMPARE_WITH),--shards $(w)) $(foreach s,$(COMPARE_SET),--set $(s))
 
-# The weather study: every method trained on RUN_DIR and on WEATHER_DIR (same seed, budget, frozen segmenter), the
-# per-condition difference in one table: $(RUN_DIR)/compare-vs-demo-weather/compare.md, study.csv, study.png
+# The weather study: the demo shards without and with weather (same seed, budget and frozen segmenter)
 compare-weather:
-	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
 	@test -e $(WEATHER_DIR)/LATEST || $(MAKE) demo-weather
-	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
-	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) --shards $(WEATHER_DIR) $(foreach s,$(COMPARE_SET),--set $(s))
+	$(MAKE) compare COMPARE_WITH=$(WEATHER_DIR)
 
 bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather
 

@@ -1,10 +1,8 @@
 """Benchmark of the weather effects at 2048x1024 (``make bench-weather``).
 
-One scene with its trainId label: by default demo scene 0 (``tasks.synth.demo_scenes``) rendered at full
-Cityscapes size, with the flat-ground camera of a scene without a camera file (focal
-``WeatherConfig.focal_px_per_width`` x width, camera height 1.22 m); with ``--cityscapes ROOT`` the first scene
-of a Cityscapes-layout split (real photos are textured, so their JPEG encode costs more than a flat demo
-scene's), resized to ``--width`` x ``--height``, with its camera file's geometry as the synthesis stage reads it.
+One scene with its trainId label: demo scene 0 (``tasks.synth.demo_scenes``) rendered at full Cityscapes size,
+with the flat-ground camera of a scene without a camera file (focal ``WeatherConfig.focal_px_per_width`` x width,
+camera height 1.22 m). A flat demo scene encodes faster than a textured photo, so the JPEG ratios are pessimistic.
 Timed, median of N after one warm-up, in one process:
 
 - baselines: the image encoded as JPEG q95 and as PNG (``encode_rgb``), and the whole sample as the shard writer
@@ -27,14 +25,12 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from schemas import DemoScenesConfig, PlacementConfig, WeatherConfig
+from schemas import DemoScenesConfig, WeatherConfig
 from tasks.imageio import encode_rgb
 from tasks.labels import label_ids_to_train_ids
 from tasks.runtime import configure_process
 from tasks.sample_format import encode_sample
-from tasks.synth.cityscapes import CITYSCAPES_SIZE, camera_height, horizon_from_camera, index_cityscapes, load_scene
 from tasks.synth.demo_scenes import CAMERA_Z, render_scene
-from tasks.synth.placement import estimate_horizon
 from tasks.synth.weather import WEATHER, Frame, render
 
 
@@ -52,26 +48,10 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
 def load_inputs(args: argparse.Namespace, wcfg: WeatherConfig) -> tuple[np.ndarray, np.ndarray, Frame, str]:
     """(image RGB, trainId label, a Frame of the scene's geometry, a description of the scene)."""
     W, H = args.width, args.height
-    if args.cityscapes is None:
-        image, label_ids, _, horizon = render_scene(0, DemoScenesConfig(width=W, height=H), args.seed)
-        label = label_ids_to_train_ids(label_ids)
-        frame = Frame(label, horizon, CAMERA_Z, wcfg.focal_px_per_width * W, wcfg.max_depth_m)
-        return image, label, frame, f"demo scene 0, seed {args.seed}"
-    refs, _ = index_cityscapes(args.cityscapes, args.split, limit=1)
-    scene = load_scene(refs[0])
-    image, label = scene.image, scene.label
-    if image.shape[:2] != (H, W):
-        image = cv2.resize(image, (W, H), interpolation=cv2.INTER_AREA)
-        label = cv2.resize(label, (W, H), interpolation=cv2.INTER_NEAREST)
-    placement = PlacementConfig()
-    if scene.camera is not None:  # as Compositor.frame and Compositor.compose read it
-        horizon = horizon_from_camera(scene.camera, H)
-        focal = float(scene.camera["intrinsic"]["fy"]) * H / CITYSCAPES_SIZE[1]
-    else:
-        horizon = estimate_horizon(label, placement.drivable_classes, placement.search_stride).row
-        focal = wcfg.focal_px_per_width * W
-    cam_h = camera_height(scene.camera, placement.camera_height_m)
-    return image, label, Frame(label, horizon, cam_h, focal, wcfg.max_depth_m), scene.scene_id
+    image, label_ids, _, horizon = render_scene(0, DemoScenesConfig(width=W, height=H), args.seed)
+    label = label_ids_to_train_ids(label_ids)
+    frame = Frame(label, horizon, CAMERA_Z, wcfg.focal_px_per_width * W, wcfg.max_depth_m)
+    return image, label, frame, f"demo scene 0, seed {args.seed}"
 
 
 def main() -> None:
@@ -83,8 +63,6 @@ def main() -> None:
     ap.add_argument("--severity", type=float, nargs="+", default=[0.5], help="one or more severities in [0, 1]")
     ap.add_argument("--threads", type=int, default=1, help="OpenCV threads (1: one shard worker per core)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the demo scene and of the effects' rng")
-    ap.add_argument("--cityscapes", default=None, metavar="ROOT", help="time on this root's first scene instead")
-    ap.add_argument("--split", default="train", help="split of --cityscapes")
     args = ap.parse_args()
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")

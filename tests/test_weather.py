@@ -283,6 +283,52 @@ def test_fog_is_the_scattering_model(severity):
     assert np.all(out[:, 0] == out[:, W // 3])  # depth is the same along a row
 
 
+def _flat_street(H=128, W=256, horizon=32.0):
+    """Sky above, a building band standing on terrain (not wet) below the horizon: flat colours."""
+    lab = np.full((H, W), SKY, np.uint8)
+    lab[20:40] = BUILDING  # stands on the terrain starting at row 40
+    lab[40:] = TERRAIN
+    J = np.array([60, 90, 120], np.float64)
+    img = np.ascontiguousarray(np.broadcast_to(J.astype(np.uint8), (H, W, 3)))
+    return lab, img, J
+
+
+def test_rain_veil_is_the_scattering_model_with_contrast_kept_at_200_m():
+    lab, img, J = _flat_street()
+    f, hc, horizon = 200.0, 1.5, 32.0
+    fr = Frame(lab, horizon, hc, f, max_depth=1000.0)
+    no_drops = {"streaks": (0.0, 0.0), "wet_darkening": (0.0, 0.0)}
+    out, params = render("rain", img, fr, 0.6, np.random.default_rng(3), no_drops)
+    v = params["veil"]
+    assert v == pytest.approx(0.1 + 0.25 * 0.6)
+    beta = -math.log(1 - v) / 200  # by construction: a point 200 m away keeps 1 − veil of its contrast
+    g = params["airlight"]
+    A = np.round(np.array([g, g, g * 1.03]) * 255)
+    building_depth = f * hc / (40 - horizon)  # the foot of the building: the first terrain row below it
+    for row, d in ((5, 1000.0), (30, building_depth), (100, f * hc / (100 - horizon))):
+        t = math.exp(-beta * d)
+        assert np.abs(out[row, 128].astype(float) - (J * t + A * (1 - t))).max() <= 2.0, (row, d)
+
+
+def test_sandstorm_is_the_tinted_scattering_model_without_particles_or_patches():
+    lab, img, J = _flat_street()
+    f, hc, horizon = 200.0, 1.5, 32.0
+    fr = Frame(lab, horizon, hc, f, max_depth=1000.0)
+    plain = {"particles": (0.0, 0.0), "patchiness": 0.0}
+    s = 0.5
+    out, params = render("sandstorm", img, fr, s, np.random.default_rng(3), plain)
+    beta = params["beta"]
+    assert beta == pytest.approx(0.01 * 12**s, abs=1e-6) and params["particles"] == 0
+    colour = np.asarray(params["airlight"])
+    tint = 1.0 - 0.35 * s * (1.0 - colour / colour.max())  # dust takes the blue first
+    Jt = np.round(J / 255 * tint * 255)
+    for row, d in ((30, f * hc / (40 - horizon)), (120, f * hc / (120 - horizon))):
+        t = math.exp(-beta * d)
+        expected = Jt * t + np.round(colour * 255) * (1 - t)
+        assert np.abs(out[row, 128].astype(float) - expected).max() <= 2.0, (row, d)
+    assert np.abs(out[5, 128].astype(float) - np.round(colour * 255)).max() <= 2.0  # the sky is all dust
+
+
 # ---------------------------------------------------------------- the other conditions
 
 

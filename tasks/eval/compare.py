@@ -88,6 +88,16 @@ def _label(r: dict, trains: int) -> str:
     return f"{r['model']} [{r['train']}]" if trains > 1 and r["kind"] == "trained" else r["model"]
 
 
+def save_figure(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically (a reader never sees half a picture); closes it."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
 def bar_chart(rows: list[dict], path: Path) -> Path:
     """AP (higher is better) and FPR95 (lower is better) per model, one column of panels per dataset."""
     trains = len({r["train"] for r in rows if r["kind"] == "trained"})
@@ -112,21 +122,21 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
             if i == 0:
                 ax.set_title(ds, fontsize=9)
     fig.suptitle("trained methods (blue), post-hoc scores of the frozen segmenter (grey)", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+def _grouped_bars(ax, sub: list[dict], series, metric: str, cmap) -> None:
+    """Bars of ``metric`` per condition (x), one bar per ``series(row)`` (the models), side by side."""
+    conds = list(dict.fromkeys(r["condition"] for r in sub))
+    names = list(dict.fromkeys(series(r) for r in sub))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        vals = {r["condition"]: r[metric] for r in sub if series(r) == name}
+        ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
+        x = np.arange(len(conds)) + (k - (len(names) - 1) / 2) * width
+        ax.bar(x, ys, width, label=name, color=cmap(k % cmap.N))
+    ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
 
 
 def condition_chart(rows: list[dict], path: Path) -> Path | None:
@@ -139,24 +149,12 @@ def condition_chart(rows: list[dict], path: Path) -> Path | None:
     fig, axes = plt.subplots(len(datasets), 2, figsize=(14, 0.8 + 3.4 * len(datasets)), dpi=110, squeeze=False)
     for i, ds in enumerate(datasets):
         sub = [r for r in tagged if r["dataset"] == ds]
-        conds = list(dict.fromkeys(r["condition"] for r in sub))
-        models = list(dict.fromkeys(_label(r, trains) for r in sub))
-        width = 0.8 / len(models)
-        cmap = plt.get_cmap("tab20")
         for j, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
-            ax = axes[i][j]
-            for k, m in enumerate(models):
-                vals = {r["condition"]: r[metric] for r in sub if _label(r, trains) == m}
-                ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
-                ax.bar(
-                    np.arange(len(conds)) + (k - (len(models) - 1) / 2) * width, ys, width, label=m, color=cmap(k % 20)
-                )
-            ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
-            ax.set_ylabel(label, fontsize=8)
-            ax.set_title(f"{ds}: {label.split()[0]} per condition", fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
+            _grouped_bars(axes[i][j], sub, lambda r: _label(r, trains), metric, plt.get_cmap("tab20"))
+            axes[i][j].set_ylabel(label, fontsize=8)
+            axes[i][j].set_title(f"{ds}: {label.split()[0]} per condition", fontsize=9)
         axes[i][1].legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def study_chart(study: list[dict], path: Path) -> Path | None:
@@ -165,27 +163,15 @@ def study_chart(study: list[dict], path: Path) -> Path | None:
     if not groups:
         return None
     fig, axes = plt.subplots(len(groups), 2, figsize=(13, 0.8 + 3.2 * len(groups)), dpi=110, squeeze=False)
-    cmap = plt.get_cmap("tab10")
     for i, (ds, train) in enumerate(groups):
         sub = [r for r in study if (r["dataset"], r["train"]) == (ds, train)]
-        conds = list(dict.fromkeys(r["condition"] for r in sub))
-        models = list(dict.fromkeys(r["model"] for r in sub))
-        width = 0.8 / len(models)
         for j, (metric, label) in enumerate((("d_ap", "ΔAP, points (↑)"), ("d_fpr95", "ΔFPR95, points (↓)"))):
-            ax = axes[i][j]
-            for k, m in enumerate(models):
-                vals = {r["condition"]: r[metric] for r in sub if r["model"] == m}
-                ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
-                ax.bar(
-                    np.arange(len(conds)) + (k - (len(models) - 1) / 2) * width, ys, width, label=m, color=cmap(k % 10)
-                )
-            ax.axhline(0, color="black", lw=0.8)
-            ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
-            ax.set_ylabel(label, fontsize=8)
-            ax.set_title(f"{ds}: trained on {train} minus on {sub[0]['base']}", fontsize=9)
-            ax.grid(axis="y", alpha=0.3)
+            _grouped_bars(axes[i][j], sub, lambda r: r["model"], metric, plt.get_cmap("tab10"))
+            axes[i][j].axhline(0, color="black", lw=0.8)
+            axes[i][j].set_ylabel(label, fontsize=8)
+            axes[i][j].set_title(f"{ds}: trained on {train} minus on {sub[0]['base']}", fontsize=9)
         axes[i][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _csv(rows: list[dict], columns, path: Path) -> Path:

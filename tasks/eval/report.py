@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tasks.eval.compare import save_figure  # noqa: E402
 from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
 from tasks.synth.weather import ADVERSE, CLEAR  # noqa: E402
 
@@ -91,10 +92,7 @@ def condition_chart(results: list[dict], path: Path, title: str = "") -> Path | 
             ax.set_title(f"{r['name']}: {label.split()[0]} per condition", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def panel(image: np.ndarray, label: np.ndarray, score: np.ndarray, width: int = 384) -> np.ndarray:

@@ -14,6 +14,7 @@ from tasks.imageio import decode_rgb, write_bytes_atomic, write_rgb
 from tasks.sample_format import SAMPLES, SHARDS, decode_parts, read_tar_samples
 from tasks.synth.object_bank import BankObject
 from tasks.synth.shards import read_table
+from tasks.synth.weather import condition_order
 
 
 def _fit(img: np.ndarray, width: int) -> np.ndarray:
@@ -143,7 +144,7 @@ def write_report(
             *[
                 f"| {c} | {len(v)} | {np.mean([s['severity'] or 0 for s in v]):.2f} | "
                 f"{np.mean([x for s in v for x in (s['visibility'] or [])] or [np.nan]):.1f} |"
-                for c, v in sorted(by_cond.items())
+                for c, v in sorted(by_cond.items(), key=lambda kv: condition_order(kv[0]))
             ],
             "",
             "![weather: one scene in every condition at two severities](weather.png)",

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from statistics import NormalDist
 
@@ -131,7 +131,6 @@ class Frame:
     camera_height: float  # metres
     focal: float  # pixels, at this image's size
     max_depth: float = 1000.0  # metres: sky and the far end of the road
-    maps: dict = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
