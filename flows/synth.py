@@ -96,6 +96,11 @@ def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> Non
         f"- {summary['samples']} samples in {summary['shards']} shards at `{summary['shard_dir']}`",
         f"- object bank: {len(bank)} objects in {len(by_class)} classes",
         *(
+            [f"- conditions: {', '.join(f'{c} {n}' for c, n in summary['conditions'].items())} (weather.png)"]
+            if summary.get("conditions")
+            else []
+        ),
+        *(
             [
                 f"- generated this run: {gen['planned']} images, {gen['accepted']} accepted, {gen['rejected']} "
                 f"rejected, {gen.get('images_per_s', 0):.3g} images/s"

@@ -139,7 +139,8 @@ def test_every_condition_split_holds_each_composite_in_every_condition(every_con
     for s in first:
         if s.condition != "clear":
             assert np.abs(s.image.astype(int) - clear).mean() > 2, s.condition
-    assert json.loads(open(f"{version}/dataset.json").read())["samples"] == 14
+    summary = json.loads(open(f"{version}/dataset.json").read())
+    assert summary["samples"] == 14 and summary["conditions"] == dict.fromkeys(conditions(), 2)
 
 
 def test_eval_report_has_rows_and_a_chart_per_condition(every_condition_split, tmp_path):
@@ -304,3 +305,18 @@ def test_a_run_without_weather_writes_the_meta_of_the_runs_before_it(tmp_path):
         meta = json.loads(parts["meta.json"])
         assert "condition" not in meta and "weather" not in meta
         assert all("visibility" not in o for o in meta["objects"])
+
+
+def test_weather_deployments_point_at_the_weather_profiles():
+    from pathlib import Path
+
+    from schemas import load_compare_config, load_config
+
+    deployments = {d["name"]: d for d in yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]}
+    for name, mode in (("demo-weather", "random"), ("weather-eval", "every")):
+        cfg = load_config(deployments[name]["parameters"]["config_path"])
+        assert deployments[name]["entrypoint"] == "flows/synth.py:synth" and cfg.weather.mode == mode
+    study = deployments["weather-study"]["parameters"]
+    assert study["shards"] == ["runs/demo", deployments["demo-weather"]["parameters"]["run_dir"]]
+    evaluated = [b.root for b in load_compare_config(study["config_path"]).benchmarks]
+    assert Path(deployments["weather-eval"]["parameters"]["run_dir"]) in map(Path, evaluated)

@@ -245,6 +245,7 @@ def finalize_shard_set(
         "samples": len(rows),
         "shards": len(records),
         "rejects": len(rejects),
+        **({"conditions": dict(collections.Counter(r["condition"] for r in rows))} if cfg.weather else {}),
         **(version or {}),
         "config": cfg.model_dump(mode="json"),
     }
