@@ -176,7 +176,9 @@ def test_compare_rows_carry_conditions_and_the_study_differences(tmp_path):
     assert next(r for r in study if r["condition"] == "clear")["d_ap"] == -5.0
     files, rows = write_compare(base + other, {"name": "t"}, tmp_path)
     assert rows == study and files["study"].is_file() and files["conditions"].is_file()
-    assert "ΔAP" in files["table"].read_text() and "+15.00" in files["table"].read_text()
+    md = files["table"].read_text()
+    assert "| eel | +0.0 / +0.0 | -5.0 / +0.0 | +15.0 / +0.0 |" in md  # all, clear, fog: ΔAP / ΔFPR95
+    assert "| eel | demo | 60.0 / 30.0 | 20.0 / 60.0 |" in md  # the per-condition table: clear, fog
 
 
 @pytest.mark.slow

@@ -77,11 +77,32 @@ def study_rows(rows: list[dict], base: str) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
+    """The table of every model on every dataset (condition ``all``), then, for each dataset tagged with
+    conditions, one table of AP / FPR95 per condition (the rows of every condition are in ``compare.csv``)."""
     head = [HEADERS.get(c, c) for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(COLUMNS) - 6)]
     for r in rows:
-        lines.append("| " + " | ".join("–" if r.get(c) is None else str(r[c]) for c in COLUMNS) + " |")
-    return "\n".join(lines)
+        if r.get("condition", "all") == "all":
+            lines.append("| " + " | ".join("–" if r.get(c) is None else str(r[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines + condition_markdown(rows))
+
+
+def condition_markdown(rows: list[dict]) -> list[str]:
+    """Per dataset with conditions: a row per model (and training version), a column per condition, AP / FPR95."""
+    lines: list[str] = []
+    tagged = [r for r in rows if r.get("condition", "all") != "all"]
+    for ds in dict.fromkeys(r["dataset"] for r in tagged):
+        sub = [r for r in tagged if r["dataset"] == ds]
+        conds = list(dict.fromkeys(r["condition"] for r in sub))
+        cells: dict[tuple, dict] = {}
+        for r in sub:
+            ap, fpr = ("–" if r[k] is None else f"{r[k]:.1f}" for k in ("ap", "fpr95"))
+            cells.setdefault((r["model"], r["kind"], r["train"]), {})[r["condition"]] = f"{ap} / {fpr}"
+        lines += ["", f"**{ds}, per condition: AP / FPR95 (%)**", ""]
+        lines += ["| model | train | " + " | ".join(conds) + " |", "|---|---|" + "---:|" * len(conds)]
+        for (model, _, train), by in cells.items():
+            lines.append(f"| {model} | {train or '–'} | " + " | ".join(by.get(c, "–") for c in conds) + " |")
+    return lines
 
 
 def _label(r: dict, trains: int) -> str:
@@ -184,12 +205,20 @@ def _csv(rows: list[dict], columns, path: Path) -> Path:
 
 
 def study_markdown(study: list[dict]) -> str:
-    head = ["model", "dataset", "condition", "trained on", "AP", "ΔAP", "FPR95", "ΔFPR95", "AUROC", "ΔAUROC"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * 6]
-    fmt = lambda v: "–" if v is None else f"{v:+.2f}"  # noqa: E731
-    for r in study:
-        vals = [r["ap"], fmt(r["d_ap"]), r["fpr95"], fmt(r["d_fpr95"]), r["auroc"], fmt(r["d_auroc"])]
-        lines.append("| " + " | ".join(map(str, [r["model"], r["dataset"], r["condition"], r["train"], *vals])) + " |")
+    """Per dataset and compared version: a row per method, a column per condition, ``ΔAP / ΔFPR95`` in points
+    (every value, with the base and the other version's AP / FPR95 / AUROC, is in ``study.csv``)."""
+    lines: list[str] = []
+    fmt = lambda v: "–" if v is None else f"{v:+.1f}"  # noqa: E731
+    for ds, train in dict.fromkeys((r["dataset"], r["train"]) for r in study):
+        sub = [r for r in study if (r["dataset"], r["train"]) == (ds, train)]
+        conds = list(dict.fromkeys(r["condition"] for r in sub))
+        cells: dict[str, dict] = {}
+        for r in sub:
+            cells.setdefault(r["model"], {})[r["condition"]] = f"{fmt(r['d_ap'])} / {fmt(r['d_fpr95'])}"
+        lines += [f"**{ds}: {train} − {sub[0]['base']}, ΔAP / ΔFPR95 (points)**", ""]
+        lines += ["| model | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
+        lines += [f"| {m} | " + " | ".join(by.get(c, "–") for c in conds) + " |" for m, by in cells.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
