@@ -150,12 +150,20 @@ class Frame:
         return class_mask(self.label[::step, ::step], (SKY_CLASS,))
 
     @cached_property
+    def _depth_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return depth_table(self.label[::2, ::2], self.horizon / 2, self.camera_height, self.focal / 2, self.max_depth)
+
+    @cached_property
     def depth_half(self) -> np.ndarray:
         """Depth in metres at half resolution (float32), see the module docstring."""
-        return depth_map(self.label[::2, ::2], self.horizon / 2, self.camera_height, self.focal / 2, self.max_depth)
+        table, index = self._depth_table
+        return table[index]
 
     def transmission(self, beta: float | np.ndarray) -> np.ndarray:
         """``t = exp(−β·d)`` at half resolution (float32); ``beta`` a scalar or a half-resolution map."""
+        if np.ndim(beta) == 0:
+            table, index = self._depth_table
+            return np.exp(-float(beta) * table).astype(np.float32)[index]
         return np.exp(-np.asarray(beta, np.float32) * self.depth_half).astype(np.float32)
 
 
@@ -166,22 +174,32 @@ def class_mask(label: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
     return cv2.LUT(np.ascontiguousarray(label), lut)
 
 
-def depth_map(label: np.ndarray, horizon: float, camera_height: float, focal: float, max_depth: float) -> np.ndarray:
-    """Per-pixel depth (metres, float32) of the flat-ground billboard model in the module docstring."""
+def depth_table(
+    label: np.ndarray, horizon: float, camera_height: float, focal: float, max_depth: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat-ground billboard model of the module docstring as ``(table, index)``: ``table[v]`` is the depth
+    (metres, float32) of ground row ``v`` and ``table[H]`` is ``max_depth``; ``index`` (H×W int16) is the row each
+    pixel stands on (``H`` for the sky). ``table[index]`` is the depth map; a function of depth over the table
+    (the transmission) costs one gather instead of a per-pixel ``exp``."""
     H, _ = label.shape
     below = np.arange(H, dtype=np.float32) - horizon
     ground_depth = np.where(below > 0.5, focal * camera_height / np.maximum(below, 0.5), max_depth)
-    ground_depth = np.append(np.minimum(ground_depth, max_depth), max_depth).astype(np.float32)  # [H]: no ground
+    table = np.append(np.minimum(ground_depth, max_depth), max_depth).astype(np.float32)  # [H]: far
     rows = np.arange(H, dtype=np.int16)[:, None]
     foot = np.where(class_mask(label, GROUND_CLASSES).astype(bool), rows, np.int16(H))[::-1].copy()
     for i in range(1, H):  # bottom-up running minimum: the nearest ground row at or below each pixel
         np.minimum(foot[i], foot[i - 1], out=foot[i])
     foot = foot[::-1]
     # pixels with no ground below them stand on their own row (below the horizon) or are far (above it)
-    foot = np.where(foot == H, rows, foot)
-    depth = ground_depth[foot]
-    depth[class_mask(label, (SKY_CLASS,)).astype(bool)] = max_depth
-    return depth
+    index = np.where(foot == H, rows, foot)
+    index[class_mask(label, (SKY_CLASS,)).astype(bool)] = H
+    return table, index
+
+
+def depth_map(label: np.ndarray, horizon: float, camera_height: float, focal: float, max_depth: float) -> np.ndarray:
+    """Per-pixel depth (metres, float32) of the flat-ground billboard model in the module docstring."""
+    table, index = depth_table(label, horizon, camera_height, focal, max_depth)
+    return table[index]
 
 
 def full_size(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -219,16 +237,19 @@ def blend(image: np.ndarray, colour, weight: np.ndarray) -> np.ndarray:
 
 
 def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cells: int, octaves: int = 3) -> np.ndarray:
-    """Value noise in [0, 1] (float32) at ``shape``: ``octaves`` random grids of ``cells``·2^k cells, resized up."""
+    """Value noise in [0, 1] (float32) at ``shape``: ``octaves`` random grids of ``cells``·2^k cells (weights 2^−k),
+    summed on a grid four times finer than the finest octave, then resized up once (bicubic)."""
     h, w = shape
-    out = np.zeros(shape, np.float32)
+    gw = min(w, 4 * cells * 2 ** (octaves - 1))
+    gh = max(2, round(gw * h / w))
+    out = np.zeros((gh, gw), np.float32)
     total = 0.0
     for k in range(octaves):
         n = cells * 2**k
         grid = rng.random((max(2, round(n * h / max(h, w))), max(2, n)), dtype=np.float32)
-        out += cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC) / 2**k
+        out += cv2.resize(grid, (gw, gh), interpolation=cv2.INTER_CUBIC) / 2**k
         total += 1 / 2**k
-    out /= total
+    out = cv2.resize(out / total, (w, h), interpolation=cv2.INTER_CUBIC)
     lo, hi = float(out.min()), float(out.max())
     return (out - lo) / max(hi - lo, 1e-6)
 
