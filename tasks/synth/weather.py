@@ -13,8 +13,8 @@ Depth comes from the flat-ground model of the placement stage (``tasks.synth.pla
 first ground pixel below it in its column (where it stands: objects, cars and façades are billboards on their
 foot point); sky, and everything at or above the horizon with no ground below, is at ``max_depth``.
 
-Speed: full-resolution work is done with OpenCV on uint8 (LUTs, one ``cv2.blendLinear`` per effect); maps that are
-smooth (transmission, noise scale, frost texture) are computed at half or quarter resolution and resized.
+Speed: full-resolution work is done with OpenCV on uint8 (LUTs, at most one ``cv2.blendLinear`` per effect); maps that
+are smooth (transmission, noise, frost texture) are computed at half or quarter resolution and resized.
 ``make bench-weather`` prints the cost of each effect against encoding the sample.
 """
 
