@@ -103,7 +103,7 @@ def test_a_trained_method_on_every_benchmark_layout_equals_direct_scoring(traine
         for k in ("auroc", "ap", "fpr95"):
             assert got[k] == pytest.approx(ref[k], abs=1e-4), (d["name"], k)
         assert got["images"] == len(samples) and 0 < got["closed_set_agreement"] <= 1
-    assert set(metrics["datasets"]["folder"]["conditions"]) == {"clear", "fog"}
+    assert set(metrics["datasets"]["folder"]["conditions"]) == {"clear", "fog", "adverse"}
     assert metrics["settings"]["model_kind"] == "method" and metrics["settings"]["method"] == "eel"
     assert metrics["settings"]["method_config"]["alpha"] == 1.0
 

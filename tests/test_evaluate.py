@@ -79,11 +79,12 @@ def test_conditions_components_and_report(setup):
     )
     res = evaluate_dataset(load_eval_model(cfg), cfg.datasets[0], cfg)
     m = res["metrics"]
-    assert set(m["conditions"]) == {"clear", "fog"}
+    assert set(m["conditions"]) == {"clear", "fog", "adverse"}  # adverse: every condition but clear (here fog)
+    assert m["conditions"]["adverse"]["ap"] == pytest.approx(m["conditions"]["fog"]["ap"])
     assert m["gt_components"] == 4 and m["siou"] > 0.8 and m["f1_components"] > 0.8
     files = write_eval_report([res], tmp / "out", cfg.model_dump(mode="json"))
     saved = json.loads(files["metrics"].read_text())
-    assert [r["condition"] for r in saved["table"]] == ["all", "clear", "fog"]
+    assert [r["condition"] for r in saved["table"]] == ["all", "clear", "fog", "adverse"]
     assert files["roc"].stat().st_size > 5000 and files["panels_weather"].is_file()
     assert "| weather | fog |" in files["report"].read_text()
 
