@@ -323,11 +323,11 @@ class WeatherConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> WeatherConfig:
-        from tasks.synth.weather import check_options, conditions
+        from tasks.synth.weather import adverse_conditions, check_options
 
         for name in set(self.conditions) | set(self.options):
-            if name not in conditions()[1:]:
-                raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(conditions()[1:])}")
+            if name not in adverse_conditions():
+                raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(adverse_conditions())}")
         for name, opts in self.options.items():
             check_options(name, opts)
         if not self.conditions or any(w < 0 for w in self.conditions.values()) or not sum(self.conditions.values()):
@@ -339,9 +339,9 @@ class WeatherConfig(_Strict):
 
     def rendered(self) -> tuple[str, ...]:
         """mode every: the conditions each composite is written in (clear first, registry order)."""
-        from tasks.synth.weather import CLEAR, conditions
+        from tasks.synth.weather import CLEAR
 
-        return (CLEAR, *(c for c in conditions() if self.conditions.get(c, 0) > 0))
+        return (CLEAR, *self.weighted()[0])
 
     def weighted(self) -> tuple[list[str], np.ndarray]:
         """mode random: the conditions (registry order, so the plan does not depend on the YAML's key order) and
@@ -595,7 +595,9 @@ class TrainConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1, description="held-in validation split (by sample key)")
     val_limit: int | None = Field(64, ge=1, description="at most this many validation images per evaluation")
     min_visibility: float | None = Field(
-        None, ge=0, description="weather shards: objects whose visibility (ΔE to their surround) is below this are void"
+        None,
+        ge=0,
+        description="weather shards: objects the weather made fainter than this ΔE to their surround are void",
     )
     # running
     eval_every: int = Field(500, ge=1, description="steps between evaluations (and checkpoints)")

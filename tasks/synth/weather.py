@@ -46,11 +46,10 @@ class Effect:
     name: str
     render: Callable[..., tuple[np.ndarray, dict]]
     options: dict  # keyword options and their defaults
-    summary: str
 
 
-#: condition name -> effect. Adding a condition is one decorated function (here or in a module imported by
-#: ``tasks.synth``); the configs and the benchmark readers take their list of valid names from it.
+#: condition name -> effect. Adding a condition is one decorated function in this module (an effect defined
+#: elsewhere must be imported before a config is read); configs and benchmark readers take their names from it.
 WEATHER: dict[str, Effect] = {}
 
 
@@ -62,7 +61,7 @@ def register_weather(name: str):
             raise ValueError(f"{name!r} is reserved ({CLEAR}: no effect; {ADVERSE}: every condition but clear)")
         sig = inspect.signature(fn)
         options = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
-        WEATHER[name] = Effect(name, fn, options, (fn.__doc__ or "").strip().splitlines()[0])
+        WEATHER[name] = Effect(name, fn, options)
         return fn
 
     return deco

@@ -83,7 +83,7 @@ def in_validation(key: str, fraction: float) -> bool:
 def decode_sample(sample: dict, min_visibility: float | None = None) -> dict:
     """Raw tar sample (either image format) → RGB uint8 H×W×3 and single-channel uint8 label, checked against
     the shard label convention, and the sample's condition (``None`` for shards made before the weather stage).
-    With ``min_visibility``, objects the weather hid (``visibility`` in ``meta.json`` below it) are made void."""
+    With ``min_visibility``, objects the weather made fainter than that (``void_hidden_objects``) are made void."""
     where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
     parts = {k: v for k, v in sample.items() if not k.startswith("__")}
     s = decode_parts(sample["__key__"], parts, where)
