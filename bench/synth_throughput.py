@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas import DemoScenesConfig, ObjectBankConfig, ScenesConfig, SynthConfig
+from schemas import DemoScenesConfig, ObjectBankConfig, SynthConfig
 from tasks.imageio import encode_gray_png, encode_rgb
 from tasks.runtime import configure_process
-from tasks.synth.cityscapes import index_cityscapes, load_scene
-from tasks.synth.demo_scenes import write_demo_scenes
 from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank
 from tasks.synth.placement import NoPlacementError
+from tasks.synth.scenes import load_scene
+from tasks.synth.scenes.cityscapes import index_cityscapes
+from tasks.synth.scenes.demo import write_demo_scenes
 from tasks.synth.shards import write_tar_shard
 from tasks.synth.synthesize import Compositor, encode_composite, plan_samples
 
@@ -41,9 +42,7 @@ def main() -> None:
     cfg = SynthConfig(
         name="bench",
         num_samples=args.samples,
-        scenes=ScenesConfig(
-            kind="demo", demo=DemoScenesConfig(num_scenes=args.scenes, width=args.width, height=args.height)
-        ),
+        scenes={"kind": "demo", "demo": DemoScenesConfig(num_scenes=args.scenes, width=args.width, height=args.height)},
         objects=ObjectBankConfig(demo_objects=True),
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,10 +30,10 @@ from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
 from tasks.sample_format import DATASET
-from tasks.synth.cityscapes import scene_identity
 from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import write_report
+from tasks.synth.scenes import scene_identity
 from tasks.synth.shards import read_rejects
 from tasks.synth.synthesize import (
     Compositor,

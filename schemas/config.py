@@ -70,21 +70,27 @@ class DemoScenesConfig(_Strict):
 
 
 class ScenesConfig(_Strict):
-    kind: Literal["cityscapes", "demo"] = "demo"
+    """What every scene source's config has. ``kind`` names a registered source (``tasks.synth.scenes``: cityscapes,
+    demo, frames, acdc, bdd100k, mapillary); the source's own config class adds its fields (``root``, ...)."""
+
+    kind: str = "demo"
     root: Path | None = None
     split: str = "train"
-    cities: list[str] | None = None
     limit: int | None = Field(None, ge=1)
-    demo: DemoScenesConfig = DemoScenesConfig()
     max_unknown_label_fraction: float = Field(
-        0.001, ge=0, le=1, description="label pixels that are no Cityscapes id: above this share the scene is refused"
+        0.001,
+        ge=0,
+        le=1,
+        description="label pixels that are no id of the label's encoding: above this share the scene is refused",
     )
 
-    @model_validator(mode="after")
-    def _root_for_cityscapes(self) -> ScenesConfig:
-        if self.kind == "cityscapes" and self.root is None:
-            raise ValueError("scenes.root is required when scenes.kind is 'cityscapes'")
-        return self
+    _kind = field_validator("kind")(lambda v: _registered("scene source", v))
+
+
+def _scenes_config(data) -> ScenesConfig:
+    from tasks.synth.scenes import scenes_config
+
+    return scenes_config(data)
 
 
 class CocoSourceConfig(_Strict):
@@ -363,7 +369,7 @@ class SynthConfig(_Strict):
     name: str = "synth"
     seed: int = 0
     num_samples: int = Field(32, ge=1)
-    scenes: ScenesConfig = ScenesConfig()
+    scenes: SerializeAsAny[ScenesConfig] = Field(default_factory=lambda: _scenes_config({"kind": "demo"}))
     objects: ObjectBankConfig = ObjectBankConfig(demo_objects=True)
     saliency: SaliencyConfig = SaliencyConfig()
     placement: PlacementConfig = PlacementConfig()
@@ -374,6 +380,11 @@ class SynthConfig(_Strict):
     min_sample_fraction: float = Field(
         0.5, ge=0, le=1, description="a run that makes fewer than this share of num_samples fails, unpublished"
     )
+
+    @field_validator("scenes", mode="before")
+    @classmethod
+    def _scenes(cls, v):
+        return _scenes_config(v)
 
     def planned_samples(self) -> int:
         """Samples the run plans: ``num_samples``, times the conditions in weather mode ``every``."""
@@ -445,6 +456,7 @@ _REGISTRIES = {
     "scheduler": ("tasks.synth.diffusion", "SCHEDULERS"),
     "optimizer": ("tasks.train.optim", "OPTIMIZERS"),
     "harmonizer": ("tasks.synth.harmonize", "HARMONIZERS"),
+    "scene source": ("tasks.synth.scenes", "SCENE_SOURCES"),
 }
 
 

@@ -58,6 +58,18 @@ class WeatherRecord(BaseModel):
     params: dict[str, float | int | str | bool | list[float]] = {}
 
 
+class PseudoLabelRecord(BaseModel):
+    """Where a scene's label came from when it is a frozen segmenter's prediction, not an annotation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    segmenter: str  # a registered segmenter
+    checkpoint: str  # the file as configured
+    checkpoint_sha256: str
+    threshold: float  # softmax confidence below which a pixel is void
+    size: str  # "WxH" the frames were labelled at, or "native"
+
+
 class SampleMeta(BaseModel):
     """``meta.json`` of one shard sample."""
 
@@ -68,7 +80,7 @@ class SampleMeta(BaseModel):
     width: int
     height: int
     horizon: float
-    horizon_source: Literal["camera", "road", "default"]
+    horizon_source: Literal["camera", "vanishing_point", "road", "default"]
     objects: list[PlacementRecord]
     harmonization: list[HarmonizationRecord]
     sources: list[str]
@@ -78,6 +90,8 @@ class SampleMeta(BaseModel):
     unknown_label_pixels: int = 0  # scene label pixels with a value that is no Cityscapes id (made void)
     condition: str = "clear"  # tasks.synth.weather.conditions()
     weather: WeatherRecord | None = None  # the effect's severity and drawn parameters (None: clear)
+    scene_condition: str | None = None  # the dataset's own tag of the scene (ACDC: fog, night, rain, snow)
+    pseudo_label: PseudoLabelRecord | None = None  # the label is a frozen segmenter's prediction (frames)
 
 
 class RejectRecord(BaseModel):

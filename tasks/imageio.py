@@ -40,13 +40,34 @@ def read_rgba(path: str | Path) -> np.ndarray:
 
 
 def read_gray(path: str | Path) -> np.ndarray:
-    """HxW uint8 single channel (label and mask images)."""
+    """HxW uint8 single channel (label and mask images); a palette PNG gives its indices (Mapillary labels)."""
     img = _read(path, cv2.IMREAD_UNCHANGED)
+    if img.ndim == 3 and Path(path).suffix.lower() == ".png":
+        img = _palette_indices(path, img)
     if img.ndim != 2:
         raise BadInputError(f"{path}: expected a single-channel label image, got shape {img.shape}")
     if img.dtype != np.uint8:
         raise BadInputError(f"{path}: expected uint8 label image, got {img.dtype}")
     return img
+
+
+def _palette_indices(path: str | Path, decoded: np.ndarray) -> np.ndarray:
+    """The indices of a palette PNG (OpenCV expands the palette to colours; Pillow keeps the indices)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im) if im.mode == "P" else decoded
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(W, H) from the file's header, without decoding it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise BadInputError(f"{path}: cannot read the image size ({e})") from None
 
 
 def read_gray16(path: str | Path) -> np.ndarray:

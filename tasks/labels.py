@@ -7,6 +7,8 @@ table itself comes from ``cityscapesscripts`` and is never re-typed here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
@@ -68,10 +70,62 @@ LABEL_ID_VALUES: frozenset[int] = frozenset(lab.id for lab in _CS_LABELS if lab.
 TRAIN_ID_VALUES: frozenset[int] = frozenset(range(NUM_TRAIN_CLASSES)) | {VOID}
 
 
+@dataclass(frozen=True)
+class LabelEncoding:
+    """How a dataset's label image maps to trainIds: a 256-entry table and the values the file may hold."""
+
+    name: str
+    lut: np.ndarray  # value -> trainId (VOID for classes that are no train class)
+    values: frozenset[int]  # the values a file of this encoding may contain; others are unknown (made void)
+    description: str = ""
+
+    def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
+        if raw.dtype != np.uint8:
+            raise TypeError(f"{self.name} labels must be uint8, got {raw.dtype}")
+        return self.lut[raw]
+
+
+#: Label encodings by name (``SceneRef.label_kind``). Scene sources with their own class list register theirs
+#: (``register_label_encoding``) from the table in ``data_manifests/``.
+LABEL_ENCODINGS: dict[str, LabelEncoding] = {}
+
+
+def register_label_encoding(encoding: LabelEncoding) -> LabelEncoding:
+    if encoding.lut.shape != (256,) or encoding.lut.dtype != np.uint8:
+        raise ValueError(f"label encoding {encoding.name!r}: the table must be 256 uint8 values")
+    bad = sorted(set(np.unique(encoding.lut).tolist()) - TRAIN_ID_VALUES)
+    if bad:
+        raise ValueError(f"label encoding {encoding.name!r} maps to values {bad} that are no trainIds")
+    encoding.lut.setflags(write=False)
+    LABEL_ENCODINGS[encoding.name] = encoding
+    return encoding
+
+
+def label_encoding(name: str) -> LabelEncoding:
+    try:
+        return LABEL_ENCODINGS[name]
+    except KeyError:
+        raise KeyError(f"unknown label encoding {name!r}; registered: {', '.join(LABEL_ENCODINGS)}") from None
+
+
+def _identity_lut() -> np.ndarray:
+    lut = np.full(256, VOID, dtype=np.uint8)
+    lut[:NUM_TRAIN_CLASSES] = np.arange(NUM_TRAIN_CLASSES)
+    return lut
+
+
+register_label_encoding(
+    LabelEncoding("labelIds", LABEL_ID_TO_TRAIN_ID.copy(), LABEL_ID_VALUES, "Cityscapes labelIds (cityscapesscripts)")
+)
+register_label_encoding(
+    LabelEncoding("labelTrainIds", _identity_lut(), TRAIN_ID_VALUES, "Cityscapes trainIds 0-18, 255 void")
+)
+
+
 def unknown_label_values(label: np.ndarray, kind: str) -> tuple[int, list[int]]:
-    """(pixels whose value is no id of ``kind`` — "labelIds" or "labelTrainIds" —, those values)."""
+    """(pixels whose value is no id of the encoding ``kind`` (e.g. "labelIds", "labelTrainIds"), those values)."""
     valid = np.zeros(256, bool)
-    valid[list(LABEL_ID_VALUES if kind == "labelIds" else TRAIN_ID_VALUES)] = True
+    valid[list(label_encoding(kind).values)] = True
     counts = np.bincount(label.ravel(), minlength=256)
     bad = np.flatnonzero(~valid & (counts > 0))
     return int(counts[bad].sum()), bad.tolist()

@@ -17,7 +17,6 @@ from schemas import (
     FilesSourceConfig,
     ObjectBankConfig,
     PlacementConfig,
-    ScenesConfig,
     ShardConfig,
     SynthConfig,
 )
@@ -66,7 +65,7 @@ def tiny_synth_config(tmp_path: Path) -> SynthConfig:
         name="tiny",
         seed=3,
         num_samples=10,
-        scenes=ScenesConfig(kind="demo", demo=DemoScenesConfig(num_scenes=3, width=256, height=128)),
+        scenes={"kind": "demo", "demo": DemoScenesConfig(num_scenes=3, width=256, height=128)},
         objects=ObjectBankConfig(files=[files], max_side=64),
         placement=PlacementConfig(min_height_px=6, search_stride=2, default_height_m=(0.5, 1.0)),
         shards=ShardConfig(samples_per_shard=4),
@@ -80,7 +79,7 @@ def real_photos_config(num_samples: int, max_side: int, min_height_px: int) -> S
     photos = shared_or_skip("object_photos")
     cfg = SynthConfig(
         num_samples=num_samples,
-        scenes=ScenesConfig(kind="cityscapes", root=scenes, split="val"),
+        scenes={"kind": "cityscapes", "root": scenes, "split": "val"},
         objects=ObjectBankConfig(
             files=[
                 FilesSourceConfig(

@@ -22,8 +22,9 @@ from schemas import CocoSourceConfig, DemoScenesConfig, FilesSourceConfig, MaskG
 from tasks.imageio import BadInputError, write_gray
 from tasks.labels import label_ids_to_train_ids
 from tasks.sample_format import DATASET, SAMPLES, SHARDS
-from tasks.synth.cityscapes import index_cityscapes, load_scene, scene_identity
-from tasks.synth.demo_scenes import write_demo_scenes
+from tasks.synth.scenes import load_scene, scene_identity
+from tasks.synth.scenes.cityscapes import index_cityscapes
+from tasks.synth.scenes.demo import write_demo_scenes
 from tasks.synth.shards import write_json_atomic, write_table, write_tar_shard
 from tasks.synth.validate import validate_shard_set
 from tasks.train.data import ShardDataError

@@ -21,8 +21,12 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
     (tmp_path / "c.yaml").write_text("num_sample: 3\n")
     with pytest.raises(ConfigError, match=r"c.yaml: 1 problem\(s\) in the config:\n  num_sample: Extra inputs"):
         load_config(tmp_path / "c.yaml")
-    with pytest.raises(ValidationError, match="scenes.root is required"):
+    with pytest.raises(ValidationError, match=r"scenes.root\n  Field required"):
         SynthConfig.model_validate({"scenes": {"kind": "cityscapes"}})
+    with pytest.raises(ValidationError, match="unknown scene source 'kitti'; registered: acdc, bdd100k, cityscapes, demo, frames, mapillary"):
+        SynthConfig.model_validate({"scenes": {"kind": "kitti", "root": "x"}})
+    with pytest.raises(ValidationError, match=r"scenes.demo\n  Extra inputs"):  # a field of another source
+        SynthConfig.model_validate({"scenes": {"kind": "cityscapes", "root": "x", "demo": {"num_scenes": 2}}})
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
 

@@ -387,8 +387,8 @@ def test_the_patches_source_needs_scenes():
 
 
 def test_an_unreadable_scene_is_quarantined_not_fatal(tmp_path):
-    from tasks.synth.cityscapes import SceneRef
     from tasks.synth.patches import patch_bank_objects
+    from tasks.synth.scenes import SceneRef
 
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), _textured(128, 256))

@@ -14,8 +14,8 @@ from schemas import PlacementConfig, SynthConfig, WeatherConfig, WeatherRecord
 from schemas.records import ObjectRecord
 from tasks.labels import ANOMALY, train_id
 from tasks.seeding import derive_seed, rng_for
-from tasks.synth.cityscapes import Scene
 from tasks.synth.object_bank import BankObject
+from tasks.synth.scenes import Scene
 from tasks.synth.synthesize import Compositor, SamplePlan, plan_samples
 from tasks.synth.weather import (
     CLEAR,

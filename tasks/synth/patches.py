@@ -30,8 +30,8 @@ from schemas import ObjectRecord, RejectRecord
 from schemas.config import PatchesConfig, PatchesSourceConfig, PatchShapeConfig
 from tasks.imageio import BadInputError, read_rgb
 from tasks.seeding import rng_for
-from tasks.synth.cityscapes import SceneRef
 from tasks.synth.object_bank import BankObject
+from tasks.synth.scenes import SceneRef
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 

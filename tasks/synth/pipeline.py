@@ -15,17 +15,15 @@ from pathlib import Path
 
 from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
 from schemas import RejectRecord, SynthConfig
-from schemas.config import COCO_CITYSCAPES_OVERLAP, ScenesConfig
+from schemas.config import COCO_CITYSCAPES_OVERLAP
 from tasks import CODE_VERSION
 from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
-from tasks.synth.cityscapes import SceneRef, index_cityscapes, scene_identity
 from tasks.synth.coco import (
     canonical_class,
     extract_coco_objects,
     filter_coco_instances,
     load_coco,
 )
-from tasks.synth.demo_scenes import write_demo_scenes
 from tasks.synth.diffusion import GeneratedStore
 from tasks.synth.object_bank import (
     OBJECT_MANIFEST,
@@ -38,6 +36,7 @@ from tasks.synth.object_bank import (
 )
 from tasks.synth.patches import patch_bank_objects
 from tasks.synth.saliency import LazyMasker
+from tasks.synth.scenes import SceneRef, index_scenes, scene_identity, with_scenes
 from tasks.synth.shards import PARTIAL_DIR, read_rejects, write_json_atomic, write_rejects, write_table
 
 log = logging.getLogger(__name__)
@@ -45,18 +44,10 @@ log = logging.getLogger(__name__)
 BANK_STAMP = "bank.json"
 
 
-def scene_root(sc: ScenesConfig, run_dir: str | Path) -> Path:
-    """Where a run's scenes are: the demo profile renders them under ``run_dir/scenes``; otherwise the root."""
-    return Path(run_dir) / "scenes" if sc.kind == "demo" else Path(sc.root)
-
-
 def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef], list[RejectRecord]]:
-    """Index the scene source; the demo profile first renders its scenes under ``run_dir/scenes``."""
-    sc = cfg.scenes
-    root = scene_root(sc, run_dir)
-    if sc.kind == "demo":
-        write_demo_scenes(root, sc.demo, cfg.seed, split=sc.split)
-    return index_cityscapes(root, sc.split, sc.cities, sc.limit)
+    """Index the configured scene source (a source that makes files, e.g. rendered demo scenes or pseudo labels,
+    writes them under ``run_dir/scenes``)."""
+    return index_scenes(cfg, run_dir)
 
 
 SOURCES = ("diffusion", "coco", "files", "demo", "patches")
@@ -64,7 +55,8 @@ SOURCES = ("diffusion", "coco", "files", "demo", "patches")
 
 def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: str | None = None) -> SynthConfig:
     """The config restricted to the object ``sources`` named (others switched off) and, if ``scenes`` is
-    given, reading scenes from it ("demo", or a Cityscapes root). A source that is named but not configured
+    given, reading scenes from it: "demo", or a root for the config's scene source (Cityscapes when the config
+    has demo scenes). A source that is named but not configured
     is an error: a run never silently does less than asked."""
     update: dict = {}
     if sources is not None:
@@ -91,14 +83,8 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: s
                 "patches": oc.patches if "patches" in sources else None,
             }
         )
-    if scenes is not None:
-        sc = cfg.scenes
-        update["scenes"] = (
-            sc.model_copy(update={"kind": "demo", "root": None})
-            if scenes == "demo"
-            else sc.model_copy(update={"kind": "cityscapes", "root": Path(scenes)})
-        )
-    return SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
+    cfg = SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
+    return cfg if scenes is None else with_scenes(cfg, scenes)
 
 
 def _bank_hash(cfg: SynthConfig, generated: Path | None = None, scenes: list[SceneRef] | None = None) -> str:

@@ -20,7 +20,11 @@ from tasks import CODE_VERSION
 from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
 from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
-from tasks.synth.cityscapes import (
+from tasks.synth.composite import paste, resize_object
+from tasks.synth.harmonize import Harmonizer, make_harmonizer
+from tasks.synth.object_bank import BankObject
+from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
+from tasks.synth.scenes import (
     CITYSCAPES_SIZE,
     Scene,
     SceneRef,
@@ -28,10 +32,6 @@ from tasks.synth.cityscapes import (
     horizon_from_camera,
     load_scene,
 )
-from tasks.synth.composite import paste, resize_object
-from tasks.synth.harmonize import Harmonizer, make_harmonizer
-from tasks.synth.object_bank import BankObject
-from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
 from tasks.synth.shards import PARTS_DIR, sha256_of, write_json_atomic, write_tar_shard
 from tasks.synth.weather import CLEAR, Frame, conditions, contact_sheet, object_contrast, render
 
@@ -171,6 +171,9 @@ class Compositor:
             config_hash=self.config_hash,
             code_version=CODE_VERSION,
             unknown_label_pixels=scene.unknown_label_pixels,
+            condition=scene.condition or CLEAR,
+            scene_condition=scene.condition,
+            pseudo_label=scene.pseudo_label,
         )
         return Composite(image, label, mask, meta)
 
@@ -213,8 +216,9 @@ class Compositor:
         record = None
         if plan.condition != CLEAR:
             record = WeatherRecord(condition=plan.condition, severity=plan.severity, seed=seed, params=params)
+        condition = plan.condition if plan.condition != CLEAR else comp.meta.condition
         meta = comp.meta.model_copy(
-            update={"key": plan.key, "objects": objects, "condition": plan.condition, "weather": record}
+            update={"key": plan.key, "objects": objects, "condition": condition, "weather": record}
         )
         return Composite(image, comp.label, comp.mask, meta)
 
@@ -243,12 +247,14 @@ def weather_sheet(path: str | Path, scenes: list[SceneRef], plans: list[SamplePl
 
 
 def encode_composite(c: Composite, image_format: str, jpeg_quality: int) -> dict:
-    """A composite as the tar members of one sample (``tasks.sample_format``). A run without weather writes the
-    ``meta.json`` of the runs before the weather stage (no condition fields), so its shards keep their bytes."""
+    """A composite as the tar members of one sample (``tasks.sample_format``). Fields added after the first shards
+    are left out while they are unset (a run without weather writes no condition fields, a labelled scene no
+    pseudo-label record), so the shards of older configs keep their bytes."""
     m = c.meta
-    plain = m.weather is None and m.condition == CLEAR and all(p.visibility is None for p in m.objects)
-    exclude = {"condition": True, "weather": True, "objects": {"__all__": {"visibility", "visibility_clear"}}}
-    meta = m.model_dump_json(exclude=exclude if plain else None).encode()
+    exclude: dict = {k: True for k in ("scene_condition", "pseudo_label") if getattr(m, k) is None}
+    if m.weather is None and m.condition == CLEAR and all(p.visibility is None for p in m.objects):
+        exclude |= {"condition": True, "weather": True, "objects": {"__all__": {"visibility", "visibility_clear"}}}
+    meta = m.model_dump_json(exclude=exclude or None).encode()
     return encode_sample(c.meta.key, c.image, c.label, c.mask, meta, image_format, jpeg_quality)
 
 

@@ -46,10 +46,14 @@ def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
             )
         if meta.condition not in conditions():
             problems.append(f"{name}: unknown condition {meta.condition!r} (one of {', '.join(conditions())})")
-        elif (meta.condition != CLEAR) != (meta.weather is not None) or (
-            meta.weather is not None and meta.weather.condition != meta.condition
+        elif (
+            meta.condition != meta.weather.condition
+            if meta.weather is not None
+            else meta.condition not in (CLEAR, meta.scene_condition)
         ):
-            problems.append(f"{name}: condition {meta.condition!r} does not match its weather record")
+            problems.append(
+                f"{name}: condition {meta.condition!r} matches neither its weather record nor the scene's own tag"
+            )
     return problems
 
 

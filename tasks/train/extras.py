@@ -112,26 +112,25 @@ class SelfPatches(ExtraData):
 
 
 def clean_scene_refs(version: str, scenes: str | Path | None = None):
-    """The scenes a shard version was composited on, from its ``dataset.json`` (``scenes`` overrides the root):
-    the demo profile's rendered scenes under ``<run_dir>/scenes``, or the configured Cityscapes root."""
+    """The scenes a shard version was composited on, indexed by the scene source of its ``dataset.json``
+    (``scenes`` overrides the root) in the first run directory the version may belong to that has a ``scenes/``
+    folder (rendered demo scenes, cached pseudo labels)."""
     from schemas import SynthConfig
     from tasks.sample_format import DATASET
-    from tasks.synth.cityscapes import index_cityscapes
-    from tasks.synth.pipeline import scene_root
+    from tasks.synth.scenes import index_scenes, with_scenes
 
     if "://" in version and scenes is None:
         raise FileNotFoundError(f"{version} is remote: AnomalyMix needs the clean scenes locally (method.scenes=PATH)")
     meta = Path(version) / DATASET
     if not meta.is_file():
         raise FileNotFoundError(f"{meta} not found: AnomalyMix reads the scene source of the shard version from it")
-    sc = SynthConfig.model_validate(json.loads(meta.read_text())["config"]).scenes
+    cfg = SynthConfig.model_validate(json.loads(meta.read_text())["config"])
     if scenes is not None:
-        root = Path(scenes)
-    else:  # the synth run's own scene root, for the first run directory the version may belong to that has it
-        roots = [scene_root(sc, run) for run in run_dirs(version)]
-        root = next((r for r in roots if r.is_dir()), roots[0])
-    refs, _ = index_cityscapes(root, sc.split, sc.cities, sc.limit)
-    return refs, sc.max_unknown_label_fraction
+        cfg = with_scenes(cfg, scenes)
+    runs = run_dirs(version)
+    run = next((r for r in runs if (r / "scenes").is_dir()), runs[0])
+    refs, _ = index_scenes(cfg, run)
+    return refs, cfg.scenes.max_unknown_label_fraction
 
 
 @register_extra("anomaly_mix")
@@ -153,7 +152,7 @@ class AnomalyMix(ExtraData):
         """A random readable clean scene; one that cannot be read (the synth run quarantined it) is skipped for
         the rest of the run, with a warning naming it."""
         from tasks.imageio import BadInputError
-        from tasks.synth.cityscapes import load_scene
+        from tasks.synth.scenes import load_scene
 
         while len(self.bad) < len(self.refs):
             k = self.rng.randrange(len(self.refs))

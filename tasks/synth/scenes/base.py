@@ -1,8 +1,8 @@
-"""Cityscapes reader for the official layout.
+"""What every scene source gives: a ``SceneRef`` per scene (files + how to read them), decoded by ``load_scene``.
 
-``{root}/leftImg8bit/{split}/{city}/{id}_leftImg8bit.png``, ``{root}/gtFine/{split}/{city}/{id}_gtFine_labelIds.png``
-(converted to trainIds through cityscapesscripts' table), optional ``..._gtFine_instanceIds.png`` and
-``{root}/camera/{split}/{city}/{id}_camera.json``.
+A label is read through its encoding (``tasks.labels.LABEL_ENCODINGS``: Cityscapes labelIds, trainIds, a
+dataset's own class table) into trainIds; a scene may be resized on load (``SceneRef.size``), may carry the
+dataset's condition tag, and says when its label is a frozen segmenter's prediction.
 """
 
 from __future__ import annotations
@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from schemas import RejectRecord
+from schemas import PseudoLabelRecord, RejectRecord
 from tasks.imageio import BadInputError, read_gray, read_gray16, read_rgb
-from tasks.labels import label_ids_to_train_ids, looks_like_train_ids, unknown_label_values
+from tasks.labels import VOID, label_encoding, looks_like_train_ids, unknown_label_values
 
 #: Intrinsics in Cityscapes camera files refer to the full 2048x1024 frame.
 CITYSCAPES_SIZE = (2048, 1024)
@@ -28,9 +30,12 @@ class SceneRef:
     scene_id: str
     image: Path
     label: Path
-    label_kind: str  # "labelIds" | "labelTrainIds"
+    label_kind: str  # a label encoding (tasks.labels.LABEL_ENCODINGS): "labelIds", "labelTrainIds", ...
     instances: Path | None = None
     camera: Path | None = None
+    size: tuple[int, int] | None = None  # (W, H) the scene is resized to on load; None: as stored
+    condition: str | None = None  # the dataset's own condition tag (ACDC: fog, night, rain, snow)
+    pseudo_label: PseudoLabelRecord | None = None  # the label is a frozen segmenter's prediction
 
 
 @dataclass
@@ -41,48 +46,39 @@ class Scene:
     camera: dict | None = None
     instances: np.ndarray | None = None
     unknown_label_pixels: int = 0  # pixels with a value that is no id (made void)
+    condition: str | None = None
+    pseudo_label: PseudoLabelRecord | None = None
 
 
-def index_cityscapes(
-    root: str | Path, split: str = "train", cities: list[str] | None = None, limit: int | None = None
-) -> tuple[list[SceneRef], list[RejectRecord]]:
-    """List the scenes of a split in a stable order; frames without a label are rejected, not dropped silently."""
-    root = Path(root)
-    img_dir = root / "leftImg8bit" / split
-    if not img_dir.is_dir():
-        raise FileNotFoundError(
-            f"Cityscapes images not found: {img_dir} does not exist "
-            f"(expected {root}/leftImg8bit/{split}/<city>/<id>_leftImg8bit.png)"
-        )
-    images = sorted(img_dir.glob("*/*_leftImg8bit.png"))
-    if cities:
-        images = [p for p in images if p.parent.name in set(cities)]
+def list_images(folder: Path, pattern: str, what: str) -> list[Path]:
+    """``folder.glob(pattern)`` sorted; a clear error naming the expected layout when the folder or files are
+    missing."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what}: {folder} does not exist")
+    images = sorted(folder.glob(pattern))
     if not images:
-        raise FileNotFoundError(f"no *_leftImg8bit.png under {img_dir}/<city>/ (cities={cities})")
+        raise FileNotFoundError(f"{what}: no {pattern} under {folder}")
+    return images
+
+
+def pair_labels(
+    images: list[Path],
+    label_of: Callable[[Path], tuple[Path, str]],
+    scene_id_of: Callable[[Path], str],
+    limit: int | None = None,
+    **fields,
+) -> tuple[list[SceneRef], list[RejectRecord]]:
+    """A ``SceneRef`` per image whose label (``label_of(image)`` -> (path, encoding)) exists; the others are
+    rejected (``missing_label``). ``fields``: a function of the image per extra ``SceneRef`` field, or a value."""
     refs: list[SceneRef] = []
     rejects: list[RejectRecord] = []
     for img in images:
-        sid = img.name[: -len("_leftImg8bit.png")]
-        city = img.parent.name
-        gt = root / "gtFine" / split / city
-        label, kind = gt / f"{sid}_gtFine_labelIds.png", "labelIds"
-        if not label.exists() and (gt / f"{sid}_gtFine_labelTrainIds.png").exists():
-            label, kind = gt / f"{sid}_gtFine_labelTrainIds.png", "labelTrainIds"
+        label, kind = label_of(img)
         if not label.exists():
             rejects.append(RejectRecord(stage="scenes", item=str(img), reason="missing_label", detail=str(label)))
             continue
-        inst = gt / f"{sid}_gtFine_instanceIds.png"
-        cam = root / "camera" / split / city / f"{sid}_camera.json"
-        refs.append(
-            SceneRef(
-                scene_id=sid,
-                image=img,
-                label=label,
-                label_kind=kind,
-                instances=inst if inst.exists() else None,
-                camera=cam if cam.exists() else None,
-            )
-        )
+        extra = {k: v(img) if callable(v) else v for k, v in fields.items()}
+        refs.append(SceneRef(scene_id=scene_id_of(img), image=img, label=label, label_kind=kind, **extra))
         if limit and len(refs) >= limit:
             break
     return refs, rejects
@@ -90,14 +86,20 @@ def index_cityscapes(
 
 def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fraction: float = 0.001) -> Scene:
     """Decode one scene; BadInputError names the file when anything is off. Label values that are no id of the
-    file's kind become void; above ``max_unknown_label_fraction`` of the pixels the scene is refused
-    (``bad_label_values``), below it their count goes into the sample's meta.json."""
+    file's encoding become void; above ``max_unknown_label_fraction`` of the pixels the scene is refused
+    (``bad_label_values``), below it their count goes into the sample's meta.json. With ``ref.size`` the image is
+    resized (area) and a label stored at the image's own size is resized with it (nearest)."""
     image = read_rgb(ref.image)
     raw = read_gray(ref.label)
+    stored = image.shape[:2]
+    if ref.size is not None and (ref.size[1], ref.size[0]) != stored:
+        image = cv2.resize(image, ref.size, interpolation=cv2.INTER_AREA)
+        if raw.shape == stored:
+            raw = cv2.resize(raw, ref.size, interpolation=cv2.INTER_NEAREST)
     if raw.shape != image.shape[:2]:
         raise BadInputError(
             f"{ref.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {ref.image.name} is "
-            f"{image.shape[1]}x{image.shape[0]}"
+            f"{stored[1]}x{stored[0]}" + (f" (resized to {ref.size[0]}x{ref.size[1]})" if ref.size else "")
         )
     if ref.label_kind == "labelIds" and (zeros := looks_like_train_ids(raw)) is not None:
         raise BadInputError(
@@ -109,11 +111,11 @@ def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fr
     if unknown > max_unknown_label_fraction * raw.size:
         raise BadInputError(
             f"{ref.label}: {unknown} pixels ({unknown / raw.size:.2%}) hold values {values[:10]} that are no "
-            f"Cityscapes {ref.label_kind} (more than {max_unknown_label_fraction:.2%} allowed)",
+            f"{ref.label_kind} (more than {max_unknown_label_fraction:.2%} allowed)",
             reason="bad_label_values",
         )
-    label = label_ids_to_train_ids(raw) if ref.label_kind == "labelIds" else raw.copy()
-    label[np.isin(raw, values)] = 255  # unknown values are void, whatever the kind
+    label = label_encoding(ref.label_kind).to_train_ids(raw)
+    label[np.isin(raw, values)] = VOID  # unknown values are void, whatever the encoding
     camera = None
     if ref.camera is not None:
         try:
@@ -124,7 +126,9 @@ def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fr
     instances = None
     if with_instances and ref.instances is not None:
         instances = read_gray16(ref.instances)
-    return Scene(ref.scene_id, image, label, camera, instances, unknown)
+        if instances.shape != label.shape:
+            instances = cv2.resize(instances, label.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    return Scene(ref.scene_id, image, label, camera, instances, unknown, ref.condition, ref.pseudo_label)
 
 
 def scene_identity(refs: list[SceneRef]) -> str:

@@ -2,9 +2,10 @@
 
 Each scene: sky, buildings, vegetation, a road in perspective towards a vanishing point, sidewalks, a few
 cars and persons as instances; written in the official layout (``leftImg8bit``, ``gtFine`` labelIds and
-instanceIds, ``camera`` json) so the demo exercises the same reader as real Cityscapes. Every scene has
-its own light (brightness, colour cast) so harmonization has something to adapt to. A quarter of the
-scenes have no camera file, which exercises the road-based horizon estimate.
+instanceIds, ``camera`` json) under ``<run_dir>/scenes`` so the demo (the ``demo`` scene source) exercises the
+same reader as real Cityscapes. Every scene has its own light (brightness, colour cast) so harmonization has
+something to adapt to. A quarter of the scenes have no camera file, which exercises the horizon estimate from
+the road (vanishing point of its boundaries).
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from schemas import DemoScenesConfig
+from schemas import DemoScenesConfig, RejectRecord, ScenesConfig, SynthConfig
 from tasks.imageio import write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import label_id
 from tasks.seeding import rng_for
-from tasks.synth.cityscapes import CITYSCAPES_SIZE
+from tasks.synth.scenes.base import CITYSCAPES_SIZE, SceneRef
+from tasks.synth.scenes.cityscapes import index_cityscapes
+from tasks.synth.scenes.registry import register_scene_source
 
 CITY = "demo"
 PITCH = 0.038  # rad, like Cityscapes' camera
@@ -176,3 +181,17 @@ def write_demo_scenes(root: str | Path, cfg: DemoScenesConfig, seed: int, split:
             write_bytes_atomic(cam, json.dumps(camera_json(hz, cfg.height), indent=2).encode())
         write_rgb(img_path, image)  # last: an image exists only with its labels
     return root
+
+
+class DemoSourceConfig(ScenesConfig):
+    kind: Literal["demo"] = "demo"
+    root: None = Field(None, description="the scenes are rendered under <run_dir>/scenes")
+    cities: list[str] | None = None
+    demo: DemoScenesConfig = DemoScenesConfig()
+
+
+@register_scene_source("demo", DemoSourceConfig)
+def index(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
+    sc = cfg.scenes
+    root = write_demo_scenes(Path(run_dir) / "scenes", sc.demo, cfg.seed, split=sc.split)
+    return index_cityscapes(root, sc.split, sc.cities, sc.limit)

@@ -1,0 +1,61 @@
+"""ACDC (Adverse Conditions Dataset with Correspondences), read in its own layout (``data_manifests/scenes.md``):
+
+``{root}/rgb_anon/{condition}/{split}/{sequence}/{name}_rgb_anon.png`` with
+``{root}/gt/{condition}/{split}/{sequence}/{name}_gt_labelTrainIds.png`` (or ``_gt_labelIds.png``, mapped through
+cityscapesscripts' table). Its condition (fog, night, rain, snow) is the scene's tag: it goes into each sample's
+``meta.json`` (``scene_condition``, and ``condition`` when no synthetic weather is drawn over it) and the
+manifest, so the per-condition evaluation split groups real adverse frames like rendered ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from schemas import RejectRecord, ScenesConfig, SynthConfig
+from tasks.synth.scenes.base import SceneRef, list_images, pair_labels
+from tasks.synth.scenes.registry import register_scene_source
+
+ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
+
+
+class AcdcSourceConfig(ScenesConfig):
+    kind: Literal["acdc"] = "acdc"
+    root: Path
+    conditions: list[Literal["fog", "night", "rain", "snow"]] = Field(
+        default_factory=lambda: list(ACDC_CONDITIONS), min_length=1
+    )
+
+
+def _label_of(root: Path, condition: str, split: str):
+    def label_of(img: Path) -> tuple[Path, str]:
+        gt = root / "gt" / condition / split / img.parent.name
+        name = img.name[: -len("_rgb_anon.png")]
+        train = gt / f"{name}_gt_labelTrainIds.png"
+        ids = gt / f"{name}_gt_labelIds.png"
+        return (ids, "labelIds") if not train.exists() and ids.exists() else (train, "labelTrainIds")
+
+    return label_of
+
+
+@register_scene_source("acdc", AcdcSourceConfig)
+def index_acdc(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
+    sc = cfg.scenes
+    refs: list[SceneRef] = []
+    rejects: list[RejectRecord] = []
+    for cond in sc.conditions:
+        images = list_images(sc.root / "rgb_anon" / cond / sc.split, "*/*_rgb_anon.png", f"ACDC {cond}")
+        got, rej = pair_labels(
+            images,
+            _label_of(sc.root, cond, sc.split),
+            lambda p: f"acdc_{p.name[: -len('_rgb_anon.png')]}",
+            sc.limit and sc.limit - len(refs),
+            condition=cond,
+        )
+        refs += got
+        rejects += rej
+        if sc.limit and len(refs) >= sc.limit:
+            break
+    return refs, rejects

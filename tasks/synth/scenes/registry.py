@@ -1,0 +1,74 @@
+"""The scene-source registry: each source is one module with its config class and an ``index`` function.
+
+    @register_scene_source("mydata", MyDataSourceConfig)
+    def index_mydata(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]: ...
+
+``index`` lists the scenes of ``cfg.scenes`` in a stable order (what it cannot use is rejected with a reason,
+never dropped silently); a source that makes files (rendered demo scenes, pseudo labels, video frames) writes
+them under ``run_dir/scenes``. ``SynthConfig.scenes`` is validated with the config class of its ``kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from schemas import RejectRecord, ScenesConfig
+from tasks.synth.scenes.base import SceneRef
+
+if TYPE_CHECKING:
+    from schemas import SynthConfig
+
+Index = Callable[["SynthConfig", Path], tuple[list[SceneRef], list[RejectRecord]]]
+
+
+@dataclass(frozen=True)
+class SceneSource:
+    name: str
+    config: type[ScenesConfig]
+    index: Index
+
+
+SCENE_SOURCES: dict[str, SceneSource] = {}
+
+
+def register_scene_source(name: str, config: type[ScenesConfig]) -> Callable[[Index], Index]:
+    if config.model_fields["kind"].default != name:
+        raise ValueError(f"scene source {name!r}: its config class must default kind to {name!r}")
+
+    def deco(fn: Index) -> Index:
+        SCENE_SOURCES[name] = SceneSource(name, config, fn)
+        return fn
+
+    return deco
+
+
+def scenes_config(data: dict | ScenesConfig) -> ScenesConfig:
+    """``data`` validated with the config class of its ``kind`` (default ``demo``)."""
+    data = data.model_dump() if isinstance(data, ScenesConfig) else dict(data)
+    kind = data.setdefault("kind", "demo")
+    if kind not in SCENE_SOURCES:
+        raise ValueError(f"unknown scene source {kind!r}; registered: {', '.join(SCENE_SOURCES)}")
+    return SCENE_SOURCES[kind].config.model_validate(data)
+
+
+def index_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef], list[RejectRecord]]:
+    """The scenes of ``cfg.scenes`` through its source."""
+    return SCENE_SOURCES[cfg.scenes.kind].index(cfg, Path(run_dir))
+
+
+def with_scenes(cfg: SynthConfig, scenes: str | Path) -> SynthConfig:
+    """``cfg`` reading its scenes from ``scenes``: "demo" (rendered), or a root for the config's source (Cityscapes
+    when the config has demo scenes, whose rendered root is in the Cityscapes layout)."""
+    from schemas import SynthConfig
+
+    sc = cfg.scenes.model_dump()
+    if str(scenes) == "demo":
+        sc = {"kind": "demo"}
+    elif sc["kind"] == "demo":
+        sc = {"kind": "cityscapes", "root": scenes, "split": sc["split"], "limit": sc["limit"]}
+    else:
+        sc |= {"root": scenes}
+    return SynthConfig.model_validate(cfg.model_dump() | {"scenes": sc})
