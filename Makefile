@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo demo-eval demo-weather synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,16 @@ demo-eval:
 WEATHER_DIR ?= runs/demo-weather
 demo-weather:
 	$(BIN)/anomalyforge synth --config configs/demo_weather.yaml --run-dir $(WEATHER_DIR)
+
+# unlabeled driving footage (a folder of frames or a video) pseudo-labelled by a frozen ESPNetv2:
+#   make frames FRAMES=/data/dashcam CHECKPOINT=weights/espnetv2_s_2.0_city_1024x512.pth
+FRAMES ?= footage
+CHECKPOINT ?= weights/espnetv2_s_2.0_city_1024x512.pth
+FRAMES_DIR ?= runs/frames
+frames:
+	$(BIN)/anomalyforge synth --config configs/frames.yaml --run-dir $(FRAMES_DIR) \
+		--set scenes.root=$(FRAMES) --set scenes.segmenter.checkpoint=$(CHECKPOINT)
+	@echo "frames: $(FRAMES_DIR)/shards (scenes.png: the pseudo labels and horizons; rejects.parquet: frames not used)"
 
 # one-off local run without a server (Prefect's temporary one), e.g. make synth SYNTH_CONFIG=configs/diffusion.yaml
 SYNTH_CONFIG ?= configs/demo.yaml

@@ -35,7 +35,9 @@ def synth(
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
     workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),
     sources: str = typer.Option("", help="object sources to use, e.g. diffusion,coco (default: all configured)"),
-    scenes: str = typer.Option(None, help="'demo' or a Cityscapes root, instead of the config's scenes"),
+    scenes: str = typer.Option(
+        None, help="'demo', or a root for the config's scene source (Cityscapes for a demo config)"
+    ),
 ) -> None:
     """Run the `synth` Prefect flow locally (no server needed): a new shard-set version under RUN_DIR/versions."""
     from flows.synth import run_synth

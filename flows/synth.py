@@ -39,6 +39,7 @@ from tasks.synth.synthesize import (
     Compositor,
     claim_shard_dir,
     plan_samples,
+    scene_sheet,
     split_into_shards,
     synthesize_or_resume,
     weather_sheet,
@@ -51,6 +52,7 @@ build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy
 finalize_task = task(finalize_shard_set, name="finalize-manifest", cache_policy=NO_CACHE)
 validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO_CACHE)
 weather_sheet_task = task(weather_sheet, name="weather-contact-sheet", cache_policy=NO_CACHE)
+scene_sheet_task = task(scene_sheet, name="scenes-sheet", cache_policy=NO_CACHE)
 report_task = task(write_report, name="write-report", cache_policy=NO_CACHE)
 write_shard_task = task(
     synthesize_or_resume, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE
@@ -135,9 +137,9 @@ def synth(
     """Synthesize a new shard-set version under ``run_dir/versions/`` (``run_dir/shards`` -> the latest).
 
     ``sources``: object sources to use among those configured (diffusion, coco, files, demo, patches; default
-    all);
-    ``scenes``: "demo" or a Cityscapes root, instead of the config's; ``generation_deployment``: run the
-    diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead of in this process;
+    all); ``scenes``: "demo", or a root for the config's scene source, instead of its own;
+    ``generation_deployment``: run the diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead
+    of in this process;
     ``keep_versions``: retention of complete versions.
     """
     configure_process()  # a deployment's worker starts the program here
@@ -197,6 +199,7 @@ def synth(
             "objects": len(bank),
             "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
         }
+        scene_sheet_task(shard_dir / "scenes.png", scenes_, cfg)  # before the manifest, like the weather sheet
         if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
             t = time.perf_counter()
             weather_sheet_task(shard_dir / "weather.png", scenes_, plans, compositor)

@@ -44,6 +44,20 @@ LABEL_ID_TO_TRAIN_ID: np.ndarray = _label_id_to_train_id_lut()
 LABEL_ID_TO_TRAIN_ID.setflags(write=False)
 
 
+def _train_id_colours() -> np.ndarray:
+    lut = np.zeros((256, 3), np.uint8)  # void: black
+    for lab in _CS_LABELS:
+        if 0 <= lab.trainId < NUM_TRAIN_CLASSES:
+            lut[lab.trainId] = lab.color
+    lut[ANOMALY] = (255, 255, 255)
+    return lut
+
+
+#: 256×3 RGB lookup table: trainId -> the Cityscapes colour of its class (anomaly white, void black).
+TRAIN_ID_COLOURS: np.ndarray = _train_id_colours()
+TRAIN_ID_COLOURS.setflags(write=False)
+
+
 def train_id(name: str) -> int:
     """trainId of a Cityscapes class name (``"road"`` -> 0); KeyError names the valid ones."""
     try:

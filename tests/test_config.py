@@ -23,7 +23,10 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
         load_config(tmp_path / "c.yaml")
     with pytest.raises(ValidationError, match=r"scenes.root\n  Field required"):
         SynthConfig.model_validate({"scenes": {"kind": "cityscapes"}})
-    with pytest.raises(ValidationError, match="unknown scene source 'kitti'; registered: acdc, bdd100k, cityscapes, demo, frames, mapillary"):
+    with pytest.raises(
+        ValidationError,
+        match="unknown scene source 'kitti'; registered: acdc, bdd100k, cityscapes, demo, frames, mapillary",
+    ):
         SynthConfig.model_validate({"scenes": {"kind": "kitti", "root": "x"}})
     with pytest.raises(ValidationError, match=r"scenes.demo\n  Extra inputs"):  # a field of another source
         SynthConfig.model_validate({"scenes": {"kind": "cityscapes", "root": "x", "demo": {"num_scenes": 2}}})

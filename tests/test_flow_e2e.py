@@ -1,8 +1,11 @@
 """End to end through the real Prefect flow and the CLI users run (slow: starts Prefect's local server)."""
 
+import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -182,3 +185,58 @@ def test_synth_flow_is_incremental_and_versions_the_shards(tmp_path):
     assert third["version"].startswith("v0002-") and third["removed_versions"] == [first["version"]]
     assert (run / "LATEST").read_text().strip() == third["version"]
     assert json.loads((run / "shards" / "dataset.json").read_text())["version"] == third["version"]
+
+
+def test_unlabeled_driving_frames_become_validated_shards_and_train(tmp_path):
+    """``anomalyforge synth --config configs/frames.yaml`` on a folder of real dash-cam frames labelled by the real
+    ESPNetv2; a night frame with no confident road is rejected; EEL trains on the shards over that segmenter."""
+    from tasks.synth.shards import read_table
+    from tasks.synth.versions import resolve_version
+    from tasks.train.trainer import train_method
+    from tests.conftest import shared_or_skip, tiny_train_config
+
+    u2netp_or_skip()
+    frames, ckpt = shared_or_skip("driving_frames"), shared_or_skip("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
+    footage = tmp_path / "footage"
+    for name in (
+        "MaybeShewill-CV_lanenet-lane-detection__train_example_0000.png",  # highway
+        "MarvinTeichmann_KittiSeg__demo4.png",  # rural two-lane road (1242x375)
+        "dusty-nv_jetson-inference__city_3.jpg",  # German residential street
+        "zhangzhengde0225_CDNet__view_blocked_0036_05420.jpg",  # night, no confident road
+    ):
+        (footage / name.split("__")[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(frames / name, footage / name.split("__")[0] / name)
+    run = tmp_path / "run"
+    sets = {
+        "scenes.root": str(footage),
+        "scenes.segmenter.checkpoint": str(ckpt),
+        "num_samples": 6,
+        "shards.samples_per_shard": 3,
+    }
+    res = subprocess.run(
+        [*CLI, "synth", "--config", "configs/frames.yaml", "--run-dir", str(run)]
+        + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ok = subprocess.run([*CLI, "validate", str(run / "shards")], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "ok:" in ok.stdout
+    version = resolve_version(run / "shards")
+    rejects = read_table(Path(version) / "rejects.parquet")
+    assert [(Path(r["item"]).name, r["reason"]) for r in rejects if r["stage"] == "scenes"] == [
+        ("zhangzhengde0225_CDNet__view_blocked_0036_05420.jpg", "no_drivable_area")
+    ]
+    rows = read_table(Path(version) / "samples.parquet")
+    assert len(rows) >= 3 and {r["width"] for r in rows} == {1024}
+    assert len(list((run / "scenes" / "labels").glob("espnetv2-*-c0.9-w1024/*.png"))) == 4
+    assert (Path(version) / "scenes.png").stat().st_size > 10_000
+    from schemas import TrainConfig
+
+    tiny = tiny_train_config("eel").model_dump()
+    cfg = TrainConfig.model_validate(tiny | {"segmenter": {"name": "espnetv2", "checkpoint": str(ckpt)}})
+    result = train_method(cfg, version, tmp_path / "train", progress=False, log=lambda m: None)
+    assert result.model.is_file() and result.steps == 4 and math.isfinite(result.last_loss)

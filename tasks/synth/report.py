@@ -177,6 +177,17 @@ def write_report(
         "|---|---|---:|",
         *([f"| {s} | {r} | {n} |" for (s, r), n in sorted(by_reason.items())] or ["| – | none | 0 |"]),
         "",
+        *(
+            [
+                "## Scenes (left: frame; right: its label; line: the horizon the placement uses - yellow camera, "
+                "cyan vanishing point, magenta road top)",
+                "",
+                "![scenes](scenes.png)",
+                "",
+            ]
+            if (run_dir / "scenes.png").is_file()
+            else []
+        ),
         "## Composites (left: image with placement boxes; right: anomaly mask, label 254)",
         "",
         "![composites](composites.png)",

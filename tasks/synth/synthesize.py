@@ -13,11 +13,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from schemas import RejectRecord, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
+from schemas import PlacementConfig, RejectRecord, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
 from tasks import CODE_VERSION
 from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
+from tasks.labels import TRAIN_ID_COLOURS
 from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
 from tasks.synth.composite import paste, resize_object
@@ -91,6 +93,14 @@ def split_into_shards(plans: list[SamplePlan], samples_per_shard: int) -> list[l
     return [plans[i : i + samples_per_shard] for i in range(0, len(plans), samples_per_shard)]
 
 
+def scene_horizon(scene: Scene, placement: PlacementConfig) -> tuple[float, str]:
+    """(row, source) of the scene's horizon: from its camera file, else estimated from its drivable area."""
+    if scene.camera is not None:
+        return horizon_from_camera(scene.camera, scene.label.shape[0]), "camera"
+    est = estimate_horizon(scene.label, placement.drivable_classes, placement.search_stride)
+    return est.row, est.source
+
+
 @dataclass
 class Composite:
     image: np.ndarray
@@ -122,11 +132,7 @@ class Compositor:
         cfg = self.cfg
         rng = np.random.default_rng(plan.seed)
         H, W = scene.label.shape
-        if scene.camera is not None:
-            horizon, h_source = horizon_from_camera(scene.camera, H), "camera"
-        else:
-            est = estimate_horizon(scene.label, cfg.placement.drivable_classes, cfg.placement.search_stride)
-            horizon, h_source = est.row, est.source
+        horizon, h_source = scene_horizon(scene, cfg.placement)
         cam_h = camera_height(scene.camera, cfg.placement.camera_height_m)
         lo, hi = cfg.placement.objects_per_scene
         n = int(rng.integers(lo, hi + 1))
@@ -243,6 +249,52 @@ def weather_sheet(path: str | Path, scenes: list[SceneRef], plans: list[SamplePl
             rng = np.random.default_rng(derive_seed(plan.seed, "weather", cond))
             tiles[(cond, severity)] = render(cond, comp.image, frame, severity, rng, w.options.get(cond))[0]
     write_bytes_atomic(Path(path), encode_rgb(contact_sheet(tiles), "png"))
+    return Path(path)
+
+
+HORIZON_COLOURS = {
+    "camera": (255, 220, 0),
+    "vanishing_point": (0, 230, 255),
+    "road": (255, 60, 220),
+    "default": (255, 0, 0),
+}
+
+
+def scene_sheet(
+    path: str | Path, scenes: list[SceneRef], cfg: SynthConfig, max_scenes: int = 8, width: int = 480
+) -> Path:
+    """``scenes.png``: the first ``max_scenes`` scenes of a run, each as the frame | its label in Cityscapes colours
+    over the frame, with the horizon the placement uses (yellow: camera file, cyan: vanishing point of the road's
+    sides, magenta: the road's top row) and what the label is (a pseudo label's segmenter and threshold)."""
+    rows = []
+    for ref in scenes[:max_scenes]:
+        try:
+            scene = load_scene(ref, max_unknown_label_fraction=cfg.scenes.max_unknown_label_fraction)
+        except BadInputError:
+            continue
+        row, source = scene_horizon(scene, cfg.placement)
+        s = width / scene.image.shape[1]
+        left = cv2.resize(scene.image, (width, max(1, round(scene.image.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        colours = cv2.resize(TRAIN_ID_COLOURS[scene.label], left.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        right = (0.45 * left + 0.55 * colours).astype(np.uint8)
+        panel = np.hstack([left, np.full((left.shape[0], 4, 3), 255, np.uint8), right])
+        y = round(row * s)
+        if 0 <= y < panel.shape[0]:
+            cv2.line(panel, (0, y), (panel.shape[1] - 1, y), HORIZON_COLOURS[source], 2)
+        what = (
+            f"pseudo label {scene.pseudo_label.segmenter} >= {scene.pseudo_label.threshold:g}"
+            if scene.pseudo_label
+            else f"label {ref.label_kind}"
+        )
+        tag = f", {scene.condition}" if scene.condition else ""
+        caption = np.full((20, panel.shape[1], 3), 255, np.uint8)
+        text = f"{ref.scene_id[:60]}  |  horizon {source} row {row:.0f}  |  {what}{tag}"
+        cv2.putText(caption, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.vstack([caption, panel]))
+    if not rows:
+        raise ValueError("no scene could be read for the scenes sheet")
+    sheet = np.vstack([x for r in rows for x in (r, np.full((6, r.shape[1], 3), 255, np.uint8))][:-1])
+    write_bytes_atomic(Path(path), encode_rgb(sheet, "png"))
     return Path(path)
 
 

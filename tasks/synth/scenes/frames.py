@@ -214,7 +214,6 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
     if todo:
         from tasks.train.checkpoints import frozen_segmenter
 
-        seg = frozen_segmenter(sc.segmenter)  # strict load, weights_only
         device = _device(sc.device)
         log.info("pseudo-labelling %d of %d frames with %s on %s", len(todo), len(frames), tag, device)
         bar = tqdm(total=len(todo), desc="pseudo labels", unit="frame")
@@ -224,7 +223,8 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
             bar.update(1)
 
         requests = (r for i in todo if (r := request(i)) is not None)
-        label_batches(seg, requests, sc.threshold, sc.batch_size, device, save)
+        # strict load, weights_only; only once a frame decodes
+        label_batches(lambda: frozen_segmenter(sc.segmenter), requests, sc.threshold, sc.batch_size, device, save)
         bar.close()
         write_bytes_atomic(label_dir / "labels.json", record.model_dump_json(indent=1).encode())
 

@@ -44,23 +44,27 @@ def confident_labels(logits, out_size: tuple[int, int] | None, threshold: float)
 
 
 def label_batches(
-    segmenter,
+    load_segmenter: Callable[[], object],
     requests: Iterable[LabelRequest],
     threshold: float,
     batch_size: int,
     device: str,
     on_label: Callable[[LabelRequest, np.ndarray], None],
 ) -> None:
-    """Run ``segmenter`` (logits ``N×19×H×W`` from RGB in [0, 1]) over the requests in batches of frames with the
-    same working size, and hand each frame's confident label to ``on_label`` as soon as it is made."""
+    """Run the segmenter (a module giving logits ``N×19×H×W`` from RGB in [0, 1]) over the requests in batches of
+    frames with the same working size, and hand each frame's confident label to ``on_label`` as soon as it is made.
+    ``load_segmenter`` is called at the first batch: requests that all fail to decode never load the network."""
     import torch
 
-    segmenter = segmenter.to(device).eval()
+    net = []
     pending: list[LabelRequest] = []
 
     def flush():
         if not pending:
             return
+        if not net:
+            net.append(load_segmenter().to(device).eval())
+        segmenter = net[0]
         x = torch.from_numpy(np.stack([r.image for r in pending])).to(device).permute(0, 3, 1, 2).float().div(255)
         with torch.inference_mode():
             logits = segmenter(x)
