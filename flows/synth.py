@@ -143,7 +143,7 @@ def synth(
     ``keep_versions``: retention of complete versions.
     """
     configure_process()  # a deployment's worker starts the program here
-    cfg: SynthConfig = select_sources(load_config(config_path, overrides), sources, scenes)
+    cfg: SynthConfig = select_sources(load_config(config_path, overrides, scenes), sources)
     log = get_run_logger()
     run = Path(run_dir)
     bank_dir, store = run / "objects", run / "generated"

@@ -443,9 +443,24 @@ def _apply_overrides(data: dict, overrides: dict | None) -> dict:
     return data
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> SynthConfig:
-    """Read a YAML config; relative paths inside it stay relative to the working directory."""
-    return _validate(SynthConfig, _read_yaml(path, overrides), path)
+def replace_scenes(section: dict, scenes: str | Path) -> dict:
+    """A ``scenes:`` section reading from ``scenes`` instead: "demo" (rendered scenes), or a root for the section's
+    own source (Cityscapes when the section has demo scenes, whose rendered root is in the Cityscapes layout)."""
+    if str(scenes) == "demo":
+        return {"kind": "demo"}
+    if section.get("kind", "demo") == "demo":
+        keep = {k: section[k] for k in ("split", "limit") if section.get(k) is not None}
+        return {"kind": "cityscapes", "root": str(scenes)} | keep
+    return section | {"root": str(scenes)}
+
+
+def load_config(path: str | Path, overrides: dict | None = None, scenes: str | Path | None = None) -> SynthConfig:
+    """Read a YAML config; relative paths inside it stay relative to the working directory. ``scenes`` (the CLI's
+    ``--scenes``) replaces its scene source first (``replace_scenes``), then ``overrides`` apply."""
+    data = _read_yaml(path, None)
+    if scenes is not None:
+        data["scenes"] = replace_scenes(data.get("scenes") or {}, scenes)
+    return _validate(SynthConfig, _apply_overrides(data, overrides), path)
 
 
 # where each registry lives; imported only when a config is validated (schemas import no torch themselves)

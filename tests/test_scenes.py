@@ -398,3 +398,15 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     meta = json.loads(decode_parts(*next(iter(samples.items())), "x").meta)
     assert meta["scene_condition"] == meta["condition"] in ("fog", "snow") and meta["weather"] is None
     assert "pseudo_label" not in meta
+
+
+def test_scenes_option_replaces_the_source_before_the_overrides(tmp_path):
+    from schemas import load_config
+
+    # a Cityscapes config run on demo scenes, with an override of the demo section (the synth/diffusion test path)
+    cfg = load_config("configs/diffusion.yaml", {"scenes.demo": {"num_scenes": 2}}, scenes="demo")
+    assert cfg.scenes.kind == "demo" and cfg.scenes.demo.num_scenes == 2
+    # a path: the config's own source with that root; a demo config becomes Cityscapes at that root
+    assert load_config("configs/frames.yaml", scenes=str(tmp_path)).scenes.root == tmp_path
+    demo = load_config("configs/demo.yaml", scenes=str(tmp_path)).scenes
+    assert demo.kind == "cityscapes" and demo.root == tmp_path

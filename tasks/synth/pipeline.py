@@ -36,7 +36,7 @@ from tasks.synth.object_bank import (
 )
 from tasks.synth.patches import patch_bank_objects
 from tasks.synth.saliency import LazyMasker
-from tasks.synth.scenes import SceneRef, index_scenes, scene_identity, with_scenes
+from tasks.synth.scenes import SceneRef, index_scenes, scene_identity
 from tasks.synth.shards import PARTIAL_DIR, read_rejects, write_json_atomic, write_rejects, write_table
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,9 @@ def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef
 SOURCES = ("diffusion", "coco", "files", "demo", "patches")
 
 
-def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: str | None = None) -> SynthConfig:
-    """The config restricted to the object ``sources`` named (others switched off) and, if ``scenes`` is
-    given, reading scenes from it: "demo", or a root for the config's scene source (Cityscapes when the config
-    has demo scenes). A source that is named but not configured
-    is an error: a run never silently does less than asked."""
+def select_sources(cfg: SynthConfig, sources: list[str] | None = None) -> SynthConfig:
+    """The config restricted to the object ``sources`` named (others switched off). A source that is named but
+    not configured is an error: a run never silently does less than asked."""
     update: dict = {}
     if sources is not None:
         unknown = [s for s in sources if s not in SOURCES]
@@ -83,8 +81,7 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None, scenes: s
                 "patches": oc.patches if "patches" in sources else None,
             }
         )
-    cfg = SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
-    return cfg if scenes is None else with_scenes(cfg, scenes)
+    return SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
 
 
 def _bank_hash(cfg: SynthConfig, generated: Path | None = None, scenes: list[SceneRef] | None = None) -> str:

@@ -265,7 +265,8 @@ def scene_sheet(
 ) -> Path:
     """``scenes.png``: the first ``max_scenes`` scenes of a run, each as the frame | its label in Cityscapes colours
     over the frame, with the horizon the placement uses (yellow: camera file, cyan: vanishing point of the road's
-    sides, magenta: the road's top row) and what the label is (a pseudo label's segmenter and threshold)."""
+    sides, magenta: the road's top row) and what the label is (a pseudo label's segmenter and threshold). None
+    when no scene can be read (the composite stage then quarantines every sample and says why)."""
     rows = []
     for ref in scenes[:max_scenes]:
         try:
@@ -292,7 +293,8 @@ def scene_sheet(
         cv2.putText(caption, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.vstack([caption, panel]))
     if not rows:
-        raise ValueError("no scene could be read for the scenes sheet")
+        log.warning("no scene could be read for %s", path)
+        return None
     sheet = np.vstack([x for r in rows for x in (r, np.full((6, r.shape[1], 3), 255, np.uint8))][:-1])
     write_bytes_atomic(Path(path), encode_rgb(sheet, "png"))
     return Path(path)

@@ -60,15 +60,9 @@ def index_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef],
 
 
 def with_scenes(cfg: SynthConfig, scenes: str | Path) -> SynthConfig:
-    """``cfg`` reading its scenes from ``scenes``: "demo" (rendered), or a root for the config's source (Cityscapes
-    when the config has demo scenes, whose rendered root is in the Cityscapes layout)."""
+    """``cfg`` reading its scenes from ``scenes`` (``schemas.config.replace_scenes``)."""
     from schemas import SynthConfig
+    from schemas.config import replace_scenes
 
-    sc = cfg.scenes.model_dump()
-    if str(scenes) == "demo":
-        sc = {"kind": "demo"}
-    elif sc["kind"] == "demo":
-        sc = {"kind": "cityscapes", "root": scenes, "split": sc["split"], "limit": sc["limit"]}
-    else:
-        sc |= {"root": scenes}
-    return SynthConfig.model_validate(cfg.model_dump() | {"scenes": sc})
+    section = replace_scenes(cfg.scenes.model_dump(mode="json"), scenes)
+    return SynthConfig.model_validate(cfg.model_dump() | {"scenes": section})
