@@ -234,6 +234,11 @@ def test_unlabeled_driving_frames_become_validated_shards_and_train(tmp_path):
     assert len(rows) >= 3 and {r["width"] for r in rows} == {1024}
     assert len(list((run / "scenes" / "labels").glob("espnetv2-*-c0.9-w1024/*.png"))) == 4
     assert (Path(version) / "scenes.png").stat().st_size > 10_000
+    # AnomalyMix's clean scenes of this version: the same frames with their cached labels, no network needed
+    from tasks.train.extras import clean_scene_refs
+
+    refs, _ = clean_scene_refs(version)
+    assert len(refs) == 3 and all(r.pseudo_label is not None and r.label.is_file() for r in refs)
     from schemas import TrainConfig
 
     tiny = tiny_train_config("eel").model_dump()
