@@ -76,7 +76,7 @@ class ScenesConfig(_Strict):
     kind: str = "demo"
     root: Path | None = None
     split: str = "train"
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="at most this many scenes (the first in the source's order)")
     max_unknown_label_fraction: float = Field(
         0.001,
         ge=0,
@@ -84,7 +84,14 @@ class ScenesConfig(_Strict):
         description="label pixels that are no id of the label's encoding: above this share the scene is refused",
     )
 
-    _kind = field_validator("kind")(lambda v: _registered("scene source", v))
+    def hash_payload(self) -> dict:
+        """What of this section decides the shards' bytes (``SynthConfig.content_hash``)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def with_root(cls, section: dict, root: str) -> dict:
+        """The raw ``scenes:`` section reading from ``root`` instead (the CLI's ``--scenes PATH``)."""
+        return section | {"root": root}
 
 
 def _scenes_config(data) -> ScenesConfig:
@@ -247,7 +254,7 @@ class DiffusionConfig(_Strict):
     channels_last: bool = True
     compile: bool = Field(False, description="torch.compile the UNet (pays off from a few hundred images on)")
 
-    _scheduler = field_validator("scheduler")(lambda v: _registered("scheduler", v))
+    _scheduler = field_validator("scheduler")(lambda v: registered("scheduler", v))
 
 
 class ObjectBankConfig(_Strict):
@@ -298,7 +305,7 @@ class HarmonizeConfig(_Strict):
     poisson: bool = False
     fda_beta: float = Field(0.03, ge=0, le=0.5, description="style: low-frequency band, a share of the crop side")
 
-    _method = field_validator("method")(lambda v: _registered("harmonizer", v))
+    _method = field_validator("method")(lambda v: registered("harmonizer", v))
 
 
 def _default_weather() -> dict[str, float]:
@@ -399,7 +406,7 @@ class SynthConfig(_Strict):
             exclude["weather"] = True
         if not self.objects.exclude_classes:
             exclude["objects"] = {"exclude_classes"}
-        payload = self.model_dump(mode="json", exclude=exclude)
+        payload = self.model_dump(mode="json", exclude=exclude) | {"scenes": self.scenes.hash_payload()}
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -443,22 +450,13 @@ def _apply_overrides(data: dict, overrides: dict | None) -> dict:
     return data
 
 
-def replace_scenes(section: dict, scenes: str | Path) -> dict:
-    """A ``scenes:`` section reading from ``scenes`` instead: "demo" (rendered scenes), or a root for the section's
-    own source (Cityscapes when the section has demo scenes, whose rendered root is in the Cityscapes layout)."""
-    if str(scenes) == "demo":
-        return {"kind": "demo"}
-    if section.get("kind", "demo") == "demo":
-        keep = {k: section[k] for k in ("split", "limit") if section.get(k) is not None}
-        return {"kind": "cityscapes", "root": str(scenes)} | keep
-    return section | {"root": str(scenes)}
-
-
 def load_config(path: str | Path, overrides: dict | None = None, scenes: str | Path | None = None) -> SynthConfig:
     """Read a YAML config; relative paths inside it stay relative to the working directory. ``scenes`` (the CLI's
-    ``--scenes``) replaces its scene source first (``replace_scenes``), then ``overrides`` apply."""
+    ``--scenes``) replaces its scene source first (``tasks.synth.scenes.replace_scenes``), then ``overrides`` apply."""
     data = _read_yaml(path, None)
     if scenes is not None:
+        from tasks.synth.scenes import replace_scenes
+
         data["scenes"] = replace_scenes(data.get("scenes") or {}, scenes)
     return _validate(SynthConfig, _apply_overrides(data, overrides), path)
 
@@ -471,11 +469,10 @@ _REGISTRIES = {
     "scheduler": ("tasks.synth.diffusion", "SCHEDULERS"),
     "optimizer": ("tasks.train.optim", "OPTIMIZERS"),
     "harmonizer": ("tasks.synth.harmonize", "HARMONIZERS"),
-    "scene source": ("tasks.synth.scenes", "SCENE_SOURCES"),
 }
 
 
-def _registered(kind: str, value: str) -> str:
+def registered(kind: str, value: str) -> str:
     """``value`` checked against the registry of ``kind`` (the list of valid names is the registry's own)."""
     import importlib
 
@@ -499,7 +496,7 @@ class BenchmarkConfig(_Strict):
         0.1, ge=0, lt=1, description="kind shards: the held-in split (sample-key hash); 0: every sample"
     )
 
-    _kind = field_validator("kind")(lambda v: _registered("benchmark", v))
+    _kind = field_validator("kind")(lambda v: registered("benchmark", v))
 
 
 class EvalConfig(_Strict):
@@ -528,12 +525,12 @@ class EvalConfig(_Strict):
     @field_validator("score")
     @classmethod
     def _score(cls, v):
-        return None if v is None else _registered("score", v)
+        return None if v is None else registered("score", v)
 
     @field_validator("segmenter")
     @classmethod
     def _segmenter(cls, v):
-        return None if v is None else _registered("segmenter", v)
+        return None if v is None else registered("segmenter", v)
 
     @model_validator(mode="after")
     def _one_resolution(self) -> EvalConfig:
@@ -565,7 +562,7 @@ class SegmenterConfig(_Strict):
     options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
 
-    _name = field_validator("name")(lambda v: _registered("segmenter", v))
+    _name = field_validator("name")(lambda v: registered("segmenter", v))
 
 
 class MethodConfig(_Strict):
@@ -581,7 +578,7 @@ class MethodConfig(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
     weight_decay: float | None = Field(None, ge=0, description="the method's own; None: the run's weight_decay")
 
-    _optimizer = field_validator("optimizer")(lambda v: _registered("optimizer", v))
+    _optimizer = field_validator("optimizer")(lambda v: registered("optimizer", v))
 
 
 # hyper-parameters that were flat TrainConfig fields before methods had their own configs
@@ -701,7 +698,7 @@ class CompareConfig(_Strict):
     @field_validator("post_hoc")
     @classmethod
     def _scores(cls, v):
-        return [_registered("score", s) for s in v]
+        return [registered("score", s) for s in v]
 
     @field_validator("methods")
     @classmethod

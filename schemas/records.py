@@ -67,7 +67,7 @@ class PseudoLabelRecord(BaseModel):
     checkpoint: str  # the file as configured
     checkpoint_sha256: str
     threshold: float  # softmax confidence below which a pixel is void
-    size: str  # "WxH" the frames were labelled at, or "native"
+    size: str  # "w1024": the working width the frames were labelled at; "-native": stored at their own size
 
 
 class SampleMeta(BaseModel):
@@ -87,7 +87,7 @@ class SampleMeta(BaseModel):
     seed: int
     config_hash: str
     code_version: str
-    unknown_label_pixels: int = 0  # scene label pixels with a value that is no Cityscapes id (made void)
+    unknown_label_pixels: int = 0  # scene label pixels with a value that is no id of its encoding (made void)
     condition: str = "clear"  # tasks.synth.weather.conditions()
     weather: WeatherRecord | None = None  # the effect's severity and drawn parameters (None: clear)
     scene_condition: str | None = None  # the dataset's own tag of the scene (ACDC: fog, night, rain, snow)

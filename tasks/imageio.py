@@ -60,12 +60,13 @@ def _palette_indices(path: str | Path, decoded: np.ndarray) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(W, H) from the file's header, without decoding it."""
+    """(W, H) from the file's header, without decoding it, as ``read_rgb`` gives it (EXIF rotation applied)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)  # orientation: rotated 90°
     except (OSError, UnidentifiedImageError) as e:
         raise BadInputError(f"{path}: cannot read the image size ({e})") from None
 

@@ -92,6 +92,7 @@ class LabelEncoding:
     lut: np.ndarray  # value -> trainId (VOID for classes that are no train class)
     values: frozenset[int]  # the values a file of this encoding may contain; others are unknown (made void)
     description: str = ""
+    check_train_ids: bool = False  # refuse files that look like trainIds saved under this encoding's name
 
     def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
         if raw.dtype != np.uint8:
@@ -129,7 +130,9 @@ def _identity_lut() -> np.ndarray:
 
 
 register_label_encoding(
-    LabelEncoding("labelIds", LABEL_ID_TO_TRAIN_ID.copy(), LABEL_ID_VALUES, "Cityscapes labelIds (cityscapesscripts)")
+    LabelEncoding(
+        "labelIds", LABEL_ID_TO_TRAIN_ID.copy(), LABEL_ID_VALUES, "Cityscapes labelIds (cityscapesscripts)", True
+    )
 )
 register_label_encoding(
     LabelEncoding("labelTrainIds", _identity_lut(), TRAIN_ID_VALUES, "Cityscapes trainIds 0-18, 255 void")

@@ -1,5 +1,6 @@
 """End to end through the real Prefect flow and the CLI users run (slow: starts Prefect's local server)."""
 
+import json
 import math
 import os
 import shutil
@@ -232,6 +233,19 @@ def test_unlabeled_driving_frames_become_validated_shards_and_train(tmp_path):
     ]
     rows = read_table(Path(version) / "samples.parquet")
     assert len(rows) >= 3 and {r["width"] for r in rows} == {1024}
+    import hashlib
+    import tarfile
+
+    from tasks.sample_format import decode_parts, read_tar_samples
+
+    with tarfile.open(Path(version) / rows[0]["shard"]) as tar:
+        samples, _ = read_tar_samples(tar, rows[0]["shard"])
+    metas = [json.loads(decode_parts(k, p, k).meta) for k, p in samples.items()]
+    digest = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert all(
+        m["pseudo_label"]["checkpoint_sha256"] == digest and m["pseudo_label"]["threshold"] == 0.9 for m in metas
+    )
+    assert all(m["horizon_source"] in ("vanishing_point", "road") and "weather" not in m for m in metas)
     assert len(list((run / "scenes" / "labels").glob("espnetv2-*-c0.9-w1024/*.png"))) == 4
     assert (Path(version) / "scenes.png").stat().st_size > 10_000
     # AnomalyMix's clean scenes of this version: the same frames with their cached labels, no network needed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 
 from schemas import SynthConfig
 from tasks.labels import VOID, train_id
-from tasks.synth.placement import estimate_horizon, vanishing_point_row
+from tasks.synth.placement import Horizon, estimate_horizon, vanishing_point_row
 from tasks.synth.scenes import SCENE_SOURCES, index_scenes, load_scene
 from tasks.synth.scenes.frames import sample_video, scene_ids, working_size
 from tasks.synth.scenes.pseudo_labels import confident_labels
@@ -46,7 +47,8 @@ def test_confidence_gate_keeps_confident_pixels_and_voids_the_rest():
     assert confident_labels(logits, None, threshold=0.13)[0].tolist() == [[3, 5]]
     # resized to (W, H) = (4, 3) before the softmax: every pixel gets a label from the interpolated logits
     big, _ = confident_labels(logits, (4, 3), threshold=0.0)
-    assert big.shape == (3, 4) and set(np.unique(big)) <= {3, 5}
+    assert big.shape == (3, 4) and set(np.unique(big)) == {3, 5}
+    assert big[:, 0].tolist() == [3, 3, 3] and big[:, -1].tolist() == [5, 5, 5]  # each side keeps its own class
 
 
 def test_working_size_keeps_the_aspect_ratio():
@@ -56,8 +58,20 @@ def test_working_size_keeps_the_aspect_ratio():
 
 
 def test_scene_ids_are_tar_safe_and_unique(tmp_path):
-    paths = [tmp_path / "a b" / "x.jpg", tmp_path / "c" / "y.png", tmp_path / "c" / "y.jpg"]
-    assert scene_ids(paths, tmp_path) == ["a_b__x", "c__y_png", "c__y_jpg"]
+    assert scene_ids([tmp_path / "a b" / "x.jpg", tmp_path / "c" / "y.png"], tmp_path) == ["a_b__x", "c__y"]
+    clashes = [
+        ["y.png", "y.jpg"],
+        ["a b.jpg", "a_b.jpg"],
+        ["b.jpg", "b.png", "b_jpg.png"],
+        ["a/b__c.jpg", "a__b/c.jpg"],
+    ]
+    for names in clashes:
+        ids = scene_ids([tmp_path / n for n in names], tmp_path)
+        assert len(set(ids)) == len(ids), (names, ids)
+        assert all(re.fullmatch(r"[A-Za-z0-9_-]+", i) for i in ids)
+    assert scene_ids([tmp_path / n for n in ["y.png", "y.jpg"]], tmp_path) == scene_ids(
+        [tmp_path / n for n in ["y.png", "y.jpg"]], tmp_path
+    )
 
 
 # ------------------------------------------------------------------ vanishing point
@@ -109,9 +123,11 @@ def test_no_vanishing_point_for_a_curved_or_sideways_road_falls_back_to_the_road
     h = estimate_horizon(label, ["road"], stride=2)
     assert h.source == "road" and h.row == 110
     sideways = np.full((H, W), BUILDING, np.uint8)
-    sideways[150:, :] = ROAD  # a road across the frame, both sides on the border
-    assert estimate_horizon(sideways, ["road"], stride=2) == estimate_horizon(sideways, ["road"], stride=2)
-    assert estimate_horizon(sideways, ["road"], stride=2).source == "road"
+    sideways[150:, :] = ROAD  # a road across the frame, both sides on the border: no boundary points
+    assert estimate_horizon(sideways, ["road"], stride=2) == Horizon(row=150.0, source="road")
+    parallel = np.full((H, W), BUILDING, np.uint8)
+    parallel[100:, 150:250] = ROAD  # straight sides that never meet
+    assert vanishing_point_row(parallel == ROAD) is None
 
 
 # ------------------------------------------------------------------ unlabeled frames: offline, tiny segmenter
@@ -173,6 +189,7 @@ def test_frames_get_cached_pseudo_labels_and_are_resized_to_the_working_width(tm
     assert (scene.label == ROAD).all()  # p(road) = e^8 / (e^8 + 18) = 0.994 >= 0.9
     rec = scene.pseudo_label
     assert rec.segmenter == "espnetv2_demo" and rec.threshold == 0.9 and rec.size == "w128"
+    assert refs[0].size == (128, 72) and load_scene(refs[0]).label.shape == (72, 128)
     import hashlib
 
     assert rec.checkpoint_sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
@@ -185,10 +202,36 @@ def test_frames_get_cached_pseudo_labels_and_are_resized_to_the_working_width(tm
     def no_network(*a, **k):
         raise AssertionError("the segmenter was loaded although every label is cached")
 
-    monkeypatch.setattr("tasks.train.checkpoints.frozen_segmenter", no_network)
-    again, _ = index_scenes(cfg, tmp_path / "run")
+    with monkeypatch.context() as m:
+        m.setattr("tasks.train.checkpoints.frozen_segmenter", no_network)
+        again, _ = index_scenes(cfg, tmp_path / "run")
     assert again == refs
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.png")} == mtimes
+
+    # a replaced frame (another size) is labelled again; the others keep their labels
+    cv2.imwrite(str(tmp_path / "footage" / "frame0.jpg"), np.zeros((50, 200, 3), np.uint8))
+    again, _ = index_scenes(cfg, tmp_path / "run")
+    assert load_scene(next(r for r in again if r.scene_id == "frame0")).label.shape == (32, 128)
+    now = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.png")}
+    assert now["frame0.png"] != mtimes["frame0.png"] and now["frame2.png"] == mtimes["frame2.png"]
+    # a damaged cache file rejects its frame and is made again by the next run
+    cache.joinpath("frame2.png").write_bytes(b"broken")
+    _, rejects = index_scenes(cfg, tmp_path / "run")
+    assert sorted(r.reason for r in rejects) == ["bad_image", "bad_pseudo_label"]
+    refs, rejects = index_scenes(cfg, tmp_path / "run")
+    assert len(refs) == 3 and [r.reason for r in rejects] == ["bad_image"]
+
+
+def test_limit_counts_accepted_scenes_and_labels_no_more_frames_than_it_takes(tmp_path):
+    _write_frames(tmp_path / "footage", 6)
+    for name in ("frame0.jpg", "frame2.jpg"):
+        (tmp_path / "footage" / name).write_bytes(b"broken")  # frames 0 and 2 cannot be read
+    ckpt = _tiny_checkpoint(tmp_path / "road.pth", road_bias=8.0)
+    refs, rejects = index_scenes(_frames_config(tmp_path / "footage", ckpt, limit=2), tmp_path / "run")
+    # path order: frame0, frame2, frame4, sub/frame1, sub/frame3, sub/frame5 -> chunks of 2: two bad, then two good
+    assert [r.scene_id for r in refs] == ["frame4", "sub__frame1"] and len(rejects) == 2
+    labels = next((tmp_path / "run" / "scenes" / "labels").iterdir())
+    assert sorted(p.stem for p in labels.glob("*.png")) == ["frame4", "sub__frame1"]  # frames 3 and 5 untouched
 
 
 def test_frames_below_the_confidence_gate_are_rejected_for_no_drivable_area(tmp_path):
@@ -208,7 +251,7 @@ def test_native_size_keeps_each_frame_as_it_is(tmp_path):
     refs, _ = index_scenes(_frames_config(tmp_path / "footage", ckpt, size="native"), tmp_path / "run")
     scene = load_scene(refs[0])
     assert refs[0].size is None and scene.image.shape == (100, 200, 3) and scene.label.shape == (100, 200)
-    assert scene.pseudo_label.size == "native"
+    assert scene.pseudo_label.size == "w128-native"  # labelled at width 128, logits resized to the frame
 
 
 def test_a_video_is_sampled_at_the_given_fps(tmp_path):
@@ -305,21 +348,23 @@ def test_acdc_layout_with_condition_tags(tmp_path):
             _label_png(root / "gt" / cond / "train" / seq / f"{name}_gt_labelIds.png", _halves(23, 7))
     _rgb(root / "rgb_anon" / "rain" / "train" / "GOPR0400" / "GOPR0400_frame_2_rgb_anon.png")  # no label
     (root / "rgb_anon" / "snow" / "train" / "GOPR0122").mkdir(parents=True)
-    cfg = SynthConfig.model_validate(
-        {"scenes": {"kind": "acdc", "root": str(root), "conditions": ["fog", "night", "rain"]}}
-    )
+    cfg = SynthConfig.model_validate({"scenes": {"kind": "acdc", "root": str(root)}})  # all four conditions
     refs, rejects = index_scenes(cfg, tmp_path / "run")
     assert [(r.scene_id, r.condition, r.label_kind) for r in refs] == [
         ("acdc_GOPR0475_frame_000041", "fog", "labelTrainIds"),
         ("acdc_GOPR0351_frame_1", "night", "labelIds"),
     ]
-    assert [r.reason for r in rejects] == ["missing_label"] and "GOPR0400_frame_2_gt_labelTrainIds" in rejects[0].detail
+    assert [r.reason for r in rejects] == ["missing_label", "missing_condition"]  # rain's label; snow: no frames
+    assert "GOPR0400_frame_2_gt_labelTrainIds" in rejects[0].detail and "snow" in rejects[1].item
     for ref in refs:
         scene = load_scene(ref)
         assert scene.condition == ref.condition
         assert (scene.label[:8] == SKY).all() and (scene.label[8:] == ROAD).all()
-    with pytest.raises(FileNotFoundError, match="ACDC snow: no"):
-        index_scenes(SynthConfig.model_validate({"scenes": {"kind": "acdc", "root": str(root)}}), tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="ACDC: no frames for snow"):
+        index_scenes(
+            SynthConfig.model_validate({"scenes": {"kind": "acdc", "root": str(root), "conditions": ["snow"]}}),
+            tmp_path,
+        )
 
 
 def test_bdd100k_layout_reads_train_ids(tmp_path):
@@ -348,7 +393,7 @@ def test_mapillary_vistas_classes_map_to_train_ids_through_the_documented_table(
     root = tmp_path / "vistas"
     _rgb(root / "training" / "images" / "abc.jpg", size=(64, 32))
     # Vistas ids: 13 road, 24 lane marking, 27 sky, 55 car, 1 ground animal, 65 unlabeled, 10 parking
-    ids = np.array([13, 24, 27, 55, 1, 65, 10, 2], np.uint8)
+    ids = np.array([13, 24, 27, 55, 1, 65, 10, 2], np.uint8)  # and 2 curb
     lab = np.repeat(np.repeat(ids[None], 32, axis=0), 8, axis=1)  # 8 columns per class
     _label_png(root / "training" / "labels" / "abc.png", lab, palette=True)
     cfg = SynthConfig.model_validate({"scenes": {"kind": "mapillary", "root": str(root), "width": 32}})
@@ -399,6 +444,18 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     assert meta["scene_condition"] == meta["condition"] in ("fog", "snow") and meta["weather"] is None
     assert "pseudo_label" not in meta
 
+    # synthetic rain over the real frames: the clear sample keeps the scene's tag, the rainy one is "rain"
+    wet = SynthConfig.model_validate(cfg.model_dump() | {"weather": {"mode": "every", "conditions": {"rain": 1.0}}})
+    wet.num_samples = 2
+    run_stage(wet, tmp_path / "wet")
+    assert validate_shard_set(tmp_path / "wet" / "shards")[1] == []
+    rows = read_table(tmp_path / "wet" / "shards" / "samples.parquet")
+    by_scene: dict = {}
+    for r in rows:
+        by_scene.setdefault(r["scene_id"], []).append(r["condition"])
+    tags = {"acdc_GOPR0000_frame_000001": "fog", "acdc_GOPR0001_frame_000001": "snow"}
+    assert by_scene and all(sorted(c) == sorted([tags[sid], "rain"]) for sid, c in by_scene.items())
+
 
 def test_scenes_option_replaces_the_source_before_the_overrides(tmp_path):
     from schemas import load_config
@@ -410,3 +467,26 @@ def test_scenes_option_replaces_the_source_before_the_overrides(tmp_path):
     assert load_config("configs/frames.yaml", scenes=str(tmp_path)).scenes.root == tmp_path
     demo = load_config("configs/demo.yaml", scenes=str(tmp_path)).scenes
     assert demo.kind == "cityscapes" and demo.root == tmp_path
+
+
+def test_cityscapes_configs_keep_the_hash_and_the_dataset_json_they_had_before_the_registry():
+    from schemas import load_config
+
+    # hashes at commit 78e6e21, before scene sources had their own configs: those versions are not made again
+    assert load_config("configs/cityscapes_coco.yaml").content_hash() == "89176e88c68fe741"
+    assert load_config("configs/diffusion.yaml").content_hash() == "e3401f79168944f4"
+    # a dataset.json of then carries the demo defaults in a Cityscapes section; it still loads (AnomalyMix reads it)
+    old = load_config("configs/cityscapes_coco.yaml").model_dump(mode="json")
+    old["scenes"]["demo"] = {"num_scenes": 8, "width": 1024, "height": 512}
+    assert SynthConfig.model_validate(old).content_hash() == "89176e88c68fe741"
+    old["scenes"]["demo"]["num_scenes"] = 3  # not the legacy defaults: a field of another source, refused
+    with pytest.raises(ValueError, match="scenes.demo"):
+        SynthConfig.model_validate(old)
+    # the frames source's batch size and device change how labels are made, not the shards
+    a = load_config("configs/frames.yaml")
+    b = load_config("configs/frames.yaml", {"scenes.batch_size": 16, "scenes.device": "cpu"})
+    assert (
+        a.content_hash()
+        == b.content_hash()
+        != load_config("configs/frames.yaml", {"scenes.threshold": 0.8}).content_hash()
+    )

@@ -180,7 +180,7 @@ def write_report(
         *(
             [
                 "## Scenes (left: frame; right: its label; line: the horizon the placement uses - yellow camera, "
-                "cyan vanishing point, magenta road top)",
+                "cyan vanishing point, magenta road top, red none found)",
                 "",
                 "![scenes](scenes.png)",
                 "",

@@ -23,6 +23,7 @@ from tasks.synth.scenes.registry import (
     SceneSource,
     index_scenes,
     register_scene_source,
+    replace_scenes,
     scenes_config,
     with_scenes,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "index_scenes",
     "load_scene",
     "register_scene_source",
+    "replace_scenes",
     "scene_identity",
     "scenes_config",
     "with_scenes",

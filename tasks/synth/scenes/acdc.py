@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from schemas import RejectRecord, ScenesConfig, SynthConfig
-from tasks.synth.scenes.base import SceneRef, list_images, pair_labels
+from tasks.synth.scenes.base import SceneRef, pair_labels
 from tasks.synth.scenes.registry import register_scene_source
 
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
@@ -24,8 +24,10 @@ ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 class AcdcSourceConfig(ScenesConfig):
     kind: Literal["acdc"] = "acdc"
     root: Path
-    conditions: list[Literal["fog", "night", "rain", "snow"]] = Field(
-        default_factory=lambda: list(ACDC_CONDITIONS), min_length=1
+    conditions: list[Literal[ACDC_CONDITIONS]] = Field(
+        default_factory=lambda: list(ACDC_CONDITIONS),
+        min_length=1,
+        description="conditions to read; one without a folder for the split is rejected (missing_condition)",
     )
 
 
@@ -46,7 +48,12 @@ def index_acdc(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[Re
     refs: list[SceneRef] = []
     rejects: list[RejectRecord] = []
     for cond in sc.conditions:
-        images = list_images(sc.root / "rgb_anon" / cond / sc.split, "*/*_rgb_anon.png", f"ACDC {cond}")
+        folder = sc.root / "rgb_anon" / cond / sc.split
+        images = sorted(folder.glob("*/*_rgb_anon.png"))
+        if not images:  # e.g. only the fog download is there
+            detail = f"no <sequence>/*_rgb_anon.png under {folder}"
+            rejects.append(RejectRecord(stage="scenes", item=str(folder), reason="missing_condition", detail=detail))
+            continue
         got, rej = pair_labels(
             images,
             _label_of(sc.root, cond, sc.split),
@@ -58,4 +65,8 @@ def index_acdc(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[Re
         rejects += rej
         if sc.limit and len(refs) >= sc.limit:
             break
+    if not refs and all(r.reason == "missing_condition" for r in rejects):
+        raise FileNotFoundError(
+            f"ACDC: no frames for {', '.join(sc.conditions)} under {sc.root}/rgb_anon/<condition>/{sc.split}/"
+        )
     return refs, rejects

@@ -101,7 +101,8 @@ def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fr
             f"{ref.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {ref.image.name} is "
             f"{stored[1]}x{stored[0]}" + (f" (resized to {ref.size[0]}x{ref.size[1]})" if ref.size else "")
         )
-    if ref.label_kind == "labelIds" and (zeros := looks_like_train_ids(raw)) is not None:
+    encoding = label_encoding(ref.label_kind)
+    if encoding.check_train_ids and (zeros := looks_like_train_ids(raw)) is not None:
         raise BadInputError(
             f"{ref.label}: looks like trainIds saved under a *_labelIds.png name (every value is a trainId 0-18 or "
             f"255, and {zeros:.0%} are 0, which trainIds call road); name it *_gtFine_labelTrainIds.png",
@@ -114,7 +115,7 @@ def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fr
             f"{ref.label_kind} (more than {max_unknown_label_fraction:.2%} allowed)",
             reason="bad_label_values",
         )
-    label = label_encoding(ref.label_kind).to_train_ids(raw)
+    label = encoding.to_train_ids(raw)
     label[np.isin(raw, values)] = VOID  # unknown values are void, whatever the encoding
     camera = None
     if ref.camera is not None:

@@ -10,15 +10,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from schemas import RejectRecord, ScenesConfig, SynthConfig
+from pydantic import Field, model_validator
+
+from schemas import DemoScenesConfig, RejectRecord, ScenesConfig, SynthConfig
 from tasks.synth.scenes.base import SceneRef
 from tasks.synth.scenes.registry import register_scene_source
+
+_LEGACY_DEMO = DemoScenesConfig().model_dump(mode="json")
 
 
 class CityscapesSourceConfig(ScenesConfig):
     kind: Literal["cityscapes"] = "cityscapes"
     root: Path
-    cities: list[str] | None = None
+    cities: list[str] | None = Field(None, description="only these cities (sub-folders of the split)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_demo_section(cls, data):
+        """Configs saved before scene sources had their own configs carry the demo profile's defaults here."""
+        if isinstance(data, dict) and data.get("demo") == _LEGACY_DEMO:
+            data = {k: v for k, v in data.items() if k != "demo"}
+        return data
+
+    def hash_payload(self) -> dict:
+        # the hash such a config had then: a Cityscapes run made before the registry is not made again
+        return super().hash_payload() | {"demo": _LEGACY_DEMO}
 
 
 def index_cityscapes(

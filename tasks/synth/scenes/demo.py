@@ -189,6 +189,12 @@ class DemoSourceConfig(ScenesConfig):
     cities: list[str] | None = None
     demo: DemoScenesConfig = DemoScenesConfig()
 
+    @classmethod
+    def with_root(cls, section: dict, root: str) -> dict:
+        """A root given for demo scenes is read like them: in the Cityscapes layout."""
+        keep = {k: v for k, v in section.items() if k not in ("kind", "root", "demo")}
+        return {"kind": "cityscapes", "root": root} | keep
+
 
 @register_scene_source("demo", DemoSourceConfig)
 def index(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:

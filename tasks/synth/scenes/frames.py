@@ -6,9 +6,11 @@ labelled by a frozen segmenter of the registry (``tasks.synth.scenes.pseudo_labe
 Files this source makes, under ``<run_dir>/scenes``:
 
 - ``video/<stem>/<stem>_t<ms>.png``: the frames sampled from a video (once per video, fps and file);
-- ``labels/<segmenter>-<sha256 of the checkpoint, 12>-c<threshold>-<size>/<scene id>.png``: the pseudo labels
-  (trainIds, void below the confidence threshold), so a rerun with the same checkpoint, threshold and size
-  reuses them and never loads the network; ``labels.json`` beside them says what made them.
+- ``labels/<segmenter>-<sha256 of the checkpoint, 12>-c<threshold>-w<working width>[-native]/<scene id>.png``: the
+  pseudo labels (trainIds, void below the confidence threshold), so a rerun with the same checkpoint, threshold
+  and size reuses them and never loads the network; ``labels.json`` beside them says what made them, and
+  ``index.json`` which frame (path, bytes, modification time) each was made from: a changed frame is labelled
+  again.
 
 Frames are labelled (and, with ``size: working``, stored in the shards) at the segmenter's working width with
 their aspect ratio kept; ``size: native`` keeps each frame's own size (the logits are resized bilinearly to it).
@@ -18,6 +20,8 @@ that cannot be decoded is rejected (``bad_image``); neither stops the run.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import logging
 import re
@@ -30,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
 from schemas import PseudoLabelRecord, RejectRecord, ScenesConfig, SynthConfig
-from schemas.config import _registered
+from schemas.config import registered
 from tasks.imageio import BadInputError, read_gray, read_rgb, write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import train_ids
 from tasks.synth.scenes.base import SceneRef
@@ -53,7 +57,7 @@ class PseudoLabelSegmenter(BaseModel):
     checkpoint: Path
     options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
 
-    _name = field_validator("name")(lambda v: _registered("segmenter", v))
+    _name = field_validator("name")(lambda v: registered("segmenter", v))
 
 
 class FramesSourceConfig(ScenesConfig):
@@ -75,6 +79,9 @@ class FramesSourceConfig(ScenesConfig):
     )
     batch_size: int = Field(4, ge=1)
     device: str = Field("auto", description="auto: cuda when there is one, else cpu")
+
+    def hash_payload(self) -> dict:
+        return self.model_dump(mode="json", exclude={"batch_size", "device"})  # how the labels are made, not what
 
 
 def list_frames(root: Path, patterns: list[str]) -> list[Path]:
@@ -103,21 +110,25 @@ def sample_video(video: Path, fps: float, out_dir: Path) -> list[Path]:
     if not cap.isOpened():
         raise BadInputError(f"{video}: not a video OpenCV can open")
     native = cap.get(cv2.CAP_PROP_FPS) or 0.0
-    if native <= 0:
-        cap.release()
-        raise BadInputError(f"{video}: the video reports no frame rate")
-    step = native / fps  # frames between samples (>= 1 keeps every frame when fps exceeds the native rate)
+    period = 1000.0 / fps  # ms between samples
     frames, i, next_at = [], 0, 0.0
     while True:
         ok, bgr = cap.read()
         if not ok:
             break
-        if i + 1e-6 >= next_at:
-            ms = round(1000 * i / native)
-            path = out_dir / f"{video.stem}_t{ms:08d}.png"
+        # the decoder's timestamp of the frame (a container's frame rate can be bogus); the rate when it has none
+        ms = cap.get(cv2.CAP_PROP_POS_MSEC) if i else 0.0
+        if i and ms <= 0:
+            if native <= 0:
+                cap.release()
+                raise BadInputError(f"{video}: the video has neither frame timestamps nor a frame rate")
+            ms = 1000.0 * i / native
+        if ms + 1e-3 >= next_at:
+            path = out_dir / f"{video.stem}_t{round(ms):08d}.png"
             write_rgb(path, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
             frames.append(path)
-            next_at += max(step, 1.0)
+            while next_at <= ms + 1e-3:
+                next_at += period
         i += 1
     cap.release()
     if not frames:
@@ -127,19 +138,15 @@ def sample_video(video: Path, fps: float, out_dir: Path) -> list[Path]:
 
 
 def scene_ids(frames: list[Path], root: Path) -> list[str]:
-    """A tar-key-safe id per frame from its path under ``root`` (``a/b c.jpg`` -> ``a__b_c``); the suffix is kept
-    where two frames would otherwise share an id."""
-
-    def clean(p: Path, keep_suffix: bool) -> str:
-        rel = p.relative_to(root)
-        rel = rel if keep_suffix else rel.with_suffix("")
-        return re.sub(r"[^A-Za-z0-9_-]", "_", "__".join(rel.parts))
-
-    plain = [clean(p, False) for p in frames]
-    seen: dict[str, int] = {}
-    for s in plain:
-        seen[s] = seen.get(s, 0) + 1
-    return [clean(p, True) if seen[s] > 1 else s for p, s in zip(frames, plain, strict=True)]
+    """A tar-key-safe id per frame from its path under ``root`` (``a/b c.jpg`` -> ``a__b_c``). Paths that would
+    share an id (``x.jpg`` and ``x.png``, ``a b.jpg`` and ``a_b.jpg``) get 8 hex digits of their path's sha256."""
+    rel = [p.relative_to(root) for p in frames]
+    plain = [re.sub(r"[^A-Za-z0-9_-]", "_", "__".join(r.with_suffix("").parts)) for r in rel]
+    count = collections.Counter(plain)
+    return [
+        f"{s}_{hashlib.sha256(r.as_posix().encode()).hexdigest()[:8]}" if count[s] > 1 else s
+        for r, s in zip(rel, plain, strict=True)
+    ]
 
 
 def working_size(width: int, height: int, target_width: int | None) -> tuple[int, int]:
@@ -161,10 +168,46 @@ def _format_threshold(t: float) -> str:
     return f"{t:.3f}".rstrip("0").rstrip(".")
 
 
+class LabelCache:
+    """Pseudo labels of one (segmenter checkpoint, threshold, size) under ``folder``: ``<scene id>.png`` and
+    ``index.json``, which records the frame each label was made from (path, bytes, modification time); a label is
+    reused only while its frame is unchanged."""
+
+    def __init__(self, folder: Path, record: PseudoLabelRecord):
+        self.folder, self.record = folder, record
+        index = folder / "index.json"
+        self.stamps: dict[str, list] = json.loads(index.read_text()) if index.is_file() else {}
+
+    @staticmethod
+    def stamp(frame: Path) -> list:
+        st = frame.stat()
+        return [str(frame.resolve()), st.st_size, st.st_mtime_ns]
+
+    def path(self, sid: str) -> Path:
+        return self.folder / f"{sid}.png"
+
+    def has(self, sid: str, frame: Path) -> bool:
+        return self.path(sid).is_file() and self.stamps.get(sid) == self.stamp(frame)
+
+    def put(self, sid: str, frame: Path, label: np.ndarray) -> None:
+        write_gray(self.path(sid), label)
+        self.stamps[sid] = self.stamp(frame)
+
+    def drop(self, sid: str) -> None:
+        self.path(sid).unlink(missing_ok=True)
+        self.stamps.pop(sid, None)
+
+    def save(self) -> None:
+        write_bytes_atomic(self.folder / "labels.json", self.record.model_dump_json(indent=1).encode())
+        write_bytes_atomic(self.folder / "index.json", json.dumps(self.stamps, indent=0, sort_keys=True).encode())
+
+
 @register_scene_source("frames", FramesSourceConfig)
 def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
-    """Frames with their (cached) pseudo labels; frames without enough confident road are rejected."""
+    """Frames with their (cached) pseudo labels, in path order; frames without enough confident road are rejected.
+    With ``limit``, frames are labelled a limit's worth at a time until that many scenes are accepted."""
     from models.segmenters import SEGMENTERS
+    from tasks.train.checkpoints import frozen_segmenter
 
     sc: FramesSourceConfig = cfg.scenes
     scenes_dir = Path(run_dir) / "scenes"
@@ -176,8 +219,6 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
         base = frames[0].parent
     else:
         frames, base = list_frames(root, sc.patterns), root
-    if sc.limit:
-        frames = frames[: sc.limit]
     ids = scene_ids(frames, base)
 
     ckpt = Path(sc.segmenter.checkpoint)
@@ -187,9 +228,7 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
         )
     digest = sha256_of(ckpt)
     net_width = SEGMENTERS[sc.segmenter.name](**sc.segmenter.options).native_size[1] if sc.width is None else sc.width
-    size_tag = "native" if sc.size == "native" else f"w{net_width}"
-    tag = f"{sc.segmenter.name}-{digest[:12]}-c{_format_threshold(sc.threshold)}-{size_tag}"
-    label_dir = scenes_dir / LABELS_DIR / tag
+    size_tag = f"w{net_width}" + ("-native" if sc.size == "native" else "")
     record = PseudoLabelRecord(
         segmenter=sc.segmenter.name,
         checkpoint=str(ckpt),
@@ -197,66 +236,81 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
         threshold=sc.threshold,
         size=size_tag,
     )
+    tag = f"{sc.segmenter.name}-{digest[:12]}-c{_format_threshold(sc.threshold)}-{size_tag}"
+    cache = LabelCache(scenes_dir / LABELS_DIR / tag, record)
+    device = _device(sc.device)
     rejects: list[RejectRecord] = []
+    bad: set[int] = set()
 
     def request(i: int) -> LabelRequest | None:
         try:
             rgb = read_rgb(frames[i])
         except BadInputError as e:
             rejects.append(RejectRecord(stage="scenes", item=str(frames[i]), reason="bad_image", detail=str(e)))
+            bad.add(i)
             return None
         h, w = rgb.shape[:2]
         work = working_size(w, h, net_width)
         x = cv2.resize(rgb, work, interpolation=cv2.INTER_AREA) if work != (w, h) else rgb
-        return LabelRequest(ids[i], x, (w, h) if sc.size == "native" else work)
+        return LabelRequest(str(i), x, (w, h) if sc.size == "native" else work)
 
-    todo = [i for i in range(len(frames)) if not (label_dir / f"{ids[i]}.png").is_file()]
-    if todo:
-        from tasks.train.checkpoints import frozen_segmenter
-
-        device = _device(sc.device)
+    def label_missing(part: list[int]) -> None:
+        todo = [i for i in part if not cache.has(ids[i], frames[i])]
+        if not todo:
+            return
         log.info("pseudo-labelling %d of %d frames with %s on %s", len(todo), len(frames), tag, device)
-        bar = tqdm(total=len(todo), desc="pseudo labels", unit="frame")
+        with tqdm(total=len(todo), desc="pseudo labels", unit="frame") as bar:
 
-        def save(r: LabelRequest, label: np.ndarray) -> None:
-            write_gray(label_dir / f"{r.key}.png", label)
-            bar.update(1)
+            def save(r: LabelRequest, label: np.ndarray) -> None:
+                i = int(r.key)
+                cache.put(ids[i], frames[i], label)
+                bar.update(1)
 
-        requests = (r for i in todo if (r := request(i)) is not None)
-        # strict load, weights_only; only once a frame decodes
-        label_batches(lambda: frozen_segmenter(sc.segmenter), requests, sc.threshold, sc.batch_size, device, save)
-        bar.close()
-        write_bytes_atomic(label_dir / "labels.json", record.model_dump_json(indent=1).encode())
+            requests = (r for i in todo if (r := request(i)) is not None)
+            # strict, weights_only load; only once a frame decodes
+            label_batches(lambda: frozen_segmenter(sc.segmenter), requests, sc.threshold, sc.batch_size, device, save)
+        cache.save()
 
-    bad = {r.item for r in rejects}
     drivable = train_ids(cfg.placement.drivable_classes)
     refs: list[SceneRef] = []
-    for frame, sid in zip(frames, ids, strict=True):
-        if str(frame) in bad:
-            continue
-        label_path = label_dir / f"{sid}.png"
-        label = read_gray(label_path)
-        share = float(np.isin(label, drivable).mean())
-        if share < sc.min_drivable_fraction:
-            rejects.append(
-                RejectRecord(
-                    stage="scenes",
-                    item=str(frame),
-                    reason="no_drivable_area",
-                    detail=f"{share:.1%} of the frame is confident {'/'.join(cfg.placement.drivable_classes)} "
-                    f"(min_drivable_fraction {sc.min_drivable_fraction:.1%}, threshold {sc.threshold})",
+    chunk = sc.limit or len(frames)
+    for start in range(0, len(frames), chunk):
+        part = list(range(start, min(start + chunk, len(frames))))
+        label_missing(part)
+        for i in part:
+            if i in bad:
+                continue
+            frame, sid = frames[i], ids[i]
+            try:
+                label = read_gray(cache.path(sid))
+            except BadInputError as e:  # a damaged cache file: made again by the next run
+                cache.drop(sid)
+                cache.save()
+                rejects.append(RejectRecord(stage="scenes", item=str(frame), reason="bad_pseudo_label", detail=str(e)))
+                continue
+            share = float(np.isin(label, drivable).mean())
+            if share < sc.min_drivable_fraction:
+                rejects.append(
+                    RejectRecord(
+                        stage="scenes",
+                        item=str(frame),
+                        reason="no_drivable_area",
+                        detail=f"{share:.1%} of the frame is confident {'/'.join(cfg.placement.drivable_classes)} "
+                        f"(min_drivable_fraction {sc.min_drivable_fraction:.1%}, threshold {sc.threshold})",
+                    )
+                )
+                continue
+            h, w = label.shape
+            refs.append(
+                SceneRef(
+                    scene_id=sid,
+                    image=frame,
+                    label=cache.path(sid),
+                    label_kind="labelTrainIds",
+                    size=None if sc.size == "native" else (w, h),
+                    pseudo_label=record,
                 )
             )
-            continue
-        h, w = label.shape
-        refs.append(
-            SceneRef(
-                scene_id=sid,
-                image=frame,
-                label=label_path,
-                label_kind="labelTrainIds",
-                size=None if sc.size == "native" else (w, h),
-                pseudo_label=record,
-            )
-        )
+            if sc.limit and len(refs) >= sc.limit:
+                return refs, rejects
     return refs, rejects

@@ -59,10 +59,20 @@ def index_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef],
     return SCENE_SOURCES[cfg.scenes.kind].index(cfg, Path(run_dir))
 
 
+def replace_scenes(section: dict, scenes: str | Path) -> dict:
+    """A raw ``scenes:`` section reading from ``scenes`` instead: "demo" (rendered scenes), or a root, which the
+    section's own source takes (``ScenesConfig.with_root``)."""
+    if str(scenes) == "demo":
+        return {"kind": "demo"}
+    kind = section.get("kind", "demo")
+    if kind not in SCENE_SOURCES:
+        raise ValueError(f"unknown scene source {kind!r}; registered: {', '.join(SCENE_SOURCES)}")
+    return SCENE_SOURCES[kind].config.with_root(section, str(scenes))
+
+
 def with_scenes(cfg: SynthConfig, scenes: str | Path) -> SynthConfig:
-    """``cfg`` reading its scenes from ``scenes`` (``schemas.config.replace_scenes``)."""
+    """``cfg`` reading its scenes from ``scenes`` (``replace_scenes``)."""
     from schemas import SynthConfig
-    from schemas.config import replace_scenes
 
     section = replace_scenes(cfg.scenes.model_dump(mode="json"), scenes)
     return SynthConfig.model_validate(cfg.model_dump() | {"scenes": section})
