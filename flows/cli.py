@@ -38,6 +38,10 @@ def synth(
     scenes: str = typer.Option(
         None, help="'demo', or a root for the config's scene source (Cityscapes for a demo config)"
     ),
+    task_runner: str = typer.Option("threads", help="threads, or dask: shard tasks on a Dask cluster"),
+    dask_address: str = typer.Option(
+        None, help="the Dask scheduler (tcp://host:8786); default: a local cluster of --workers processes"
+    ),
 ) -> None:
     """Run the `synth` Prefect flow locally (no server needed): a new shard-set version under RUN_DIR/versions."""
     from flows.synth import run_synth
@@ -47,6 +51,8 @@ def synth(
         str(run_dir),
         _parse_overrides(set_) or None,
         workers or None,
+        task_runner=task_runner,
+        dask_address=dask_address,
         sources=[s.strip() for s in sources.split(",")] if sources else None,
         scenes=scenes,
     )
@@ -116,13 +122,23 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=100 method.lam=0.1"),
     fresh: bool = typer.Option(False, help="ignore an existing checkpoint instead of resuming"),
 ) -> None:
-    """Train an anomaly method on shards over a frozen segmenter (the `train` Prefect flow, run locally)."""
+    """Train an anomaly method on shards over a frozen segmenter (the `train` Prefect flow, run locally). Under
+    `accelerate launch --num_processes N` every process runs the trainer itself, without a flow of its own."""
+    import os
+
     from flows.train import train as train_flow
     from schemas.config import load_train_config
 
     over = _parse_overrides(set_) or None
     load_train_config(config, over, method)  # config errors as messages, before the flow
-    res = train_flow(str(config), shards, str(out_dir) if out_dir else None, method, over, not fresh)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of N processes of a multi-process launch
+        from flows.train import train_direct
+
+        res = train_direct(str(config), shards, str(out_dir) if out_dir else None, method, over, not fresh)
+        if res is None:  # not the main process: rank 0 reports
+            return
+    else:
+        res = train_flow(str(config), shards, str(out_dir) if out_dir else None, method, over, not fresh)
     typer.echo(f"AUROC {res['auroc']}, AP {res['ap']}, FPR95 {res['fpr95']} after {res['steps']} steps")
     typer.echo(f"model:   {res['model']}")
     typer.echo(f"metrics: {res['metrics']}")

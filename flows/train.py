@@ -5,6 +5,7 @@ only: resolve the version, (demo profile) pre-train a closed-set segmenter, trai
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -26,6 +27,26 @@ def default_out_dir(version: str, method: str) -> str:
         raise ValueError("out_dir is required for a remote shard version")
     v = Path(version)
     return str(v.parent.parent / "train" / f"{method}-{v.name}")
+
+
+def train_direct(
+    config_path: str, shards: str, out_dir: str | None, method: str | None, overrides: dict | None, resume: bool
+) -> dict | None:
+    """What the flow runs, without Prefect: one process of a multi-process launch (``accelerate launch``), where
+    every process trains and one flow per process would be N runs of one job. The summary on rank 0, else None."""
+    configure_process()
+    cfg = load_train_config(config_path, overrides, method)
+    version = resolve_version(shards)
+    out = Path(out_dir or default_out_dir(version, cfg.method.name))
+    result = train_method(cfg, version, out, resume, True, print)
+    return _summary(result, out) if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+def _summary(result, out: Path) -> dict:
+    m = result.metrics
+    return {"model": str(result.model), "metrics": str(out / "metrics.json"), "out_dir": str(out)} | {
+        k: m.get(k) for k in ("auroc", "ap", "fpr95", "first_loss", "last_loss", "steps")
+    }
 
 
 @flow(name="train")
@@ -54,6 +75,4 @@ def train(
         description=f"{cfg.method.name} on {version}",
     )
     log.info("model %s, metrics %s", result.model, out / "metrics.json")
-    return {"model": str(result.model), "metrics": str(out / "metrics.json"), "out_dir": str(out)} | {
-        k: m.get(k) for k in ("auroc", "ap", "fpr95", "first_loss", "last_loss", "steps")
-    }
+    return _summary(result, out)

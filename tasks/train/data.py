@@ -214,9 +214,22 @@ def check_splits(version: str | Path, fraction: float, need_validation: bool = T
     return n_train, n_val
 
 
+def rank_shards(urls: list[str], rank: int, world: int) -> list[str]:
+    """The shards process ``rank`` of ``world`` streams: every ``world``-th one from ``rank`` on, so the processes of
+    a multi-GPU run read disjoint shards. A version with fewer shards than processes is an error."""
+    if world > len(urls):
+        raise ShardDataError(
+            f"{len(urls)} shards for {world} processes: each process streams its own shards; write the version with "
+            f"more, smaller shards (shards.samples_per_shard) or launch fewer processes"
+        )
+    return urls[rank::world]
+
+
 def train_loader(urls: list[str], cfg, rank: int = 0, world: int = 1) -> DataLoader:
-    """Batches for one process. Workers × world is capped at the number of shards (each worker needs its own)."""
-    workers = max(0, min(cfg.workers, len(urls) // max(world, 1)))
+    """Batches for process ``rank`` of ``world``, from its own shards (``rank_shards``). Workers are capped at the
+    number of those shards (each worker needs its own)."""
+    urls = rank_shards(urls, rank, world)
+    workers = max(0, min(cfg.workers, len(urls)))
     stream = TrainStream(urls, cfg.crop, cfg.val_fraction, cfg.shuffle_buffer, cfg.seed, rank, cfg.min_visibility)
     return DataLoader(stream, batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0)
 

@@ -42,7 +42,7 @@ from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.seeding import derive_seed
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.train.data import check_splits, shard_urls, train_loader, validation_samples
+from tasks.train.data import check_splits, rank_shards, shard_urls, train_loader, validation_samples
 from tasks.train.extras import ExtraData, build_extras
 from tasks.train.optim import build_optimizer
 
@@ -203,6 +203,26 @@ def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, p
     )
 
 
+def head_digest(head: dict[str, torch.Tensor]) -> str:
+    """sha256 of a head's tensors (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for k in sorted(head):
+        t = head[k].detach().cpu().contiguous()
+        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _write_rank_record(out_dir: Path, rank: int, world: int, shards: list[str], steps: int, head: dict) -> None:
+    """``ranks/rank<r>.json``: the shards process ``r`` streamed, its steps, and the digest of its head at the end
+    (every process holds the same head in a correct multi-process run; rank 0's is the one saved)."""
+    record = {"rank": rank, "world": world, "shards": [Path(u).name for u in shards], "steps": steps}
+    record["head_sha256"] = head_digest(head)
+    path = out_dir / "ranks" / f"rank{rank}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+
+
 def _finished(out_dir: Path, cfg: TrainConfig, version: str) -> TrainResult | None:
     """The result of an earlier run of this config on this version, if its model and metrics are there."""
     model_path, metrics_path = out_dir / "model.pt", out_dir / "metrics.json"
@@ -239,9 +259,10 @@ def train_method(
         return done
     urls = shard_urls(version)
     n_train, _ = check_splits(version, cfg.val_fraction)
-    seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress, log)
-
     accelerator = _accelerator(cfg)
+    with accelerator.main_process_first():  # the demo profile's closed-set network is trained once, then shared
+        seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress and accelerator.is_main_process, log)
+
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_ckpt))
     wd = cfg.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay
@@ -276,7 +297,8 @@ def train_method(
     extras_seed = cfg.seed + start if rank == 0 else derive_seed(cfg.seed, "extras", start, rank)
     extras = build_extras(spec.extras(cfg.method), version, extras_seed)
     stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
-    loader = train_loader(urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
+    own_shards = rank_shards(urls, rank, accelerator.num_processes)
+    loader = train_loader(urls, stream_cfg, rank, accelerator.num_processes)
     gen = torch.Generator().manual_seed(cfg.seed + start)
 
     history = out_dir / "history.jsonl"
@@ -334,6 +356,15 @@ def train_method(
             accelerator.wait_for_everyone()
         t_prev = time.perf_counter()
     bar.close()
+    if accelerator.num_processes > 1:
+        # DDP all-reduces gradients, so parameters agree; batch-norm running statistics are rank 0's, broadcast at
+        # each forward, and each process's last step moved its own. Broadcast them once more: every process then
+        # holds the head rank 0 saves.
+        import torch.distributed as dist
+
+        for buf in inner.buffers():
+            dist.broadcast(buf.data, src=0)
+    _write_rank_record(out_dir, rank, accelerator.num_processes, own_shards, step, spec.head_state(inner))
 
     model_path = out_dir / "model.pt"
     if accelerator.is_main_process:
