@@ -5,6 +5,9 @@ Baseline    = encode + shard write of the same scene images, labels and masks (n
 Both run on the same decoded scenes in the same process; the ratio full/baseline is what we track
 (target <= 2.0). Scenes are the demo profile's procedural scenes rendered at full Cityscapes size, objects
 the demo bank (real photos cut out with rembg).
+
+Dask = the whole ``synth`` flow with its shard tasks on a local Dask cluster (prefect-dask) of 1 and of 2 worker
+processes: samples/s of the composite + shards stage, and the 2-worker speed-up (``--dask-samples``, 0 to skip).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=2048)
     ap.add_argument("--height", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3, help="best of N timings for each path")
+    ap.add_argument("--dask-samples", type=int, default=48, help="samples per Dask run (1024x512 scenes); 0: skip")
     args = ap.parse_args()
 
     cfg = SynthConfig(
@@ -118,6 +122,32 @@ def main() -> None:
         f"({sum(len(c.meta.objects) for c in comps) / n:.2f} objects/sample; {quarantined} more quarantined, not timed)"
     )
     print(f"ratio full / baseline: {t_full / t_base:.2f}  (target <= 2.0)")
+    if args.dask_samples:
+        dask_workers(args.dask_samples)
+
+
+def dask_workers(samples: int) -> None:
+    """The synth flow on a local Dask cluster of 1, then 2 worker processes (same bank and scenes, new seeds)."""
+    import yaml
+
+    from flows.synth import run_synth
+
+    cfg = {
+        "name": "bench-dask",
+        "num_samples": samples,
+        "scenes": {"kind": "demo", "demo": {"num_scenes": 4, "width": 1024, "height": 512}},
+        "objects": {"demo_objects": True, "max_side": 384},
+        "shards": {"samples_per_shard": 4},
+    }
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        for seed, workers in ((1, 1), (2, 2)):
+            res = run_synth(str(path), f"{tmp}/run", {"seed": seed}, workers, task_runner="dask")
+            rates[workers] = res["samples"] / res["timings"]["composite + shards"]
+    print(f"dask, 1 worker process    : {rates[1]:7.2f} samples/s  ({samples} samples of 1024x512, 4 per shard task)")
+    print(f"dask, 2 worker processes  : {rates[2]:7.2f} samples/s  (speed-up {rates[2] / rates[1]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ from tasks.synth.report import write_report
 from tasks.synth.scenes import scene_identity
 from tasks.synth.shards import read_rejects
 from tasks.synth.synthesize import (
-    Compositor,
     claim_shard_dir,
+    compositor_for,
     plan_samples,
     scene_sheet,
     split_into_shards,
-    synthesize_or_resume,
     weather_sheet,
+    write_shard,
 )
 from tasks.synth.validate import validate_shard_set
 from tasks.synth.versions import plan_version, prune_versions, publish_version
@@ -54,9 +54,7 @@ validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO
 weather_sheet_task = task(weather_sheet, name="weather-contact-sheet", cache_policy=NO_CACHE)
 scene_sheet_task = task(scene_sheet, name="scenes-sheet", cache_policy=NO_CACHE)
 report_task = task(write_report, name="write-report", cache_policy=NO_CACHE)
-write_shard_task = task(
-    synthesize_or_resume, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE
-)
+write_shard_task = task(write_shard, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE)
 
 
 def _generate(cfg: SynthConfig, store: Path, deployment: str | None) -> dict:
@@ -167,7 +165,7 @@ def synth(
     timings["object bank"] = time.perf_counter() - t
     log.info("object bank: %d objects, %d rejected", len(bank), len(bank_rejects))
 
-    compositor = Compositor(cfg, bank)
+    compositor = compositor_for(cfg, bank_dir)  # the one the thread runner's shard tasks share
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes_)  # a fixed or replaced scene file makes a new version
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
@@ -182,7 +180,7 @@ def synth(
         plans = plan_samples([s.scene_id for s in scenes_], cfg.num_samples, cfg.seed, cfg.weather)
         shards = split_into_shards(plans, cfg.shards.samples_per_shard)
         progress = create_progress_artifact(0.0, description=f"{plan.version.id}: {len(shards)} shards")
-        futures = [write_shard_task.submit(shard_dir, i, part, scenes_, compositor) for i, part in enumerate(shards)]
+        futures = [write_shard_task.submit(shard_dir, i, part, scenes_, cfg, bank_dir) for i, part in enumerate(shards)]
         records = []
         for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
             rec = fut.result()
@@ -221,10 +219,28 @@ def synth(
     else:
         report = report_task(shard_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
+    summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
     summary |= {"shard_dir": str(shard_dir), "latest": str(run / "shards"), "report": str(report), "validated": checked}
     _artifacts(summary, bank, rejects, timings, report)
     log.info("%d samples validated; version %s in %s; report %s", checked, plan.version.id, shard_dir, report)
     return summary
+
+
+def dask_runner(address: str | None = None, workers: int = 2):
+    """prefect-dask's ``DaskTaskRunner``: on the cluster at ``address`` (``tcp://host:8786``), else on a local
+    cluster of ``workers`` processes with one thread each."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": 1})
+
+
+#: task runners by name (``anomalyforge synth --task-runner``): (workers, Dask address) -> runner
+TASK_RUNNERS = {
+    "threads": lambda workers, address: ThreadPoolTaskRunner(max_workers=workers),
+    "dask": lambda workers, address: dask_runner(address, workers),
+}
 
 
 def run_synth(
@@ -232,9 +248,14 @@ def run_synth(
     run_dir: str,
     overrides: dict | None = None,
     workers: int | None = None,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
     **params,
 ) -> dict:
-    """Run the flow with a thread pool of ``workers`` shard tasks (default: the config's ``workers``)."""
+    """Run the flow with ``task_runner``: a thread pool of ``workers`` shard tasks (default: the config's
+    ``workers``), or Dask (``dask_address``, or a local cluster of ``workers`` processes)."""
+    if task_runner not in TASK_RUNNERS:
+        raise ValueError(f"unknown task runner {task_runner!r}; one of {', '.join(TASK_RUNNERS)}")
     n = workers or load_config(config_path, overrides).workers
-    runner = ThreadPoolTaskRunner(max_workers=n)
+    runner = TASK_RUNNERS[task_runner](n, dask_address)
     return synth.with_options(task_runner=runner)(config_path, run_dir, overrides, **params)

@@ -7,6 +7,7 @@ the result is byte-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -431,6 +432,29 @@ def synthesize_shard(
     }
     write_json_atomic(part_path(out_dir, shard_index), record)
     return record
+
+
+@functools.lru_cache(maxsize=2)
+def _compositor(config_json: str, bank_dir: str, bank_stamp: str) -> Compositor:
+    from tasks.synth.object_bank import read_object_bank
+
+    return Compositor(SynthConfig.model_validate_json(config_json), read_object_bank(bank_dir))
+
+
+def compositor_for(cfg: SynthConfig, bank_dir: str | Path) -> Compositor:
+    """The compositor of ``cfg`` over the object bank in ``bank_dir``, built once per process (and again when the
+    bank's stamp changes): what a shard task on another worker of a cluster rebuilds from small arguments."""
+    stamp = Path(bank_dir) / "bank.json"
+    return _compositor(cfg.model_dump_json(), str(bank_dir), stamp.read_text() if stamp.is_file() else "")
+
+
+def write_shard(
+    out_dir: str | Path, shard_index: int, plans: list[SamplePlan], scenes: list[SceneRef], cfg: SynthConfig, bank_dir
+) -> dict:
+    """``synthesize_or_resume`` from picklable arguments only (the bank is read from ``bank_dir`` by the process
+    that runs it): a shard is a pure function of (config, shard index), so any worker of a cluster writes the same
+    bytes. The worker must see ``out_dir``, ``bank_dir`` and the scene files (a shared filesystem)."""
+    return synthesize_or_resume(out_dir, shard_index, plans, scenes, compositor_for(cfg, bank_dir))
 
 
 def synthesize_or_resume(
