@@ -31,7 +31,12 @@ def _parse_overrides(pairs: list[str]) -> dict:
 @app.command()
 def synth(
     config: Path = typer.Option(Path("configs/demo.yaml"), help="YAML config (see configs/)"),
-    run_dir: Path = typer.Option(Path("runs/demo"), help="where scenes/, objects/, shards/ and the report go"),
+    run_dir: str = typer.Option(
+        "runs/demo", help="where versions/ and LATEST go: a directory or an fsspec URL such as s3://bucket/run"
+    ),
+    work_dir: Path = typer.Option(
+        None, help="a remote run's scenes, object bank and staged files here (default ~/.cache/anomalyforge/runs)"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
     workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),
     sources: str = typer.Option("", help="object sources to use, e.g. diffusion,coco (default: all configured)"),
@@ -55,6 +60,7 @@ def synth(
         dask_address=dask_address,
         sources=[s.strip() for s in sources.split(",")] if sources else None,
         scenes=scenes,
+        work_dir=str(work_dir) if work_dir else None,
     )
     typer.echo(f"version: {res['version']} ({res['status']}, parent {res.get('parent_version')})")
     typer.echo(
@@ -65,23 +71,37 @@ def synth(
 
 
 @app.command()
-def validate(shard_dir: Path = typer.Argument(..., help="a shard set directory (with shards.parquet)")) -> None:
+def validate(
+    shard_dir: str = typer.Argument(
+        ..., help="a shard set (with shards.parquet) or a run (its LATEST version): a directory or an fsspec URL"
+    ),
+) -> None:
     """Re-read every sample and check it against the manifest; exit 1 listing the problems."""
     from tqdm import tqdm
 
     from tasks.sample_format import SHARDS
+    from tasks.storage import Store
     from tasks.synth.shards import read_table
     from tasks.synth.validate import validate_shard_set
+    from tasks.synth.versions import LATEST, resolve_version
 
-    total = len(read_table(shard_dir / SHARDS)) if (shard_dir / SHARDS).is_file() else 0
+    store = Store(shard_dir)
+    if not store.isfile(SHARDS) and store.isfile(LATEST):
+        store = Store(resolve_version(shard_dir))
+    if store.isfile(SHARDS):
+        with store.open(SHARDS) as f:
+            total = len(read_table(f))
+    else:
+        total = 0
+    where = store.path()
     with tqdm(total=total, desc="validate", unit="shard") as bar:
-        checked, problems = validate_shard_set(shard_dir, on_shard=lambda _: bar.update())
+        checked, problems = validate_shard_set(where, on_shard=lambda _: bar.update())
     if problems:
-        typer.echo(f"{len(problems)} problems in {shard_dir}:", err=True)
+        typer.echo(f"{len(problems)} problems in {where}:", err=True)
         for p in problems:
             typer.echo(f"  - {p}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"ok: {checked} samples in {shard_dir} are whole and match the manifest")
+    typer.echo(f"ok: {checked} samples in {where} are whole and match the manifest")
 
 
 @app.command("eval")

@@ -11,6 +11,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import os
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +32,8 @@ from tqdm import tqdm
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
-from tasks.sample_format import DATASET
+from tasks.sample_format import DATASET, REJECTS
+from tasks.storage import Store
 from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import write_report
@@ -45,7 +49,7 @@ from tasks.synth.synthesize import (
     write_shard,
 )
 from tasks.synth.validate import validate_shard_set
-from tasks.synth.versions import plan_version, prune_versions, publish_version
+from tasks.synth.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
 
 prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
@@ -122,6 +126,13 @@ def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> Non
     create_markdown_artifact("\n".join(md), key="synth-summary", description="synth run summary")
 
 
+def default_work_dir(run_url: str) -> Path:
+    """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
+    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>``)."""
+    cache = Path(os.environ.get("ANOMALYFORGE_CACHE") or Path.home() / ".cache" / "anomalyforge")
+    return cache / "runs" / re.sub(r"[^A-Za-z0-9._-]+", "_", run_url)
+
+
 @flow(name="synth")
 def synth(
     config_path: str = "configs/demo.yaml",
@@ -131,20 +142,25 @@ def synth(
     scenes: str | None = None,
     generation_deployment: str | None = None,
     keep_versions: int = 5,
+    work_dir: str | None = None,
 ) -> dict:
-    """Synthesize a new shard-set version under ``run_dir/versions/`` (``run_dir/shards`` -> the latest).
+    """Synthesize a new shard-set version under ``run_dir/versions/`` (``LATEST`` and, on a local disk, the
+    ``run_dir/shards`` symlink name the latest).
 
-    ``sources``: object sources to use among those configured (diffusion, coco, files, demo, patches; default
-    all); ``scenes``: "demo", or a root for the config's scene source, instead of its own;
+    ``run_dir``: a local directory or an fsspec URL (``s3://bucket/run``): shards, manifests and ``LATEST`` are
+    written there atomically; ``sources``: object sources to use among those configured (diffusion, coco, files,
+    demo, patches; default all); ``scenes``: "demo", or a root for the config's scene source, instead of its own;
     ``generation_deployment``: run the diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead
-    of in this process;
-    ``keep_versions``: retention of complete versions.
+    of in this process; ``keep_versions``: retention of complete versions; ``work_dir``: where a remote run keeps
+    its scenes, object bank and staged files on this machine (default: ``default_work_dir``).
     """
     configure_process()  # a deployment's worker starts the program here
     cfg: SynthConfig = select_sources(load_config(config_path, overrides, scenes), sources)
     log = get_run_logger()
-    run = Path(run_dir)
-    bank_dir, store = run / "objects", run / "generated"
+    remote = not Store(run_dir).local
+    # scenes, object bank, generated objects (and a remote run's staged files) on this machine
+    work = Path(work_dir) if work_dir else default_work_dir(Store(run_dir).url) if remote else Path(run_dir)
+    bank_dir, store = work / "objects", work / "generated"
     timings: dict[str, float] = {}
 
     generation = None
@@ -154,7 +170,7 @@ def synth(
         timings["generate objects"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    scenes_, scene_rejects = prepare_scenes_task(cfg, run)
+    scenes_, scene_rejects = prepare_scenes_task(cfg, work)
     timings["scenes"] = time.perf_counter() - t
     log.info("%d scenes (%d rejected)", len(scenes_), len(scene_rejects))
 
@@ -169,11 +185,12 @@ def synth(
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes_)  # a fixed or replaced scene file makes a new version
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
-    plan = plan_version(run, content_hash)
-    shard_dir = plan.version.path
+    plan = plan_version(run_dir, content_hash)
+    shard_dir, shards_at = plan.version.path, Store(plan.version.path)
+    stage = work / "staging" / plan.version.id if remote else Path(shard_dir)  # manifests and sheets, then uploaded
     log.info("version %s (%s), parent %s", plan.version.id, plan.status, plan.parent)
     if plan.status == "unchanged":
-        summary = json.loads((shard_dir / DATASET).read_text())
+        summary = json.loads(shards_at.read_text(DATASET))
     else:
         t = time.perf_counter()
         claim_shard_dir(shard_dir, compositor.config_hash)
@@ -197,30 +214,43 @@ def synth(
             "objects": len(bank),
             "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
         }
-        scene_sheet_task(shard_dir / "scenes.png", scenes_, cfg)  # before the manifest, like the weather sheet
+        scene_sheet_task(stage / "scenes.png", scenes_, cfg)  # before the manifest, like the weather sheet
         if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
             t = time.perf_counter()
-            weather_sheet_task(shard_dir / "weather.png", scenes_, plans, compositor)
+            weather_sheet_task(stage / "weather.png", scenes_, plans, compositor)
             timings["weather contact sheet"] = time.perf_counter() - t
-        summary = finalize_task(shard_dir, cfg, records, scene_rejects + bank_rejects, version)
+        summary = finalize_task(stage, cfg, records, scene_rejects + bank_rejects, version)
+        if remote:  # dataset.json last: a version is complete once it is there
+            t = time.perf_counter()
+            shards_at.upload_dir(stage, last=DATASET)
+            timings["upload manifests"] = time.perf_counter() - t
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
-    publish_version(run, plan.version)
-    removed = prune_versions(run, keep_versions, protect=plan.version.id)
+    publish_version(run_dir, plan.version)
+    removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
     if removed:
         log.info("retention (keep %d): removed %s", keep_versions, ", ".join(removed))
+    for vid in removed if remote else []:  # their staged files on this machine
+        for d in (work / "staging" / vid, work / "reports" / vid):
+            shutil.rmtree(d, ignore_errors=True)
     previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
-    rejects = read_rejects(shard_dir / "rejects.parquet")
+    with shards_at.open(REJECTS) as f:
+        rejects = read_rejects(f)
     if plan.status == "unchanged":  # a published version keeps the report of the run that made it
-        report = shard_dir / "report.md"
+        report = shards_at.path("report.md")
     else:
-        report = report_task(shard_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
+        report_dir = work / "reports" / plan.version.id if remote else Path(shard_dir)
+        report = report_task(report_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
+        if remote:
+            shards_at.upload_dir(report_dir)
+            report = shards_at.path("report.md")
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
     summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
-    summary |= {"shard_dir": str(shard_dir), "latest": str(run / "shards"), "report": str(report), "validated": checked}
+    latest = Store(run_dir).path(LATEST if remote else LATEST_LINK)
+    summary |= {"shard_dir": str(shard_dir), "latest": str(latest), "report": str(report), "validated": checked}
     _artifacts(summary, bank, rejects, timings, report)
     log.info("%d samples validated; version %s in %s; report %s", checked, plan.version.id, shard_dir, report)
     return summary

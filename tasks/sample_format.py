@@ -150,7 +150,7 @@ def read_tar_samples(tar: tarfile.TarFile, where: str) -> tuple[dict[str, dict[s
     ``member_problem`` names is skipped, never opened, and listed in the problems."""
     samples: dict[str, dict[str, bytes]] = {}
     problems: list[str] = []
-    for m in tar.getmembers():
+    for m in tar:  # in order, so a tar opened as a stream (mode "r|", one pass over a download) reads too
         problem = member_problem(m)
         if problem:
             problems.append(f"{where}: {problem}")

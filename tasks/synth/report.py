@@ -12,6 +12,7 @@ import numpy as np
 
 from tasks.imageio import decode_rgb, write_bytes_atomic, write_rgb
 from tasks.sample_format import SAMPLES, SHARDS, decode_parts, read_tar_samples
+from tasks.storage import Store
 from tasks.synth.object_bank import BankObject
 from tasks.synth.shards import read_table
 from tasks.synth.weather import condition_order
@@ -33,11 +34,13 @@ def composite_panel(image: np.ndarray, mask: np.ndarray, boxes: list[list[int]],
 
 
 def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512) -> np.ndarray | None:
-    shard_dir = Path(shard_dir)
-    shards = read_table(shard_dir / SHARDS)
+    """The first composites of a shard set (a directory or URL) with their masks and boxes."""
+    store = Store(shard_dir)
+    with store.open(SHARDS) as f:
+        shards = read_table(f)
     rows = []
     for rec in shards:
-        with tarfile.open(shard_dir / rec["shard"]) as tar:
+        with store.open(rec["shard"]) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             samples, _ = read_tar_samples(tar, rec["shard"])
         for key, parts in samples.items():
             s = decode_parts(key, parts, f"{rec['shard']}:{key}", with_mask=True)
@@ -99,9 +102,9 @@ def write_report(
     previews: list[Path] | None = None,
 ) -> Path:
     """Write ``report.md``, ``composites.png``, ``objects.png`` (and ``generated.jpg``, the generated images
-    of this run with their masks and verdicts) under ``run_dir``; returns the markdown path."""
+    of this run with their masks and verdicts) under the local ``run_dir``; returns the markdown path. ``shard_dir``,
+    whose composites and manifest it shows, may be a URL."""
     run_dir = Path(run_dir)
-    shard_dir = Path(shard_dir)
     gen_lines: list[str] = []
     if generation is not None:
         sheets = [decode_rgb(p.read_bytes(), str(p)) for p in (previews or [])[:4] if p.is_file()]
@@ -129,7 +132,8 @@ def write_report(
         write_rgb(run_dir / "objects.png", og)
     by_reason = collections.Counter((r.stage, r.reason) for r in rejects)
     by_class = collections.Counter(o.record.class_name for o in bank)
-    samples = read_table(shard_dir / SAMPLES)
+    with Store(shard_dir).open(SAMPLES) as f:
+        samples = read_table(f)
     placed = collections.Counter(c for s in samples for c in s["classes"])
     weather_lines = []
     if (run_dir / "weather.png").is_file():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,6 +28,7 @@ import webdataset as wds
 from data_manifests.parquet import REJECT_SCHEMA
 from schemas import RejectRecord
 from tasks.imageio import atomic_path
+from tasks.storage import Store
 
 PARTIAL_DIR = ".partial"  # shards being written
 PARTS_DIR = ".parts"  # records of finished shards, what a re-run skips
@@ -69,9 +71,24 @@ def write_tar_shard(final: str | Path, samples: list[dict]) -> tuple[str, int]:
     return digest, size
 
 
+def store_tar_shard(store: Store, name: str, samples: list[dict]) -> tuple[str, int]:
+    """``write_tar_shard`` into a local or remote shard set: a remote shard is written to a local temporary
+    directory, then uploaded atomically (``Store.put_file``). Returns (sha256, size in bytes)."""
+    if store.local:
+        return write_tar_shard(store.path(name), samples)
+    with tempfile.TemporaryDirectory(prefix="anomalyforge-shard-") as tmp:
+        digest, size = write_tar_shard(Path(tmp) / name, samples)
+        store.put_file(Path(tmp) / name, name)
+    return digest, size
+
+
+def json_bytes(obj) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+        tmp.write_bytes(json_bytes(obj))
 
 
 def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
@@ -80,7 +97,8 @@ def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | Path) -> list[dict]:
+def read_table(path) -> list[dict]:
+    """Rows of a parquet file (a path or an open binary file)."""
     return pq.read_table(path).to_pylist()
 
 

@@ -23,6 +23,7 @@ from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
 from tasks.labels import TRAIN_ID_COLOURS
 from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
 from tasks.seeding import derive_seed, rng_for
+from tasks.storage import Store
 from tasks.synth.composite import paste, resize_object
 from tasks.synth.harmonize import Harmonizer, make_harmonizer
 from tasks.synth.object_bank import BankObject
@@ -35,7 +36,7 @@ from tasks.synth.scenes import (
     horizon_from_camera,
     load_scene,
 )
-from tasks.synth.shards import PARTS_DIR, sha256_of, write_json_atomic, write_tar_shard
+from tasks.synth.shards import PARTS_DIR, json_bytes, sha256_of, store_tar_shard
 from tasks.synth.weather import CLEAR, Frame, conditions, contact_sheet, object_contrast, render
 
 log = logging.getLogger(__name__)
@@ -335,38 +336,41 @@ def manifest_row(c: Composite, shard: str, bank: dict[str, BankObject]) -> dict:
     }
 
 
-def part_path(out_dir: Path, shard_index: int) -> Path:
-    return out_dir / PARTS_DIR / f"{SHARD_PATTERN.format(shard_index)}.json"
+def part_name(shard_index: int) -> str:
+    """The record of a finished shard, relative to its shard set: what a re-run skips."""
+    return f"{PARTS_DIR}/{SHARD_PATTERN.format(shard_index)}.json"
 
 
 def claim_shard_dir(out_dir: str | Path, config_hash: str) -> None:
-    """Mark ``out_dir`` as holding shards of ``config_hash``; refuse a directory made by another config.
+    """Mark ``out_dir`` (a directory or URL) as holding shards of ``config_hash``; refuse one made by another config.
 
     Without this, re-running a *changed* config into an old run directory would keep shards of the old one.
     """
-    stamp = Path(out_dir) / PARTS_DIR / "config_hash"
-    if stamp.is_file():
-        old = stamp.read_text().strip()
+    store, stamp = Store(out_dir), f"{PARTS_DIR}/config_hash"
+    if store.isfile(stamp):
+        old = store.read_text(stamp).strip()
         if old != config_hash:
             raise ValueError(
-                f"{out_dir} holds shards of another config (hash {old}, this one is {config_hash}); "
+                f"{store.path()} holds shards of another config (hash {old}, this one is {config_hash}); "
                 "use a new run directory, or delete that one to start over"
             )
         return
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(stamp, config_hash.encode())
+    store.write_bytes(stamp, config_hash.encode())
 
 
 def completed_shard(out_dir: str | Path, shard_index: int, config_hash: str) -> dict | None:
-    """The record of a shard finished by an earlier run of the same config, if its tar is whole."""
-    out_dir = Path(out_dir)
-    part, tar = part_path(out_dir, shard_index), out_dir / SHARD_PATTERN.format(shard_index)
-    if not (part.is_file() and tar.is_file()):
+    """The record of a shard finished by an earlier run of the same config, if its tar is whole: on a local disk
+    its sha256 is checked, on an object store its size (the tar was moved onto its key whole, and validation
+    hashes every shard before a version is published)."""
+    store = Store(out_dir)
+    part, tar = part_name(shard_index), SHARD_PATTERN.format(shard_index)
+    if not (store.isfile(part) and store.isfile(tar)):
         return None
-    rec = json.loads(part.read_text())
-    if rec.get("config_hash") != config_hash or rec.get("sha256") != sha256_of(tar):
+    rec = json.loads(store.read_text(part))
+    if rec.get("config_hash") != config_hash:
         return None
-    return rec
+    whole = sha256_of(store.path(tar)) == rec.get("sha256") if store.local else store.size(tar) == rec.get("bytes")
+    return rec if whole else None
 
 
 def synthesize_shard(
@@ -382,7 +386,7 @@ def synthesize_shard(
     Returns the shard record: ``{"shard", "sha256", "samples", "bytes", "rows", "rejects", "seconds"}``;
     the same record is saved beside the shard so a later run can skip it.
     """
-    out_dir = Path(out_dir)
+    store = Store(out_dir)
     cfg = compositor.cfg.shards
     name = SHARD_PATTERN.format(shard_index)
     t0 = time.perf_counter()
@@ -419,7 +423,7 @@ def synthesize_shard(
         rows.append(manifest_row(comp, name, compositor.by_id))
         if on_sample is not None:
             on_sample()
-    digest, size = write_tar_shard(out_dir / name, samples)
+    digest, size = store_tar_shard(store, name, samples)
     record = {
         "shard": name,
         "sha256": digest,
@@ -430,7 +434,7 @@ def synthesize_shard(
         "rejects": [r.model_dump() for r in rejects],
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    write_json_atomic(part_path(out_dir, shard_index), record)
+    store.write_bytes(part_name(shard_index), json_bytes(record))  # after the tar: the record says it is whole
     return record
 
 
@@ -453,7 +457,8 @@ def write_shard(
 ) -> dict:
     """``synthesize_or_resume`` from picklable arguments only (the bank is read from ``bank_dir`` by the process
     that runs it): a shard is a pure function of (config, shard index), so any worker of a cluster writes the same
-    bytes. The worker must see ``out_dir``, ``bank_dir`` and the scene files (a shared filesystem)."""
+    bytes. ``out_dir`` may be an object-store URL that every worker writes to; the worker must see ``bank_dir`` and
+    the scene files (a shared filesystem)."""
     return synthesize_or_resume(out_dir, shard_index, plans, scenes, compositor_for(cfg, bank_dir))
 
 

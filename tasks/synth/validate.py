@@ -1,4 +1,8 @@
-"""Re-read a shard set and check it against its manifest (``anomalyforge validate SHARD_DIR``)."""
+"""Re-read a shard set and check it against its manifest (``anomalyforge validate SHARD_DIR``).
+
+The set may be a local directory or an fsspec URL (``tasks.storage``); each shard is read once, as a stream,
+hashed and unpacked in the same pass.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,8 @@ import numpy as np
 from schemas import SampleMeta
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
 from tasks.sample_format import META, REQUIRED, SAMPLES, SHARDS, SampleFormatError, decode_parts, read_tar_samples
-from tasks.synth.shards import read_table, sha256_of
+from tasks.storage import HashingReader, Store
+from tasks.synth.shards import read_table
 from tasks.synth.weather import CLEAR, conditions
 
 
@@ -59,33 +64,41 @@ def check_sample(name: str, files: dict[str, bytes]) -> list[str]:
 
 def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[str]]:
     """(samples checked, problems). An empty problem list means the set is whole and consistent."""
-    shard_dir = Path(shard_dir)
+    store = Store(shard_dir)
+    where = store.path()
     problems: list[str] = []
-    if not shard_dir.is_dir():
-        return 0, [f"{shard_dir}: {'not a directory' if shard_dir.exists() else 'the directory does not exist'}"]
+    if store.local and not store.isdir():
+        return 0, [f"{where}: {'not a directory' if store.exists() else 'the directory does not exist'}"]
     for f in (SHARDS, SAMPLES):
-        if not (shard_dir / f).is_file():
-            return 0, [f"{shard_dir}: no {f} manifest (not a finished shard set)"]
-    shards = read_table(shard_dir / SHARDS)
-    listed_samples = {r["key"]: r for r in read_table(shard_dir / SAMPLES)}
-    on_disk = {p.name for p in shard_dir.glob("*.tar")}
+        if not store.isfile(f):
+            return 0, [f"{where}: no {f} manifest (not a finished shard set)"]
+    with store.open(SHARDS) as f:
+        shards = read_table(f)
+    with store.open(SAMPLES) as f:
+        listed_samples = {r["key"]: r for r in read_table(f)}
+    on_disk = {n for n in store.listdir() if n.endswith(".tar")}
     listed = {r["shard"] for r in shards}
     problems += [f"{n}: tar file not listed in {SHARDS}" for n in sorted(on_disk - listed)]
     seen: set[str] = set()
     checked = 0
     for rec in shards:
-        path = shard_dir / rec["shard"]
-        if not path.is_file():
+        if rec["shard"] not in on_disk:
             problems.append(f"{rec['shard']}: listed in {SHARDS} but missing")
             continue
-        if sha256_of(path) != rec["sha256"]:
-            problems.append(f"{rec['shard']}: sha256 differs from {SHARDS} (file changed or truncated)")
+        samples: dict = {}
         try:
-            with tarfile.open(path) as tar:
-                samples, member_problems = read_tar_samples(tar, rec["shard"])
-            problems += member_problems
-        except (tarfile.TarError, OSError) as e:
-            problems.append(f"{rec['shard']}: unreadable tar ({e})")
+            with store.open(rec["shard"]) as raw:
+                stream = HashingReader(raw)
+                try:
+                    with tarfile.open(fileobj=stream, mode="r|") as tar:
+                        samples, member_problems = read_tar_samples(tar, rec["shard"])
+                    problems += member_problems
+                except tarfile.TarError as e:
+                    problems.append(f"{rec['shard']}: unreadable tar ({e})")
+                if stream.hexdigest() != rec["sha256"]:
+                    problems.append(f"{rec['shard']}: sha256 differs from {SHARDS} (file changed or truncated)")
+        except OSError as e:
+            problems.append(f"{rec['shard']}: unreadable ({e})")
             continue
         if len(samples) != rec["samples"]:
             problems.append(f"{rec['shard']}: holds {len(samples)} samples, manifest says {rec['samples']}")

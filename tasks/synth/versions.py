@@ -5,7 +5,11 @@ Layout::
     <run_dir>/versions/v0001-<hash8>/   a complete shard set (its dataset.json says version, parent, hashes)
     <run_dir>/versions/v0002-<hash8>/   ...
     <run_dir>/shards -> versions/v0002-<hash8>   the latest complete version (symlink, replaced atomically)
-    <run_dir>/LATEST                    its id, for tools that do not follow symlinks
+    <run_dir>/LATEST                    its id, for tools that do not follow symlinks (and object stores)
+
+``run_dir`` is a local directory or any fsspec URL (``s3://bucket/run``, ``tasks.storage``); an object store has
+no symlinks, so there ``LATEST`` alone says which version is the latest, and every file is written atomically
+(temporary key, then moved), so a reader never sees part of one.
 
 A version's ``content_hash`` covers the config and the object bank, i.e. everything its bytes depend on.
 A run whose content equals the latest version makes no new version; an interrupted version with the same
@@ -18,11 +22,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.sample_format import DATASET
+from tasks.storage import Store
 
 VERSIONS = "versions"
 LATEST = "LATEST"
@@ -34,25 +38,25 @@ _NAME = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 class Version:
     id: str
     number: int
-    path: Path
+    path: Path | str  # a local Path, or the version's URL on an object store
     complete: bool
     content_hash: str | None  # full hash, from dataset.json (complete) or the .content marker
 
 
-def _read_content(path: Path) -> str | None:
-    ds, marker = path / DATASET, path / ".content"
-    if ds.is_file():
-        return json.loads(ds.read_text()).get("content_hash")
-    return marker.read_text().strip() if marker.is_file() else None
+def _read_content(v: Store) -> str | None:
+    if v.isfile(DATASET):
+        return json.loads(v.read_text(DATASET)).get("content_hash")
+    return v.read_text(".content").strip() if v.isfile(".content") else None
 
 
 def list_versions(run_dir: str | Path) -> list[Version]:
-    root = Path(run_dir) / VERSIONS
+    run = Store(run_dir)
     out = []
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        m = _NAME.match(p.name)
-        if m and p.is_dir():
-            out.append(Version(p.name, int(m.group(1)), p, (p / DATASET).is_file(), _read_content(p)))
+    for name in run.listdir(VERSIONS):
+        m = _NAME.match(name)
+        if m and run.isdir(f"{VERSIONS}/{name}"):
+            v = run.child(f"{VERSIONS}/{name}")
+            out.append(Version(name, int(m.group(1)), v.path(), v.isfile(DATASET), _read_content(v)))
     return sorted(out, key=lambda v: v.number)
 
 
@@ -62,22 +66,28 @@ def latest_version(run_dir: str | Path) -> Version | None:
 
 
 def resolve_version(shards: str | Path) -> str:
-    """A version directory, a run directory (→ its latest complete version) or an fsspec URL of a version."""
-    s = str(shards)
-    if "://" in s:
-        return s
-    p = Path(s)
-    if (p / DATASET).is_file():
-        return str(p.resolve())
-    v = latest_version(p)
+    """A version (directory or URL), or a run (→ the version its ``LATEST`` names; a run without one: its newest
+    complete version). A local version comes back as an absolute path, a remote one as its URL."""
+    store = Store(shards)
+    if store.isfile(DATASET):
+        return str(Path(store.path()).resolve()) if store.local else store.url
+    if store.isfile(LATEST):
+        vid = store.read_text(LATEST).strip()
+        v = store.child(f"{VERSIONS}/{vid}")
+        if not v.isfile(DATASET):
+            raise FileNotFoundError(
+                f"{store.path(LATEST)} names {vid}, which is not a complete version ({DATASET} missing)"
+            )
+        return str(Path(v.path()).resolve()) if v.local else v.url
+    v = latest_version(shards)
     if v is None:
         why = (
             "does not exist"
-            if not p.exists()
+            if not store.exists()
             else "is neither a shard version nor a run directory with a complete version"
         )
-        raise FileNotFoundError(f"{p} {why}")
-    return str(v.path.resolve())
+        raise FileNotFoundError(f"{store.path()} {why}")
+    return str(Path(v.path).resolve()) if store.local else str(v.path)
 
 
 @dataclass(frozen=True)
@@ -98,31 +108,37 @@ def plan_version(run_dir: str | Path, content_hash: str) -> VersionPlan:
             return VersionPlan(v, latest.id if latest else None, "resume")
     n = (versions[-1].number + 1) if versions else 1
     vid = f"v{n:04d}-{content_hash[:8]}"
-    path = Path(run_dir) / VERSIONS / vid
-    path.mkdir(parents=True, exist_ok=False)
-    (path / ".content").write_text(content_hash + "\n")
-    return VersionPlan(Version(vid, n, path, False, content_hash), latest.id if latest else None, "new")
+    v = Store(run_dir).child(f"{VERSIONS}/{vid}")
+    if v.exists():
+        raise FileExistsError(f"{v.path()} exists but is not a version (no {DATASET}, no .content); move it away")
+    if v.local:
+        Path(v.path()).mkdir(parents=True)
+    v.write_bytes(".content", (content_hash + "\n").encode())
+    return VersionPlan(Version(vid, n, v.path(), False, content_hash), latest.id if latest else None, "new")
 
 
 def _parent_of(v: Version) -> str | None:
-    return json.loads((v.path / DATASET).read_text()).get("parent_version") if v.complete else None
+    return json.loads(Store(v.path).read_text(DATASET)).get("parent_version") if v.complete else None
 
 
 def publish_version(run_dir: str | Path, version: Version) -> None:
-    """Point ``shards`` and ``LATEST`` at a complete version (each replaced atomically)."""
-    run_dir = Path(run_dir)
-    if not (version.path / DATASET).is_file():
+    """Point ``LATEST`` (and, on a local disk, the ``shards`` symlink) at a complete version, each replaced
+    atomically."""
+    run = Store(run_dir)
+    if not Store(version.path).isfile(DATASET):
         raise ValueError(f"{version.path} is not complete (no {DATASET}); not publishing it")
-    link, tmp = run_dir / LATEST_LINK, run_dir / f".{LATEST_LINK}.tmp"
-    if link.exists() and not link.is_symlink():
-        raise FileExistsError(f"{link} exists and is not a symlink (a shard set from an older layout?); move it away")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(Path(VERSIONS) / version.id)
-    os.replace(tmp, link)
-    latest_tmp = run_dir / f".{LATEST}.tmp"
-    latest_tmp.write_text(version.id + "\n")
-    os.replace(latest_tmp, run_dir / LATEST)
+    if run.local:
+        run_dir = Path(run.path())
+        link, tmp = run_dir / LATEST_LINK, run_dir / f".{LATEST_LINK}.tmp"
+        if link.exists() and not link.is_symlink():
+            raise FileExistsError(
+                f"{link} exists and is not a symlink (a shard set from an older layout?); move it away"
+            )
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(Path(VERSIONS) / version.id)
+        os.replace(tmp, link)
+    run.write_bytes(LATEST, (version.id + "\n").encode())
 
 
 def prune_versions(run_dir: str | Path, keep: int, protect: str | None = None) -> list[str]:
@@ -136,10 +152,11 @@ def prune_versions(run_dir: str | Path, keep: int, protect: str | None = None) -
     doomed = complete[: max(0, len(complete) - keep)]
     if latest is not None:
         doomed += [v for v in versions if not v.complete and v.number < latest.number]
+    run = Store(run_dir)
     removed = []
     for v in doomed:
         if latest is not None and v.id == latest.id or v.id == protect:
             continue
-        shutil.rmtree(v.path)
+        run.rm(f"{VERSIONS}/{v.id}")
         removed.append(v.id)
     return removed

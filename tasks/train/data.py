@@ -28,23 +28,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
 from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, composite_key, decode_parts
+from tasks.storage import Store
 
 ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
 
 
 def shard_urls(version: str | Path) -> list[str]:
     """The shard URLs of a version, from its manifest (local path or an fsspec URL such as ``s3://b/v0003``)."""
-    root = str(version).rstrip("/")
-    if "://" not in root:
-        path = Path(root)
-        if not (path / DATASET).is_file():
-            raise FileNotFoundError(f"{path}: not a complete shard version ({DATASET} missing)")
-        return [str(path / n) for n in _shard_names(path / SHARDS)]
-    import fsspec
-
-    with fsspec.open(f"{root}/{SHARDS}", "rb") as f:
-        names = _shard_names(f)
-    return [f"{root}/{n}" for n in names]
+    store = Store(version)
+    if not store.isfile(DATASET):
+        raise FileNotFoundError(f"{store.path()}: not a complete shard version ({DATASET} missing)")
+    with store.open(SHARDS) as f:
+        return [str(store.path(n)) for n in _shard_names(f)]
 
 
 def _shard_names(manifest) -> list[str]:
@@ -185,14 +180,8 @@ def count_samples(version: str | Path, fraction: float) -> tuple[int, int]:
     """(training samples, validation samples) of a version (local or an fsspec URL), from its manifest."""
     import pyarrow.parquet as pq
 
-    root = str(version).rstrip("/")
-    if "://" in root:
-        import fsspec
-
-        with fsspec.open(f"{root}/{SAMPLES}", "rb") as f:
-            keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
-    else:
-        keys = pq.read_table(Path(root) / SAMPLES, columns=["key"]).column("key").to_pylist()
+    with Store(version).open(SAMPLES) as f:
+        keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
     val = sum(in_validation(k, fraction) for k in keys)
     return len(keys) - val, val
 

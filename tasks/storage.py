@@ -1,0 +1,190 @@
+"""A directory tree on the local disk or behind any fsspec URL (``s3://bucket/run``, ``gs://…``, ``file://…``).
+
+What a run's shard versions need of storage, and no more: read, list, delete, and write *atomically*. A write
+goes to a hidden temporary key beside its final one (``.name.tmp-<random>``) and is moved onto the final key
+only once complete: on object stores that is a server-side copy, so a reader listing or opening the final key
+never sees part of an object (a crash leaves at most a hidden temporary key, which no reader asks for).
+
+Credentials and endpoints are fsspec's and the cloud SDK's own (``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, …;
+``FSSPEC_S3_*`` for other s3fs options): nothing here is S3-specific.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import IO
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from tasks.imageio import write_bytes_atomic
+
+
+def is_url(location: str | Path) -> bool:
+    """A URL with a protocol (``s3://…``), as opposed to a local path."""
+    return "://" in str(location)
+
+
+class Store:
+    """``location`` (a local path or an fsspec URL) and the files under it, addressed by relative names."""
+
+    def __init__(self, location: str | Path):
+        s = str(location)
+        self.url = s.rstrip("/") if is_url(s) else str(Path(s))
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def path(self, rel: str = "") -> Path | str:
+        """Where ``rel`` is: a ``Path`` on the local disk, else its URL (what readers and error messages take)."""
+        if self.local:
+            return Path(self.root) / rel if rel else Path(self.root)
+        return f"{self.url}/{rel}" if rel else self.url
+
+    def child(self, rel: str) -> Store:
+        return Store(self.path(rel))
+
+    def _key(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def _fresh(self, rel: str = "") -> None:
+        # listings of object stores are cached per process; another process (a Dask worker) may have written
+        if not self.local:
+            self.fs.invalidate_cache(self._key(rel))
+
+    def isfile(self, rel: str) -> bool:
+        self._fresh(rel)
+        return self.fs.isfile(self._key(rel))
+
+    def isdir(self, rel: str = "") -> bool:
+        self._fresh(rel)
+        return self.fs.isdir(self._key(rel))
+
+    def exists(self, rel: str = "") -> bool:
+        self._fresh(rel)
+        return self.fs.exists(self._key(rel))
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self._key(rel)))
+
+    def listdir(self, rel: str = "") -> list[str]:
+        """The names directly under ``rel``, sorted (none when it does not exist)."""
+        self._fresh(rel)
+        try:
+            entries = self.fs.ls(self._key(rel), detail=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
+
+    def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
+        if "r" not in mode:
+            raise ValueError("Store.open is for reading; write with write_bytes or put_file (atomic)")
+        try:
+            return self.fs.open(self._key(rel), mode)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{self.path(rel)} does not exist") from e
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.open(rel) as f:
+            return f.read()
+
+    def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode()
+
+    def _tmp_key(self, rel: str) -> str:
+        head, _, name = rel.rpartition("/")
+        return self._key(
+            f"{head}/.{name}.tmp-{uuid.uuid4().hex[:12]}" if head else f".{name}.tmp-{uuid.uuid4().hex[:12]}"
+        )
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """``data`` under ``rel``, atomically (see the module docstring)."""
+        if self.local:
+            write_bytes_atomic(self.path(rel), data)
+            return
+        tmp = self._tmp_key(rel)
+        try:
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, self._key(rel))
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def put_file(self, local: str | Path, rel: str) -> None:
+        """Copy the local file ``local`` to ``rel``, atomically."""
+        if self.local:
+            dest = Path(self.path(rel))
+            if Path(local).resolve() == dest.resolve():
+                return
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                self.fs.copy(str(local), str(tmp))
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+            return
+        tmp = self._tmp_key(rel)
+        try:
+            self.fs.put_file(str(local), tmp)
+            self.fs.mv(tmp, self._key(rel))
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def upload_dir(self, local_dir: str | Path, rel: str = "", last: str | None = None) -> list[str]:
+        """Every file under ``local_dir`` (hidden ones and hidden folders left out) to ``rel``, ``last`` after all the
+        others (a completeness marker such as ``dataset.json``). Returns the relative names written."""
+        local_dir = Path(local_dir)
+        files = sorted(
+            p.relative_to(local_dir).as_posix()
+            for p in local_dir.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local_dir).parts)
+        )
+        files = [f for f in files if f != last] + ([last] if last in files else [])
+        for f in files:
+            self.put_file(local_dir / f, f"{rel}/{f}" if rel else f)
+        return files
+
+    def rm(self, rel: str) -> None:
+        """Delete ``rel`` and everything under it (nothing when it does not exist)."""
+        self._fresh(rel)
+        try:
+            self.fs.rm(self._key(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+        self._fresh(rel)
+
+    def _discard(self, key: str) -> None:
+        try:
+            if self.fs.exists(key):
+                self.fs.rm(key)
+        except FileNotFoundError:
+            pass
+
+
+class HashingReader:
+    """A read-only stream over ``f`` that hashes (sha256) and counts what passes through it: a shard is checked
+    against its manifest's digest in the same single pass that reads its samples (one download, not two)."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self._h = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._h.update(data)
+        self.bytes += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """The digest of the whole stream: what was not read yet is read (and hashed) first."""
+        while self.read(1 << 20):
+            pass
+        return self._h.hexdigest()
