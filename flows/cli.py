@@ -35,7 +35,9 @@ def synth(
         "runs/demo", help="where versions/ and LATEST go: a directory or an fsspec URL such as s3://bucket/run"
     ),
     work_dir: Path = typer.Option(
-        None, help="a remote run's scenes, object bank and staged files here (default ~/.cache/anomalyforge/runs)"
+        None,
+        help="a remote run's scenes, object bank and staged files (default $ANOMALYFORGE_CACHE or "
+        "~/.cache/anomalyforge, then runs/<url>-<hash>); shared storage when Dask workers run on other machines",
     ),
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
     workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),

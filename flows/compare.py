@@ -20,6 +20,7 @@ from tasks.eval.benchmarks import check_benchmarks
 from tasks.eval.compare import compare_rows, markdown, write_compare
 from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.runtime import configure_process
+from tasks.storage import is_url
 from tasks.synth.versions import resolve_version
 from tasks.train.trainer import segmenter_checkpoint, train_method
 
@@ -69,7 +70,7 @@ def compare(
     cfg = load_compare_config(config_path, overrides)
     trains = shard_labels([shards] if isinstance(shards, str) else list(shards))
     version = next(iter(trains.values()))
-    if out_dir is None and any("://" in v for v in trains.values()):
+    if out_dir is None and any(is_url(v) for v in trains.values()):
         raise ValueError("out_dir is required for a remote shard version")
     default = "compare" if len(trains) == 1 else "compare-vs-" + "-".join(list(trains)[1:])
     out = Path(out_dir or Path(version).parent.parent / default)

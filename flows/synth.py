@@ -36,7 +36,7 @@ from tasks.sample_format import DATASET, REJECTS
 from tasks.storage import Store
 from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
-from tasks.synth.report import write_report
+from tasks.synth.report import REPORT_FILES, write_report
 from tasks.synth.scenes import scene_identity
 from tasks.synth.shards import read_rejects
 from tasks.synth.synthesize import (
@@ -128,9 +128,10 @@ def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> Non
 
 def default_work_dir(run_url: str) -> Path:
     """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
-    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>``)."""
+    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>-<its hash>``)."""
     cache = Path(os.environ.get("ANOMALYFORGE_CACHE") or Path.home() / ".cache" / "anomalyforge")
-    return cache / "runs" / re.sub(r"[^A-Za-z0-9._-]+", "_", run_url)
+    tag = hashlib.sha256(run_url.encode()).hexdigest()[:8]  # s3://a/b_c and s3://a_b/c share a readable name
+    return cache / "runs" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run_url)}-{tag}"
 
 
 @flow(name="synth")
@@ -220,33 +221,33 @@ def synth(
             weather_sheet_task(stage / "weather.png", scenes_, plans, compositor)
             timings["weather contact sheet"] = time.perf_counter() - t
         summary = finalize_task(stage, cfg, records, scene_rejects + bank_rejects, version)
-        if remote:  # dataset.json last: a version is complete once it is there
+        if remote:  # all but dataset.json: a remote version is complete only once it is validated
             t = time.perf_counter()
-            shards_at.upload_dir(stage, last=DATASET)
+            shards_at.upload_dir(stage, exclude={DATASET})
             timings["upload manifests"] = time.perf_counter() - t
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
+    if remote and plan.status != "unchanged":
+        shards_at.upload_dir(stage, only={DATASET})
     publish_version(run_dir, plan.version)
     removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
     if removed:
         log.info("retention (keep %d): removed %s", keep_versions, ", ".join(removed))
     for vid in removed if remote else []:  # their staged files on this machine
-        for d in (work / "staging" / vid, work / "reports" / vid):
-            shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(work / "staging" / vid, ignore_errors=True)
     previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
     with shards_at.open(REJECTS) as f:
         rejects = read_rejects(f)
     if plan.status == "unchanged":  # a published version keeps the report of the run that made it
         report = shards_at.path("report.md")
     else:
-        report_dir = work / "reports" / plan.version.id if remote else Path(shard_dir)
-        report = report_task(report_dir, shard_dir, summary, bank, rejects, timings, generation, previews)
+        report = report_task(stage, shard_dir, summary, bank, rejects, timings, generation, previews)
         if remote:
-            shards_at.upload_dir(report_dir)
-            report = shards_at.path("report.md")
+            shards_at.upload_dir(stage, only=REPORT_FILES)
+            report = shards_at.path(report.name)
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
     summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
     latest = Store(run_dir).path(LATEST if remote else LATEST_LINK)

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import load_train_config
 from tasks.runtime import configure_process
+from tasks.storage import is_url
 from tasks.synth.versions import resolve_version
 from tasks.train.trainer import segmenter_checkpoint, train_method
 
@@ -23,7 +24,7 @@ train_task = task(train_method, name="train-method", task_run_name="{cfg.method.
 
 def default_out_dir(version: str, method: str) -> str:
     """``<run_dir>/train/<method>-<version id>`` for a resolved local version."""
-    if "://" in version:
+    if is_url(version):
         raise ValueError("out_dir is required for a remote shard version")
     v = Path(version)
     return str(v.parent.parent / "train" / f"{method}-{v.name}")
@@ -38,8 +39,9 @@ def train_direct(
     cfg = load_train_config(config_path, overrides, method)
     version = resolve_version(shards)
     out = Path(out_dir or default_out_dir(version, cfg.method.name))
-    result = train_method(cfg, version, out, resume, True, print)
-    return _summary(result, out) if int(os.environ.get("RANK", "0")) == 0 else None
+    main = int(os.environ.get("RANK", "0")) == 0
+    result = train_method(cfg, version, out, resume, True, print if main else lambda *_: None)  # one log, not N
+    return _summary(result, out) if main else None
 
 
 def _summary(result, out: Path) -> dict:

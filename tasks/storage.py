@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import IO
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from tasks.imageio import write_bytes_atomic
@@ -75,11 +77,14 @@ class Store:
     def listdir(self, rel: str = "") -> list[str]:
         """The names directly under ``rel``, sorted (none when it does not exist)."""
         self._fresh(rel)
+        key = self._key(rel).rstrip("/")
         try:
-            entries = self.fs.ls(self._key(rel), detail=False)
+            entries = [e.rstrip("/") for e in self.fs.ls(key, detail=False)]
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries} - {""})
+        if entries == [key]:  # object stores list a file as itself
+            return []
+        return sorted({e.rsplit("/", 1)[-1] for e in entries} - {""})
 
     def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
         if "r" not in mode:
@@ -95,6 +100,14 @@ class Store:
 
     def read_text(self, rel: str) -> str:
         return self.read_bytes(rel).decode()
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """A parquet table; an unreadable one is a ``ValueError`` naming it."""
+        with self.open(rel) as f:
+            try:
+                return pq.read_table(f, columns=columns)
+            except (pa.ArrowException, OSError) as e:
+                raise ValueError(f"{self.path(rel)}: not a readable parquet table ({e})") from e
 
     def _tmp_key(self, rel: str) -> str:
         head, _, name = rel.rpartition("/")
@@ -137,15 +150,18 @@ class Store:
             self._discard(tmp)
             raise
 
-    def upload_dir(self, local_dir: str | Path, rel: str = "", last: str | None = None) -> list[str]:
-        """Every file under ``local_dir`` (hidden ones and hidden folders left out) to ``rel``, ``last`` after all the
-        others (a completeness marker such as ``dataset.json``). Returns the relative names written."""
+    def upload_dir(
+        self, local_dir: str | Path, rel: str = "", only=None, exclude=(), last: str | None = None
+    ) -> list[str]:
+        """The files under ``local_dir`` (hidden ones and hidden folders left out; just ``only`` when given; none of
+        ``exclude``) to ``rel``, ``last`` after all the others (a completeness marker). Returns the names written."""
         local_dir = Path(local_dir)
         files = sorted(
             p.relative_to(local_dir).as_posix()
             for p in local_dir.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local_dir).parts)
         )
+        files = [f for f in files if (only is None or f in only) and f not in exclude]
         files = [f for f in files if f != last] + ([last] if last in files else [])
         for f in files:
             self.put_file(local_dir / f, f"{rel}/{f}" if rel else f)

@@ -125,6 +125,7 @@ def test_a_version_on_s3_is_written_atomically_validated_resumed_and_trained_fro
     assert {"dataset.json", "samples.parquet", "shards.parquet", "rejects.parquet", "scenes.png", "report.md"} <= names
     tars = sorted(n for n in names if n.endswith(".tar"))
     assert len(tars) == 12
+    assert "![scenes](scenes.png)" in s3.cat(f"{root}/report.md").decode()  # the report shows the staged sheets
 
     run_synth(config, str(tmp_path / "local"), workers=2)  # the same config on a local disk: the same bytes
     assert {n: s3.cat(f"{root}/{n}") for n in tars} == _tars(tmp_path / "local")
@@ -161,3 +162,34 @@ def test_a_version_on_s3_is_written_atomically_validated_resumed_and_trained_fro
     s3.pipe(f"{root}/{tars[3]}", s3.cat(f"{root}/{tars[3]}")[:-1024])  # truncated behind the manifest's back
     bad = CliRunner().invoke(app, ["validate", url])
     assert bad.exit_code == 1 and f"{tars[3]}: sha256 differs from shards.parquet" in bad.output
+
+
+def test_a_remote_version_that_fails_validation_is_not_complete_and_the_next_run_resumes_it(tmp_path, monkeypatch):
+    """On an object store ``dataset.json`` (what makes a version complete to every reader) goes up only after
+    validation: a version that failed it is neither published nor taken by a reader that falls back to the newest
+    complete version. (fsspec's in-memory filesystem: the flow runs with threads, in this process.)"""
+    import uuid
+
+    from prefect import task
+
+    import flows.synth as synth_flow
+    from flows.synth import run_synth
+    from tasks.storage import Store
+    from tasks.synth.versions import resolve_version
+
+    url = f"memory://af-{uuid.uuid4().hex[:8]}/run"
+    config, work = _config(tmp_path), str(tmp_path / "work")
+    failing = task(lambda shard_dir: (0, [f"{shard_dir}: an injected problem"]), name="validate-shards")
+    monkeypatch.setattr(synth_flow, "validate_task", failing)
+    with pytest.raises(RuntimeError, match="1 validation problems"):
+        run_synth(config, url, workers=2, work_dir=work)
+    store = Store(url)
+    (vid,) = store.listdir("versions")
+    assert store.isfile(f"versions/{vid}/shards.parquet") and not store.isfile(f"versions/{vid}/dataset.json")
+    assert not store.isfile("LATEST")
+    with pytest.raises(FileNotFoundError, match="neither a shard version nor a run directory with a complete"):
+        resolve_version(url)
+    monkeypatch.undo()
+    res = run_synth(config, url, workers=2, work_dir=work)
+    assert res["status"] == "resume" and res["version"] == vid and store.read_text("LATEST") == f"{vid}\n"
+    assert resolve_version(url) == f"{url}/versions/{vid}" and res["report"] == f"{url}/versions/{vid}/report.md"

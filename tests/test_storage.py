@@ -49,6 +49,7 @@ def test_a_store_reads_back_what_it_wrote_and_lists_names_directly_under_a_folde
     assert store.read_bytes("a/b.bin") == b"\x00\x01" and store.read_text("a/c/d.txt") == "deep"
     assert store.listdir("a") == ["b.bin", "c"] and store.listdir("nope") == []
     assert store.isfile("a/b.bin") and not store.isfile("a/c") and store.isdir("a/c") and store.size("top.json") == 2
+    assert store.listdir("top.json") == []  # a file has nothing under it
     store.rm("a")
     assert not store.exists("a") and store.listdir() == ["top.json"]
     store.rm("a")  # nothing there: no error
@@ -126,9 +127,53 @@ def test_versions_on_a_remote_filesystem_plan_resume_publish_resolve_and_prune(m
     assert resolve_version(mem_url).endswith(ids[-1])
     assert prune_versions(mem_url, keep=2) == [a.version.id, ids[0]]
     assert [v.id for v in list_versions(mem_url)] == ids[1:] and run.listdir(f"versions/{ids[0]}") == []
+    run.write_bytes(LATEST, f"{ids[1]}\n".encode())  # the published version is older than the newest complete one
+    assert prune_versions(mem_url, keep=1) == [] and resolve_version(mem_url).endswith(ids[1])
 
 
 def test_a_run_whose_latest_names_a_missing_version_is_an_error_naming_both(mem_url):
     Store(mem_url).write_bytes(LATEST, b"v0007-deadbeef\n")
     with pytest.raises(FileNotFoundError, match=r"LATEST names v0007-deadbeef, which is not a complete version"):
         resolve_version(mem_url)
+
+
+def test_an_unreadable_manifest_is_a_problem_naming_it_not_a_crash(mem_url):
+    from tasks.synth.validate import validate_shard_set
+
+    store = Store(mem_url)
+    for name in ("shards.parquet", "samples.parquet"):
+        store.write_bytes(name, b"not parquet")
+    checked, problems = validate_shard_set(mem_url)
+    assert checked == 0 and len(problems) == 1
+    assert problems[0].startswith(f"{mem_url}/shards.parquet: not a readable parquet table")
+
+
+def _version_with_shards(url, shard_samples: dict[str, int]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def table(rows):
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows), buf)
+        return buf.getvalue()
+
+    store = Store(url)
+    store.write_bytes("shards.parquet", table([{"shard": s} for s in shard_samples]))
+    keys = [{"key": f"{s[:-4]}-{i}", "shard": s} for s, n in shard_samples.items() for i in range(n)]
+    store.write_bytes("samples.parquet", table(keys))
+    store.write_bytes(DATASET, b"{}")
+
+
+def test_a_multi_process_run_whose_process_would_get_no_training_sample_stops_before_it_starts(mem_url):
+    """Rank 1 of 2 would stream shard-1 and shard-3, which hold no sample (every sample of theirs was
+    quarantined): its stream would never yield and rank 0 would wait for it in the all-reduce forever."""
+    from tasks.train.data import ShardDataError, check_rank_splits
+
+    _version_with_shards(mem_url, {"shard-0.tar": 3, "shard-1.tar": 0, "shard-2.tar": 2, "shard-3.tar": 0})
+    check_rank_splits(mem_url, 0.0, 1)  # one process streams all four
+    with pytest.raises(ShardDataError, match=r"shards of process 1 of 2 \(shard-1.tar, shard-3.tar\) hold no training"):
+        check_rank_splits(mem_url, 0.0, 2)
+    with pytest.raises(ShardDataError, match=r"process 1 of 3 \(shard-1.tar\)"):  # 0: shard-0, -3; 1: shard-1
+        check_rank_splits(mem_url, 0.0, 3)
+    _version_with_shards(mem_url, {"shard-0.tar": 3, "shard-1.tar": 0, "shard-2.tar": 2, "shard-3.tar": 1})
+    check_rank_splits(mem_url, 0.0, 2)  # rank 1 has shard-3's sample

@@ -14,7 +14,6 @@ from tasks.imageio import decode_rgb, write_bytes_atomic, write_rgb
 from tasks.sample_format import SAMPLES, SHARDS, decode_parts, read_tar_samples
 from tasks.storage import Store
 from tasks.synth.object_bank import BankObject
-from tasks.synth.shards import read_table
 from tasks.synth.weather import condition_order
 
 
@@ -36,8 +35,7 @@ def composite_panel(image: np.ndarray, mask: np.ndarray, boxes: list[list[int]],
 def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512) -> np.ndarray | None:
     """The first composites of a shard set (a directory or URL) with their masks and boxes."""
     store = Store(shard_dir)
-    with store.open(SHARDS) as f:
-        shards = read_table(f)
+    shards = store.read_parquet(SHARDS).to_pylist()
     rows = []
     for rec in shards:
         with store.open(rec["shard"]) as f, tarfile.open(fileobj=f, mode="r|") as tar:
@@ -91,6 +89,9 @@ def object_grid(objects: list[BankObject], cell: int = 128, cols: int = 8) -> np
     return out
 
 
+REPORT_FILES = ("report.md", "composites.png", "objects.png", "generated.jpg")  # what write_report writes
+
+
 def write_report(
     run_dir: str | Path,
     shard_dir: str | Path,
@@ -132,8 +133,7 @@ def write_report(
         write_rgb(run_dir / "objects.png", og)
     by_reason = collections.Counter((r.stage, r.reason) for r in rejects)
     by_class = collections.Counter(o.record.class_name for o in bank)
-    with Store(shard_dir).open(SAMPLES) as f:
-        samples = read_table(f)
+    samples = Store(shard_dir).read_parquet(SAMPLES).to_pylist()
     placed = collections.Counter(c for s in samples for c in s["classes"])
     weather_lines = []
     if (run_dir / "weather.png").is_file():

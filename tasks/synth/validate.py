@@ -15,7 +15,6 @@ from schemas import SampleMeta
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
 from tasks.sample_format import META, REQUIRED, SAMPLES, SHARDS, SampleFormatError, decode_parts, read_tar_samples
 from tasks.storage import HashingReader, Store
-from tasks.synth.shards import read_table
 from tasks.synth.weather import CLEAR, conditions
 
 
@@ -72,10 +71,11 @@ def validate_shard_set(shard_dir: str | Path, on_shard=None) -> tuple[int, list[
     for f in (SHARDS, SAMPLES):
         if not store.isfile(f):
             return 0, [f"{where}: no {f} manifest (not a finished shard set)"]
-    with store.open(SHARDS) as f:
-        shards = read_table(f)
-    with store.open(SAMPLES) as f:
-        listed_samples = {r["key"]: r for r in read_table(f)}
+    try:
+        shards = store.read_parquet(SHARDS).to_pylist()
+        listed_samples = {r["key"]: r for r in store.read_parquet(SAMPLES).to_pylist()}
+    except ValueError as e:
+        return 0, [str(e)]
     on_disk = {n for n in store.listdir() if n.endswith(".tar")}
     listed = {r["shard"] for r in shards}
     problems += [f"{n}: tar file not listed in {SHARDS}" for n in sorted(on_disk - listed)]

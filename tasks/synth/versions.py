@@ -143,7 +143,7 @@ def publish_version(run_dir: str | Path, version: Version) -> None:
 
 def prune_versions(run_dir: str | Path, keep: int, protect: str | None = None) -> list[str]:
     """Delete complete versions older than the newest ``keep`` and abandoned incomplete ones older than the
-    latest complete version; never the latest or ``protect``. Returns the ids removed."""
+    latest complete version; never the latest, the one ``LATEST`` names, or ``protect``. Returns the ids removed."""
     if keep < 1:
         raise ValueError(f"retention must keep at least 1 version, got {keep}")
     versions = list_versions(run_dir)
@@ -153,9 +153,10 @@ def prune_versions(run_dir: str | Path, keep: int, protect: str | None = None) -
     if latest is not None:
         doomed += [v for v in versions if not v.complete and v.number < latest.number]
     run = Store(run_dir)
+    published = run.read_text(LATEST).strip() if run.isfile(LATEST) else None
     removed = []
     for v in doomed:
-        if latest is not None and v.id == latest.id or v.id == protect:
+        if v.id in {latest.id if latest else None, published, protect}:
             continue
         run.rm(f"{VERSIONS}/{v.id}")
         removed.append(v.id)

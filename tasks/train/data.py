@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
 from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, composite_key, decode_parts
-from tasks.storage import Store
+from tasks.storage import Store, is_url
 
 ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
 
@@ -38,14 +38,7 @@ def shard_urls(version: str | Path) -> list[str]:
     store = Store(version)
     if not store.isfile(DATASET):
         raise FileNotFoundError(f"{store.path()}: not a complete shard version ({DATASET} missing)")
-    with store.open(SHARDS) as f:
-        return [str(store.path(n)) for n in _shard_names(f)]
-
-
-def _shard_names(manifest) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(manifest, columns=["shard"]).column("shard").to_pylist()
+    return [str(store.path(n)) for n in store.read_parquet(SHARDS, ["shard"]).column("shard").to_pylist()]
 
 
 def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
@@ -55,7 +48,7 @@ def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
     for sample in src:
         url = sample["url"]
         try:
-            stream = fsspec.open(url, "rb").open() if "://" in url else open(url, "rb")  # noqa: SIM115
+            stream = fsspec.open(url, "rb").open() if is_url(url) else open(url, "rb")  # noqa: SIM115
         except OSError as e:
             raise ShardDataError(f"{url}: cannot open shard ({e})") from e
         yield sample | {"stream": stream}
@@ -178,10 +171,7 @@ def validation_samples(urls: list[str], fraction: float, limit: int | None = Non
 
 def count_samples(version: str | Path, fraction: float) -> tuple[int, int]:
     """(training samples, validation samples) of a version (local or an fsspec URL), from its manifest."""
-    import pyarrow.parquet as pq
-
-    with Store(version).open(SAMPLES) as f:
-        keys = pq.read_table(f, columns=["key"]).column("key").to_pylist()
+    keys = Store(version).read_parquet(SAMPLES, ["key"]).column("key").to_pylist()
     val = sum(in_validation(k, fraction) for k in keys)
     return len(keys) - val, val
 
@@ -201,6 +191,25 @@ def check_splits(version: str | Path, fraction: float, need_validation: bool = T
             f"val_fraction, or set it to 0 to evaluate on the training composites"
         )
     return n_train, n_val
+
+
+def check_rank_splits(version: str | Path, fraction: float, world: int) -> None:
+    """A ``ShardDataError`` when the shards of some process of ``world`` (``rank_shards``) hold no training sample: that
+    process's endless stream would never yield, and the others would wait for it in the all-reduce forever. Every
+    process checks every rank, so all of them stop together."""
+    if world <= 1:
+        return
+    table = Store(version).read_parquet(SAMPLES, ["key", "shard"])
+    rows = table.to_pylist()
+    train_shards = {r["shard"] for r in rows if not in_validation(r["key"], fraction)}
+    names = [u.rsplit("/", 1)[-1] for u in shard_urls(version)]
+    for rank in range(world):
+        own = rank_shards(names, rank, world)
+        if not train_shards & set(own):
+            raise ShardDataError(
+                f"{version}: the shards of process {rank} of {world} ({', '.join(own)}) hold no training sample "
+                f"(val_fraction {fraction}); write the version with more samples per shard or launch fewer processes"
+            )
 
 
 def rank_shards(urls: list[str], rank: int, world: int) -> list[str]:

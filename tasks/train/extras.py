@@ -19,6 +19,7 @@ import torch
 
 from schemas.config import PatchesConfig
 from tasks.seeding import rng_for
+from tasks.storage import is_url
 from tasks.synth.patches import PatchLibrary, paste_patches
 from tasks.train.data import context_batch, random_crop_flip, to_tensors
 
@@ -63,7 +64,7 @@ def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.
         if not (Path(bank) / "objects.parquet").is_file():
             raise FileNotFoundError(f"object bank not found: {bank} has no objects.parquet")
         return [o.rgba for o in read_object_bank(bank)]
-    if "://" in version:
+    if is_url(version):
         raise FileNotFoundError(
             f"{version} is remote: the object context needs a local copy of the run's objects/ folder "
             f"(set method.object_bank=PATH)"
@@ -119,7 +120,7 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     from tasks.sample_format import DATASET
     from tasks.synth.scenes import index_scenes, with_scenes
 
-    if "://" in version and scenes is None:
+    if is_url(version) and scenes is None:
         raise FileNotFoundError(f"{version} is remote: AnomalyMix needs the clean scenes locally (method.scenes=PATH)")
     meta = Path(version) / DATASET
     if not meta.is_file():

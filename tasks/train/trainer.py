@@ -42,7 +42,14 @@ from tasks.eval.scoring import TensorScorer, evaluate_samples
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.seeding import derive_seed
 from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.train.data import check_splits, rank_shards, shard_urls, train_loader, validation_samples
+from tasks.train.data import (
+    check_rank_splits,
+    check_splits,
+    rank_shards,
+    shard_urls,
+    train_loader,
+    validation_samples,
+)
 from tasks.train.extras import ExtraData, build_extras
 from tasks.train.optim import build_optimizer
 
@@ -260,6 +267,7 @@ def train_method(
     urls = shard_urls(version)
     n_train, _ = check_splits(version, cfg.val_fraction)
     accelerator = _accelerator(cfg)
+    check_rank_splits(version, cfg.val_fraction, accelerator.num_processes)  # before any process waits for another
     with accelerator.main_process_first():  # the demo profile's closed-set network is trained once, then shared
         seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress and accelerator.is_main_process, log)
 
