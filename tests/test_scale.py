@@ -134,12 +134,13 @@ def test_a_version_on_s3_is_written_atomically_validated_resumed_and_trained_fro
     assert ok.exit_code == 0, ok.output
     assert f"ok: 24 samples in {url}/versions/{vid}" in ok.output
 
-    # an interrupted version (no dataset.json, one shard lost) is resumed: only the missing shard is written again
+    # an interrupted version (no dataset.json, one shard lost) is resumed, by Dask worker processes writing to S3
+    # themselves: only the missing shard is written again
     first = s3.info(f"{root}/{tars[0]}")["LastModified"]
     s3.rm([f"{root}/dataset.json", f"{root}/{tars[5]}"])
     s3.rm(f"{BUCKET}/run/LATEST")
     time.sleep(1.1)  # S3 times have 1 s resolution
-    again = run_synth(config, url, workers=2, work_dir=str(tmp_path / "work"))
+    again = run_synth(config, url, workers=2, work_dir=str(tmp_path / "work"), task_runner="dask")  # workers write S3
     assert again["status"] == "resume" and again["version"] == vid and again["validated"] == 24
     s3.invalidate_cache()
     assert s3.info(f"{root}/{tars[0]}")["LastModified"] == first  # skipped, not rewritten
