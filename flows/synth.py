@@ -34,7 +34,6 @@ from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
 from tasks.sample_format import DATASET, REJECTS
 from tasks.storage import Store
-from tasks.synth.object_bank import read_object_bank
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import REPORT_FILES, write_report
 from tasks.synth.scenes import scene_identity
@@ -126,6 +125,9 @@ def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> Non
     create_markdown_artifact("\n".join(md), key="synth-summary", description="synth run summary")
 
 
+PENDING_DATASET = f".{DATASET}.pending"
+
+
 def default_work_dir(run_url: str) -> Path:
     """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
     ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>-<its hash>``)."""
@@ -177,12 +179,12 @@ def synth(
 
     t = time.perf_counter()
     build_bank_task(cfg, bank_dir, generated=store, scenes=scenes_)
-    bank = read_object_bank(bank_dir)
+    compositor = compositor_for(cfg, bank_dir)  # the bank read once: the one the thread runner's shard tasks share
+    bank = compositor.bank
     bank_rejects = read_rejects(bank_dir / "rejects.parquet")
     timings["object bank"] = time.perf_counter() - t
     log.info("object bank: %d objects, %d rejected", len(bank), len(bank_rejects))
 
-    compositor = compositor_for(cfg, bank_dir)  # the one the thread runner's shard tasks share
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes_)  # a fixed or replaced scene file makes a new version
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
@@ -220,18 +222,23 @@ def synth(
             t = time.perf_counter()
             weather_sheet_task(stage / "weather.png", scenes_, plans, compositor)
             timings["weather contact sheet"] = time.perf_counter() - t
-        summary = finalize_task(stage, cfg, records, scene_rejects + bank_rejects, version)
-        if remote:  # all but dataset.json: a remote version is complete only once it is validated
+        # dataset.json (what makes a version complete for every reader) under a hidden name until validated
+        summary = finalize_task(stage, cfg, records, scene_rejects + bank_rejects, version, PENDING_DATASET)
+        if remote:  # hidden files stay behind
             t = time.perf_counter()
-            shards_at.upload_dir(stage, exclude={DATASET})
+            shards_at.upload_dir(stage)
             timings["upload manifests"] = time.perf_counter() - t
     t = time.perf_counter()
     checked, problems = validate_task(shard_dir)
     timings["validate"] = time.perf_counter() - t
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
-    if remote and plan.status != "unchanged":
-        shards_at.upload_dir(stage, only={DATASET})
+    if plan.status != "unchanged":  # the version is complete from here on
+        if remote:
+            shards_at.put_file(stage / PENDING_DATASET, DATASET)
+            (stage / PENDING_DATASET).unlink()
+        else:
+            os.replace(stage / PENDING_DATASET, stage / DATASET)
     publish_version(run_dir, plan.version)
     removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
     if removed:

@@ -165,10 +165,11 @@ def test_a_version_on_s3_is_written_atomically_validated_resumed_and_trained_fro
     assert bad.exit_code == 1 and f"{tars[3]}: sha256 differs from shards.parquet" in bad.output
 
 
-def test_a_remote_version_that_fails_validation_is_not_complete_and_the_next_run_resumes_it(tmp_path, monkeypatch):
-    """On an object store ``dataset.json`` (what makes a version complete to every reader) goes up only after
-    validation: a version that failed it is neither published nor taken by a reader that falls back to the newest
-    complete version. (fsspec's in-memory filesystem: the flow runs with threads, in this process.)"""
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_version_that_fails_validation_is_not_complete_and_the_next_run_resumes_it(where, tmp_path, monkeypatch):
+    """``dataset.json`` (what makes a version complete for every reader) appears only after validation: a version
+    that failed it is neither published nor taken by a reader that falls back to the newest complete version. On a
+    local disk and on a non-local filesystem (fsspec's in-memory one: the flow runs with threads, in this process)."""
     import uuid
 
     from prefect import task
@@ -178,8 +179,8 @@ def test_a_remote_version_that_fails_validation_is_not_complete_and_the_next_run
     from tasks.storage import Store
     from tasks.synth.versions import resolve_version
 
-    url = f"memory://af-{uuid.uuid4().hex[:8]}/run"
-    config, work = _config(tmp_path), str(tmp_path / "work")
+    url = f"memory://af-{uuid.uuid4().hex[:8]}/run" if where == "memory" else str(tmp_path / "run")
+    config, work = _config(tmp_path), str(tmp_path / "work") if where == "memory" else None
     failing = task(lambda shard_dir: (0, [f"{shard_dir}: an injected problem"]), name="validate-shards")
     monkeypatch.setattr(synth_flow, "validate_task", failing)
     with pytest.raises(RuntimeError, match="1 validation problems"):
@@ -187,10 +188,11 @@ def test_a_remote_version_that_fails_validation_is_not_complete_and_the_next_run
     store = Store(url)
     (vid,) = store.listdir("versions")
     assert store.isfile(f"versions/{vid}/shards.parquet") and not store.isfile(f"versions/{vid}/dataset.json")
-    assert not store.isfile("LATEST")
+    assert "LATEST" not in store.listdir() and "shards" not in store.listdir()
     with pytest.raises(FileNotFoundError, match="neither a shard version nor a run directory with a complete"):
         resolve_version(url)
     monkeypatch.undo()
     res = run_synth(config, url, workers=2, work_dir=work)
     assert res["status"] == "resume" and res["version"] == vid and store.read_text("LATEST") == f"{vid}\n"
-    assert resolve_version(url) == f"{url}/versions/{vid}" and res["report"] == f"{url}/versions/{vid}/report.md"
+    assert resolve_version(url) == str(store.path(f"versions/{vid}")) == res["shard_dir"]
+    assert res["report"] == str(store.path(f"versions/{vid}/report.md")) and store.isfile(f"versions/{vid}/report.md")

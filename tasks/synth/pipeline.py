@@ -206,8 +206,10 @@ def finalize_shard_set(
     records: list[dict],
     extra_rejects: list[RejectRecord],
     version: dict | None = None,
+    dataset_name: str = DATASET,
 ) -> dict:
-    """Write samples/shards/rejects parquet and dataset.json from the shard records; drop the scratch dir.
+    """Write samples/shards/rejects parquet and dataset.json (as ``dataset_name``: the flow writes it under a hidden
+    name and renames it once the set is validated) from the shard records; drop the scratch dir.
     A run that made fewer than ``cfg.min_sample_fraction`` of its samples raises ``TooFewSamplesError`` first:
     nothing is written, so the version stays incomplete and is never published."""
     out_dir = Path(out_dir)
@@ -232,6 +234,6 @@ def finalize_shard_set(
         **(version or {}),
         "config": cfg.model_dump(mode="json"),
     }
-    write_json_atomic(out_dir / DATASET, summary)
+    write_json_atomic(out_dir / dataset_name, summary)
     shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
     return summary
