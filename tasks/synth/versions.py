@@ -11,10 +11,12 @@ Layout::
 no symlinks, so there ``LATEST`` alone says which version is the latest, and every file is written atomically
 (temporary key, then moved), so a reader never sees part of one.
 
-A version's ``content_hash`` covers the config and the object bank, i.e. everything its bytes depend on.
+A version is complete once its ``dataset.json`` is there; the synth flow puts it there only after the set has been
+validated. A version's ``content_hash`` covers the config, the object bank and the scenes: everything its bytes
+depend on.
 A run whose content equals the latest version makes no new version; an interrupted version with the same
 content is resumed in place; anything else starts version n+1 with the latest as its parent. Retention
-keeps the newest ``keep`` complete versions (never the latest, never one being written).
+keeps the newest ``keep`` complete versions (never the latest, the published one or one being written).
 """
 
 from __future__ import annotations
