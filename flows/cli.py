@@ -83,18 +83,16 @@ def validate(
 
     from tasks.sample_format import SHARDS
     from tasks.storage import Store
-    from tasks.synth.shards import read_table
     from tasks.synth.validate import validate_shard_set
     from tasks.synth.versions import LATEST, resolve_version
 
     store = Store(shard_dir)
     if not store.isfile(SHARDS) and store.isfile(LATEST):
         store = Store(resolve_version(shard_dir))
-    if store.isfile(SHARDS):
-        with store.open(SHARDS) as f:
-            total = len(read_table(f))
-    else:
-        total = 0
+    try:
+        total = store.read_parquet(SHARDS, ["shard"]).num_rows  # the progress bar's length
+    except (FileNotFoundError, ValueError):
+        total = 0  # validate_shard_set says what is wrong
     where = store.path()
     with tqdm(total=total, desc="validate", unit="shard") as bar:
         checked, problems = validate_shard_set(where, on_shard=lambda _: bar.update())

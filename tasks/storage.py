@@ -132,8 +132,6 @@ class Store:
         """Copy the local file ``local`` to ``rel``, atomically."""
         if self.local:
             dest = Path(self.path(rel))
-            if Path(local).resolve() == dest.resolve():
-                return
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
             try:
@@ -150,19 +148,16 @@ class Store:
             self._discard(tmp)
             raise
 
-    def upload_dir(
-        self, local_dir: str | Path, rel: str = "", only=None, exclude=(), last: str | None = None
-    ) -> list[str]:
-        """The files under ``local_dir`` (hidden ones and hidden folders left out; just ``only`` when given; none of
-        ``exclude``) to ``rel``, ``last`` after all the others (a completeness marker). Returns the names written."""
+    def upload_dir(self, local_dir: str | Path, rel: str = "", only=None) -> list[str]:
+        """The files under ``local_dir`` (hidden ones and hidden folders left out; just those named in ``only`` when
+        given) to ``rel``, each atomically. Returns the relative names written."""
         local_dir = Path(local_dir)
         files = sorted(
             p.relative_to(local_dir).as_posix()
             for p in local_dir.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(local_dir).parts)
         )
-        files = [f for f in files if (only is None or f in only) and f not in exclude]
-        files = [f for f in files if f != last] + ([last] if last in files else [])
+        files = [f for f in files if only is None or f in only]
         for f in files:
             self.put_file(local_dir / f, f"{rel}/{f}" if rel else f)
         return files

@@ -73,20 +73,24 @@ def test_a_write_that_fails_leaves_no_object_under_the_final_name_and_no_tempora
     assert store.listdir() == ["shard.tar"]  # neither fresh.tar nor a .tmp- key
 
 
-def test_put_file_and_upload_dir_put_the_completeness_marker_last_and_skip_hidden_files(tmp_path, mem_url, monkeypatch):
+def test_upload_dir_writes_every_visible_file_or_just_those_named_and_never_hidden_ones(tmp_path, mem_url):
     src = tmp_path / "stage"
     (src / "sub").mkdir(parents=True)
     (src / ".partial").mkdir()
-    for name in ("dataset.json", "samples.parquet", "sub/x.png", ".partial/half.tar", ".hidden"):
+    for name in (".dataset.json.pending", "samples.parquet", "sub/x.png", ".partial/half.tar", "report.md"):
         (src / name).write_bytes(name.encode())
     store = Store(mem_url)
-    order = []
-    real = store.put_file
-    monkeypatch.setattr(store, "put_file", lambda local, rel: (order.append(rel), real(local, rel)))
-    assert store.upload_dir(src, "v1", last="dataset.json") == ["samples.parquet", "sub/x.png", "dataset.json"]
-    assert order == ["v1/samples.parquet", "v1/sub/x.png", "v1/dataset.json"]
+    assert store.upload_dir(src, "v1") == ["report.md", "samples.parquet", "sub/x.png"]
     assert store.read_text("v1/sub/x.png") == "sub/x.png"
-    assert store.listdir("v1") == ["dataset.json", "samples.parquet", "sub"]
+    assert store.listdir("v1") == ["report.md", "samples.parquet", "sub"]  # nothing hidden, no .tmp- key
+    assert store.upload_dir(src, "v2", only={"report.md", "generated.jpg"}) == ["report.md"]
+    assert store.listdir("v2") == ["report.md"]
+
+
+def test_put_file_copies_a_local_file_under_its_name(store, tmp_path):
+    (tmp_path / "f.tar").write_bytes(b"tar bytes")
+    store.put_file(tmp_path / "f.tar", "deep/f.tar")
+    assert store.read_bytes("deep/f.tar") == b"tar bytes" and store.listdir("deep") == ["f.tar"]
 
 
 def test_the_hashing_reader_hashes_the_whole_stream_even_what_was_not_read():

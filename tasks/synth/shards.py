@@ -98,7 +98,7 @@ def write_table(path: str | Path, rows: list[dict], schema: pa.Schema) -> None:
 
 
 def read_table(path) -> list[dict]:
-    """Rows of a parquet file (a path or an open binary file)."""
+    """Rows of a parquet file (a path or an open binary file; ``Store.read_parquet`` for a URL)."""
     return pq.read_table(path).to_pylist()
 
 

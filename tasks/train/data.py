@@ -199,8 +199,7 @@ def check_rank_splits(version: str | Path, fraction: float, world: int) -> None:
     process checks every rank, so all of them stop together."""
     if world <= 1:
         return
-    table = Store(version).read_parquet(SAMPLES, ["key", "shard"])
-    rows = table.to_pylist()
+    rows = Store(version).read_parquet(SAMPLES, ["key", "shard"]).to_pylist()
     train_shards = {r["shard"] for r in rows if not in_validation(r["key"], fraction)}
     names = [u.rsplit("/", 1)[-1] for u in shard_urls(version)]
     for rank in range(world):
