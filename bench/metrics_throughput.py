@@ -18,7 +18,7 @@ import time
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from tasks.eval.metrics import PixelMetrics
+from tasks.metrics import PixelMetrics
 
 METRICS = ("auroc", "ap", "fpr95")
 

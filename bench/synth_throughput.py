@@ -24,14 +24,14 @@ import numpy as np
 
 from schemas import DemoScenesConfig, ObjectBankConfig, SynthConfig
 from tasks.imageio import encode_gray_png, encode_rgb
+from tasks.object_bank import read_object_bank
 from tasks.runtime import configure_process
-from tasks.synth.object_bank import read_object_bank
+from tasks.scenes import load_scene
+from tasks.scenes.cityscapes import index_cityscapes
+from tasks.scenes.demo import write_demo_scenes
+from tasks.shards import write_tar_shard
 from tasks.synth.pipeline import build_object_bank
 from tasks.synth.placement import NoPlacementError
-from tasks.synth.scenes import load_scene
-from tasks.synth.scenes.cityscapes import index_cityscapes
-from tasks.synth.scenes.demo import write_demo_scenes
-from tasks.synth.shards import write_tar_shard
 from tasks.synth.synthesize import Compositor, encode_composite, plan_samples
 
 

@@ -24,8 +24,8 @@ import torch
 
 from models.methods import TrainingProgress, get_method
 from models.segmenters import build_segmenter
-from schemas.config import TrainConfig
-from tasks.synth.shards import write_tar_shard
+from schemas import TrainConfig
+from tasks.shards import write_tar_shard
 from tasks.train.data import train_loader
 from tasks.train.extras import build_extras
 from tasks.train.optim import build_optimizer

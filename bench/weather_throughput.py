@@ -1,6 +1,6 @@
 """Benchmark of the weather effects at 2048x1024 (``make bench-weather``).
 
-One scene with its trainId label: demo scene 0 (``tasks.synth.scenes.demo``) rendered at full Cityscapes size,
+One scene with its trainId label: demo scene 0 (``tasks.scenes.demo``) rendered at full Cityscapes size,
 with the flat-ground camera of a scene without a camera file (focal ``WeatherConfig.focal_px_per_width`` x width,
 camera height 1.22 m). A flat demo scene encodes faster than a textured photo, so the JPEG ratios are pessimistic.
 Timed, median of N after one warm-up, in one process:
@@ -26,12 +26,13 @@ import cv2
 import numpy as np
 
 from schemas import DemoScenesConfig, WeatherConfig
+from schemas.registries import WEATHER
 from tasks.imageio import encode_rgb
 from tasks.labels import label_ids_to_train_ids
 from tasks.runtime import configure_process
 from tasks.sample_format import encode_sample
-from tasks.synth.scenes.demo import CAMERA_Z, render_scene
-from tasks.synth.weather import WEATHER, Frame, render
+from tasks.scenes.demo import CAMERA_Z, render_scene
+from tasks.synth.weather import Frame, render
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

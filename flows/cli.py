@@ -1,4 +1,8 @@
-"""``anomalyforge`` command line. Every command prints where its output went."""
+"""``anomalyforge`` command line. Every command prints where its output went.
+
+Each command imports its flow inside its function: Prefect and torch take seconds to import, and ``--help`` or
+``anomalyforge list`` need neither.
+"""
 
 from __future__ import annotations
 
@@ -84,7 +88,7 @@ def validate(
     from tasks.sample_format import SHARDS
     from tasks.storage import Store
     from tasks.synth.validate import validate_shard_set
-    from tasks.synth.versions import LATEST, resolve_version
+    from tasks.versions import LATEST, resolve_version
 
     store = Store(shard_dir)
     if not store.isfile(SHARDS) and store.isfile(LATEST):
@@ -147,7 +151,7 @@ def train(
     import os
 
     from flows.train import train as train_flow
-    from schemas.config import load_train_config
+    from schemas import load_train_config
 
     over = _parse_overrides(set_) or None
     load_train_config(config, over, method)  # config errors as messages, before the flow
@@ -196,11 +200,34 @@ def compare(
 @app.command()
 def methods() -> None:
     """List the registered anomaly methods: paper, head, loss, score."""
-    from models.methods import METHODS
+    from schemas.registries import METHODS
 
-    for spec in METHODS.values():
+    for _, spec in METHODS.items():
         d = spec.describe()
         typer.echo(f"{d['name']}: {d['paper']}\n  head:  {d['head']}\n  loss:  {d['loss']}\n  score: {d['score']}")
+
+
+@app.command("list")
+def list_(
+    kind: str = typer.Argument(None, help="a registry (methods, scores, segmenters, scene_sources, ...); none: all"),
+) -> None:
+    """List what is registered at each extension point (built-ins and installed plug-ins), with the package and the
+    config class of each entry. ``methods`` prints the methods' table (``anomalyforge methods``)."""
+    from schemas.registries import ALL
+    from schemas.registry import UnknownNameError
+
+    if kind == "methods":
+        methods()
+        return
+    if kind is not None and kind not in ALL:
+        typer.echo(f"anomalyforge list: {UnknownNameError('registry', kind, list(ALL))}", err=True)
+        raise typer.Exit(2)
+    for name, registry in ALL.items() if kind is None else [(kind, ALL[kind])]:
+        typer.echo(f"{name} ({registry.group}):")
+        for entry_name, entry in registry.items():
+            config = registry.config(entry_name)
+            where = getattr(entry, "__module__", None) or type(entry).__module__
+            typer.echo(f"  {entry_name:24s} {where}" + (f"  [{config.__name__}]" if config is not None else ""))
 
 
 @app.command()
@@ -240,7 +267,7 @@ def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="r
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors about the user's input: printed as one clear message, without a traceback."""
     from models.segmenters import CheckpointMismatchError
-    from schemas.config import ConfigError
+    from schemas import ConfigError
     from tasks.imageio import BadInputError
     from tasks.synth.pipeline import TooFewSamplesError
 

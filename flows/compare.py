@@ -21,8 +21,8 @@ from tasks.eval.compare import compare_rows, markdown, write_compare
 from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.runtime import configure_process
 from tasks.storage import is_url
-from tasks.synth.versions import resolve_version
 from tasks.train.trainer import segmenter_checkpoint, train_method
+from tasks.versions import resolve_version
 
 segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)
 train_task = task(train_method, name="train-method", task_run_name="{cfg.method.name}", cache_policy=NO_CACHE)

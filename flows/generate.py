@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from schemas import SynthConfig
 from tasks.runtime import configure_process
+from tasks.shards import write_json_atomic
 from tasks.synth.diffusion import GeneratedStore, load_pipeline, run_batch
 from tasks.synth.prompts import load_vocabulary, plan_specs
 from tasks.synth.saliency import LazyMasker
-from tasks.synth.shards import write_json_atomic
 
 generate_batch_task = task(run_batch, name="generate-batch", tags=["gpu"], cache_policy=NO_CACHE)
 

@@ -33,11 +33,11 @@ from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
 from tasks.sample_format import DATASET, REJECTS
+from tasks.scenes import scene_identity
+from tasks.shards import read_rejects
 from tasks.storage import Store
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
 from tasks.synth.report import REPORT_FILES, write_report
-from tasks.synth.scenes import scene_identity
-from tasks.synth.shards import read_rejects
 from tasks.synth.synthesize import (
     claim_shard_dir,
     compositor_for,
@@ -48,7 +48,7 @@ from tasks.synth.synthesize import (
     write_shard,
 )
 from tasks.synth.validate import validate_shard_set
-from tasks.synth.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
+from tasks.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
 
 prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)
 build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)

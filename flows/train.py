@@ -12,11 +12,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from schemas.config import load_train_config
+from schemas import load_train_config
 from tasks.runtime import configure_process
 from tasks.storage import is_url
-from tasks.synth.versions import resolve_version
 from tasks.train.trainer import segmenter_checkpoint, train_method
+from tasks.versions import resolve_version
 
 segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)
 train_task = task(train_method, name="train-method", task_run_name="{cfg.method.name}", cache_policy=NO_CACHE)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from models.scores import energy as free_energy
 from models.scores import entropy as softmax_entropy
 from models.scores import smooth
-from tasks.labels import ANOMALY as ANOMALY_ID
-from tasks.labels import VOID as IGNORE_ID
+from schemas.labels import ANOMALY as ANOMALY_ID
+from schemas.labels import VOID as IGNORE_ID
 
 
 def logsumexp_energy(logits: torch.Tensor) -> torch.Tensor:

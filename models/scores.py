@@ -18,33 +18,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from schemas.registries import SCORES
 
+
+@SCORES.register("msp")
 def msp(logits: torch.Tensor) -> torch.Tensor:
     return 1.0 - logits.softmax(dim=1).amax(dim=1)
 
 
+@SCORES.register("max_logit")
 def max_logit(logits: torch.Tensor) -> torch.Tensor:
     return -logits.amax(dim=1)
 
 
+@SCORES.register("entropy")
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     logp = logits.log_softmax(dim=1)
     return -(logp.exp() * logp).sum(dim=1)
 
 
+@SCORES.register("energy")
 def energy(logits: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(logits, dim=1)
 
 
+@SCORES.register("eel")
 def eel(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     return alpha * entropy(logits) + energy(logits)
 
 
+@SCORES.register("max_min")
 def max_min(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.amax(dim=1) - logits.amin(dim=1))
-
-
-SCORES = {"msp": msp, "max_logit": max_logit, "entropy": entropy, "energy": energy, "eel": eel, "max_min": max_min}
 
 
 def gaussian_kernel1d(size: int = 7, sigma: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -64,10 +69,6 @@ def smooth(score: torch.Tensor, size: int = 7, sigma: float = 1.0) -> torch.Tens
 
 
 def anomaly_score(logits: torch.Tensor, name: str = "energy", smoothing: bool = False, **kw) -> torch.Tensor:
-    """Score map by name (see ``SCORES``), optionally Gaussian-smoothed."""
-    try:
-        fn = SCORES[name]
-    except KeyError:
-        raise KeyError(f"unknown anomaly score {name!r}; choose from {', '.join(SCORES)}") from None
-    s = fn(logits, **kw)
+    """Score map by name (``SCORES``), optionally Gaussian-smoothed."""
+    s = SCORES.get(name)(logits, **kw)
     return smooth(s) if smoothing else s

@@ -1,27 +1,21 @@
-"""Pydantic v2 configs and records. Every config serialises to YAML/JSON and is stored beside its output."""
+"""Pydantic v2 configs and records, one module per area, and the registries they check names against.
 
-from schemas.config import (
-    BenchmarkConfig,
-    CocoSourceConfig,
-    CompareConfig,
-    DemoScenesConfig,
-    DiffusionConfig,
-    EvalConfig,
-    FilesSourceConfig,
-    HarmonizeConfig,
-    MaskGateConfig,
-    MethodConfig,
-    ObjectBankConfig,
-    PlacementConfig,
-    PromptObject,
-    PromptVocabulary,
-    SaliencyConfig,
-    ScenesConfig,
-    SegmenterConfig,
-    ShardConfig,
-    SynthConfig,
-    TrainConfig,
-    WeatherConfig,
+* ``synth`` (``anomalyforge synth``), ``train``, ``evaluation``, ``compare``: the configs;
+* ``loading``: YAML + ``--set`` overrides -> a validated config, or one ``ConfigError`` naming the file;
+* ``records``: what the pipeline writes per object, placement, sample and reject;
+* ``registry`` / ``registries``: the one ``Registry`` class and every extension point;
+* ``domain``: tables the configs default to.
+
+Every config serialises to YAML/JSON and is stored beside its output. This package imports nothing of ours.
+"""
+
+from schemas.base import Strict
+from schemas.compare import CompareConfig
+from schemas.domain import COCO_CITYSCAPES_OVERLAP, DEFAULT_SIZE_PRIOR
+from schemas.evaluation import BenchmarkConfig, EvalConfig
+from schemas.loading import (
+    ConfigError,
+    apply_overrides,
     load_compare_config,
     load_config,
     load_eval_config,
@@ -36,38 +30,82 @@ from schemas.records import (
     SampleMeta,
     WeatherRecord,
 )
+from schemas.registry import PluginError, Registry, UnknownNameError
+from schemas.synth import (
+    ADVERSE,
+    CLEAR,
+    CocoSourceConfig,
+    DemoScenesConfig,
+    DiffusionConfig,
+    FilesSourceConfig,
+    HarmonizeConfig,
+    MaskGateConfig,
+    ObjectBankConfig,
+    PatchesConfig,
+    PatchesSourceConfig,
+    PatchShapeConfig,
+    PlacementConfig,
+    PromptObject,
+    PromptVocabulary,
+    SaliencyConfig,
+    ScenesConfig,
+    ShardConfig,
+    SynthConfig,
+    WeatherConfig,
+    replace_scenes,
+    scenes_config,
+)
+from schemas.train import DEFAULT_METHOD, MethodConfig, PretrainConfig, SegmenterConfig, TrainConfig, method_config
 
 __all__ = [
+    "ADVERSE",
+    "CLEAR",
+    "COCO_CITYSCAPES_OVERLAP",
+    "DEFAULT_METHOD",
+    "DEFAULT_SIZE_PRIOR",
     "BenchmarkConfig",
-    "EvalConfig",
-    "load_eval_config",
-    "load_train_config",
-    "MethodConfig",
-    "SegmenterConfig",
-    "TrainConfig",
     "CocoSourceConfig",
     "CompareConfig",
-    "load_compare_config",
+    "ConfigError",
     "DemoScenesConfig",
     "DiffusionConfig",
-    "PromptObject",
-    "PromptVocabulary",
+    "EvalConfig",
     "FilesSourceConfig",
-    "HarmonizeConfig",
     "HarmonizationRecord",
+    "HarmonizeConfig",
     "MaskGateConfig",
+    "MethodConfig",
     "ObjectBankConfig",
     "ObjectRecord",
+    "PatchShapeConfig",
+    "PatchesConfig",
+    "PatchesSourceConfig",
     "PlacementConfig",
     "PlacementRecord",
+    "PluginError",
+    "PretrainConfig",
+    "PromptObject",
+    "PromptVocabulary",
     "PseudoLabelRecord",
+    "Registry",
     "RejectRecord",
     "SaliencyConfig",
     "SampleMeta",
     "ScenesConfig",
+    "SegmenterConfig",
     "ShardConfig",
+    "Strict",
     "SynthConfig",
+    "TrainConfig",
+    "UnknownNameError",
     "WeatherConfig",
     "WeatherRecord",
+    "apply_overrides",
+    "load_compare_config",
     "load_config",
+    "load_eval_config",
+    "load_train_config",
+    "method_config",
+    "replace_scenes",
+    "scenes_config",
 ]

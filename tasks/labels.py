@@ -12,14 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
-ANOMALY: int = 254
-VOID: int = 255
+from schemas.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID, NUM_TRAIN_CLASSES, VOID
+from schemas.registries import LABEL_ENCODINGS
 
-EVAL_INLIER: int = 0
-EVAL_ANOMALY: int = 1
-EVAL_VOID: int = 255
-
-NUM_TRAIN_CLASSES: int = 19
+__all__ = ["ANOMALY", "EVAL_ANOMALY", "EVAL_INLIER", "EVAL_VOID", "NUM_TRAIN_CLASSES", "VOID"]  # and below
 
 #: trainId -> class name, in trainId order (road ... bicycle).
 _BY_TRAIN_ID = {lab.trainId: lab.name for lab in _CS_LABELS if 0 <= lab.trainId < NUM_TRAIN_CLASSES}
@@ -86,7 +82,8 @@ TRAIN_ID_VALUES: frozenset[int] = frozenset(range(NUM_TRAIN_CLASSES)) | {VOID}
 
 @dataclass(frozen=True)
 class LabelEncoding:
-    """How a dataset's label image maps to trainIds: a 256-entry table and the values the file may hold."""
+    """How a dataset's label image maps to trainIds: a 256-entry table and the values the file may hold.
+    Registered in ``LABEL_ENCODINGS`` by name (``SceneRef.label_kind``): ``LABEL_ENCODINGS.register(e.name, e)``."""
 
     name: str
     lut: np.ndarray  # value -> trainId (VOID for classes that are no train class)
@@ -94,33 +91,18 @@ class LabelEncoding:
     description: str = ""
     check_train_ids: bool = False  # refuse files that look like trainIds saved under this encoding's name
 
+    def __post_init__(self) -> None:
+        if self.lut.shape != (256,) or self.lut.dtype != np.uint8:
+            raise ValueError(f"label encoding {self.name!r}: the table must be 256 uint8 values")
+        bad = sorted(set(np.unique(self.lut).tolist()) - TRAIN_ID_VALUES)
+        if bad:
+            raise ValueError(f"label encoding {self.name!r} maps to values {bad} that are no trainIds")
+        self.lut.setflags(write=False)
+
     def to_train_ids(self, raw: np.ndarray) -> np.ndarray:
         if raw.dtype != np.uint8:
             raise TypeError(f"{self.name} labels must be uint8, got {raw.dtype}")
         return self.lut[raw]
-
-
-#: Label encodings by name (``SceneRef.label_kind``). Scene sources with their own class list register theirs
-#: (``register_label_encoding``) from the table in ``data_manifests/``.
-LABEL_ENCODINGS: dict[str, LabelEncoding] = {}
-
-
-def register_label_encoding(encoding: LabelEncoding) -> LabelEncoding:
-    if encoding.lut.shape != (256,) or encoding.lut.dtype != np.uint8:
-        raise ValueError(f"label encoding {encoding.name!r}: the table must be 256 uint8 values")
-    bad = sorted(set(np.unique(encoding.lut).tolist()) - TRAIN_ID_VALUES)
-    if bad:
-        raise ValueError(f"label encoding {encoding.name!r} maps to values {bad} that are no trainIds")
-    encoding.lut.setflags(write=False)
-    LABEL_ENCODINGS[encoding.name] = encoding
-    return encoding
-
-
-def label_encoding(name: str) -> LabelEncoding:
-    try:
-        return LABEL_ENCODINGS[name]
-    except KeyError:
-        raise KeyError(f"unknown label encoding {name!r}; registered: {', '.join(LABEL_ENCODINGS)}") from None
 
 
 def _identity_lut() -> np.ndarray:
@@ -129,20 +111,22 @@ def _identity_lut() -> np.ndarray:
     return lut
 
 
-register_label_encoding(
+LABEL_ENCODINGS.register(
+    "labelIds",
     LabelEncoding(
         "labelIds", LABEL_ID_TO_TRAIN_ID.copy(), LABEL_ID_VALUES, "Cityscapes labelIds (cityscapesscripts)", True
-    )
+    ),
 )
-register_label_encoding(
-    LabelEncoding("labelTrainIds", _identity_lut(), TRAIN_ID_VALUES, "Cityscapes trainIds 0-18, 255 void")
+LABEL_ENCODINGS.register(
+    "labelTrainIds",
+    LabelEncoding("labelTrainIds", _identity_lut(), TRAIN_ID_VALUES, "Cityscapes trainIds 0-18, 255 void"),
 )
 
 
 def unknown_label_values(label: np.ndarray, kind: str) -> tuple[int, list[int]]:
     """(pixels whose value is no id of the encoding ``kind`` (e.g. "labelIds", "labelTrainIds"), those values)."""
     valid = np.zeros(256, bool)
-    valid[list(label_encoding(kind).values)] = True
+    valid[list(LABEL_ENCODINGS.get(kind).values)] = True
     counts = np.bincount(label.ravel(), minlength=256)
     bad = np.flatnonzero(~valid & (counts > 0))
     return int(counts[bad].sum()), bad.tolist()

@@ -132,7 +132,7 @@ def tiny_method(name: str) -> dict:
 
 def tiny_train_config(method: str, **kw):
     """4 closed-set pre-training steps and 4 method steps on 64×128 crops; 30 % held-in validation."""
-    from schemas.config import TrainConfig
+    from schemas import TrainConfig
 
     return TrainConfig(
         method=tiny_method(method),
@@ -154,8 +154,8 @@ def trained_eel(tmp_path_factory):
     ``segmenter`` (the frozen closed-set checkpoint), ``root``."""
     from types import SimpleNamespace
 
-    from tasks.synth.versions import resolve_version
     from tasks.train.trainer import train_method
+    from tasks.versions import resolve_version
     from tests.test_pipeline import run_stage
 
     root = tmp_path_factory.mktemp("trained")

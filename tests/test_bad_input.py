@@ -22,12 +22,12 @@ from schemas import CocoSourceConfig, DemoScenesConfig, FilesSourceConfig, MaskG
 from tasks.imageio import BadInputError, write_gray
 from tasks.labels import label_ids_to_train_ids
 from tasks.sample_format import DATASET, SAMPLES, SHARDS
-from tasks.synth.scenes import load_scene, scene_identity
-from tasks.synth.scenes.cityscapes import index_cityscapes
-from tasks.synth.scenes.demo import write_demo_scenes
-from tasks.synth.shards import write_json_atomic, write_table, write_tar_shard
+from tasks.scenes import load_scene, scene_identity
+from tasks.scenes.cityscapes import index_cityscapes
+from tasks.scenes.demo import write_demo_scenes
+from tasks.shards import write_json_atomic, write_table, write_tar_shard
+from tasks.shardset import ShardDataError
 from tasks.synth.validate import validate_shard_set
-from tasks.train.data import ShardDataError
 from tasks.train.trainer import train_method
 from tests.conftest import tiny_train_config
 
@@ -228,7 +228,7 @@ def test_validate_names_unsafe_and_dotted_members_and_never_extracts_them(tmp_pa
         link = tarfile.TarInfo("k.mask.png")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-    from tasks.synth.shards import sha256_of
+    from tasks.shards import sha256_of
 
     write_table(d / SHARDS, [{"shard": shard.name, "sha256": sha256_of(shard), "samples": 0, "bytes": 1}], SHARD_SCHEMA)
     write_table(d / SAMPLES, [], SAMPLE_SCHEMA)
@@ -298,7 +298,7 @@ def test_the_program_start_switches_prefect_telemetry_off_unless_the_user_chose(
 
 
 def test_the_same_photo_under_two_classes_is_one_object_and_a_named_reject(tmp_path):
-    from tasks.synth.object_bank import objects_from_files
+    from tasks.synth.photos import objects_from_files
 
     img = np.full((80, 60, 3), 235, np.uint8)
     img[20:60, 15:45] = (30, 90, 160)

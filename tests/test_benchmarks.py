@@ -82,5 +82,5 @@ def test_errors_name_what_is_wrong(tmp_path):
     ds = load_benchmark("fishyscapes", tmp_path)
     with pytest.raises(BadInputError, match="unexpected label values"):
         ds.load(ds.items[0])
-    with pytest.raises(ValueError, match="unknown benchmark kind"):
+    with pytest.raises(ValueError, match="unknown benchmark 'nope'; registered: shards"):
         load_benchmark("nope", tmp_path)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tasks.imageio import BadInputError
-from tasks.synth.scenes import camera_height, horizon_from_camera, load_scene
-from tasks.synth.scenes.cityscapes import index_cityscapes
+from tasks.scenes import camera_height, horizon_from_camera, load_scene
+from tasks.scenes.cityscapes import index_cityscapes
 from tests.conftest import shared_or_skip
 
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from models.methods import method_names
 from tasks.eval.compare import compare_rows, markdown
 from tasks.synth.validate import validate_shard_set
-from tasks.synth.versions import resolve_version
 from tasks.train.trainer import train_method
+from tasks.versions import resolve_version
 from tests.conftest import tiny_method, tiny_train_config
 from tests.test_pipeline import run_stage
 

@@ -1,8 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from schemas import SynthConfig, load_config, load_eval_config
-from schemas.config import ConfigError
+from schemas import ConfigError, SynthConfig, load_config, load_eval_config
 from tests.conftest import ROOT
 
 
@@ -35,7 +34,7 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    from schemas.config import load_compare_config, load_train_config
+    from schemas import load_compare_config, load_train_config
 
     paths = sorted((ROOT / "configs").glob("*.yaml"))
     assert {"train.yaml", "compare.yaml", "eval.yaml"} <= {p.name for p in paths}

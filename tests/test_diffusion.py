@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from schemas import DiffusionConfig, MaskGateConfig
+from tasks.object_bank import read_object_bank
 from tasks.sample_format import DATASET
 from tasks.synth.diffusion import GeneratedStore, WeightsNotFoundError, generate_images, load_pipeline, run_batch
-from tasks.synth.object_bank import read_object_bank
 from tasks.synth.prompts import DEFAULT_VOCABULARY, cityscapes_class_of, load_vocabulary, plan_specs, round_specs
 from tasks.synth.random_pipeline import save_random_pipeline
-from tasks.synth.versions import latest_version, plan_version, prune_versions, publish_version
+from tasks.versions import latest_version, plan_version, prune_versions, publish_version
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ import yaml
 from typer.testing import CliRunner
 
 from schemas import BenchmarkConfig, EvalConfig
+from tasks.checkpoints import load_method, read_checkpoint
 from tasks.eval.benchmarks import load_benchmark
 from tasks.eval.evaluate import load_eval_model, post_hoc
-from tasks.eval.scoring import run_size
 from tasks.labels import to_eval_labels
-from tasks.train.checkpoints import load_method, read_checkpoint
+from tasks.scoring import run_size
 from tests.test_metrics import reference
 
 

@@ -125,7 +125,7 @@ def test_second_pass_from_the_score_cache_makes_late_ties_exact():
     # (tests/test_metrics.py shows the bound); the scoring loop re-reads its cache and recounts
     from sklearn.metrics import average_precision_score
 
-    from tasks.eval.scoring import EvalSample, ScoredImage, evaluate_samples
+    from tasks.scoring import EvalSample, ScoredImage, evaluate_samples
 
     r = np.random.default_rng(7)
     images, labels = [], []

@@ -191,9 +191,9 @@ def test_synth_flow_is_incremental_and_versions_the_shards(tmp_path):
 def test_unlabeled_driving_frames_become_validated_shards_and_train(tmp_path):
     """``anomalyforge synth --config configs/frames.yaml`` on a folder of real dash-cam frames labelled by the real
     ESPNetv2; a night frame with no confident road is rejected; EEL trains on the shards over that segmenter."""
-    from tasks.synth.shards import read_table
-    from tasks.synth.versions import resolve_version
+    from tasks.shards import read_table
     from tasks.train.trainer import train_method
+    from tasks.versions import resolve_version
     from tests.conftest import shared_or_skip, tiny_train_config
 
     u2netp_or_skip()

@@ -19,12 +19,11 @@ from models.methods import (
     method_config,
     method_names,
     register_method,
-    unregister_method,
 )
 from models.methods.residual import ResidualConfig, ResidualMethod
 from models.scores import anomaly_score
 from models.segmenters import build_segmenter
-from schemas.config import TrainConfig, load_train_config
+from schemas import TrainConfig, load_train_config
 from tests.conftest import ROOT
 
 # loss of one batch before and after one Adam step, recorded with the trainer's code as it was before methods
@@ -150,7 +149,7 @@ class Toy(ResidualMethod):
 def toy_method():
     register_method(Toy)
     yield get_method("toy_msp")
-    unregister_method("toy_msp")
+    METHODS.unregister("toy_msp")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from tasks.eval.metrics import PixelMetrics
+from tasks.metrics import PixelMetrics
 
 
 def reference(scores, labels):

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_processes_stream_disjoint_shards_and_rank_0_saves_the_shared_head(tmp_path):
-    from tasks.synth.versions import resolve_version
-    from tasks.train.checkpoints import read_checkpoint
+    from tasks.checkpoints import read_checkpoint
     from tasks.train.trainer import head_digest
+    from tasks.versions import resolve_version
     from tests.test_pipeline import run_stage
 
     cfg = tiny_synth_config(tmp_path)

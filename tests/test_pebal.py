@@ -103,7 +103,7 @@ def test_the_head_starts_as_the_frozen_classifier_and_only_it_learns():
 
 @pytest.mark.slow
 def test_pebal_trains_end_to_end_and_is_scored_by_eval(trained_eel, tmp_path):
-    from tasks.train.checkpoints import load_method
+    from tasks.checkpoints import load_method
     from tasks.train.trainer import train_method
     from tests.test_eval_models import _eval
 

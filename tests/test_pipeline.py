@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from tasks.object_bank import read_object_bank
 from tasks.sample_format import SHARD_PATTERN
-from tasks.synth.object_bank import read_object_bank
+from tasks.shards import read_rejects, read_table
 from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.synth.shards import read_rejects, read_table
 from tasks.synth.synthesize import (
     Compositor,
     claim_shard_dir,

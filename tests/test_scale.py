@@ -108,7 +108,7 @@ def s3(monkeypatch):
 def test_a_version_on_s3_is_written_atomically_validated_resumed_and_trained_from(tmp_path, s3):
     from flows.cli import app
     from flows.synth import run_synth
-    from tasks.train.checkpoints import read_checkpoint
+    from tasks.checkpoints import read_checkpoint
 
     config = _config(tmp_path)
     url = f"s3://{BUCKET}/run"
@@ -177,7 +177,7 @@ def test_a_version_that_fails_validation_is_not_complete_and_the_next_run_resume
     import flows.synth as synth_flow
     from flows.synth import run_synth
     from tasks.storage import Store
-    from tasks.synth.versions import resolve_version
+    from tasks.versions import resolve_version
 
     url = f"memory://af-{uuid.uuid4().hex[:8]}/run" if where == "memory" else str(tmp_path / "run")
     config, work = _config(tmp_path), str(tmp_path / "work") if where == "memory" else None

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 
 from schemas import SynthConfig
+from schemas.registries import SCENE_SOURCES
 from tasks.labels import VOID, train_id
+from tasks.scenes import index_scenes, load_scene
+from tasks.scenes.frames import sample_video, scene_ids, working_size
+from tasks.scenes.pseudo_labels import confident_labels
 from tasks.synth.placement import Horizon, estimate_horizon, vanishing_point_row
-from tasks.synth.scenes import SCENE_SOURCES, index_scenes, load_scene
-from tasks.synth.scenes.frames import sample_video, scene_ids, working_size
-from tasks.synth.scenes.pseudo_labels import confident_labels
 from tests.conftest import shared_or_skip
 
 ESPNET = ("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
@@ -29,8 +30,8 @@ ROAD, SKY, CAR, BUILDING = train_id("road"), train_id("sky"), train_id("car"), t
 
 def test_every_source_is_registered_with_its_own_config():
     assert set(SCENE_SOURCES) >= {"cityscapes", "demo", "frames", "acdc", "bdd100k", "mapillary"}
-    for name, source in SCENE_SOURCES.items():
-        assert source.config.model_fields["kind"].default == name
+    for name in SCENE_SOURCES.names():
+        assert SCENE_SOURCES.config(name).model_fields["kind"].default == name
 
 
 # ------------------------------------------------------------------ confidence gate (hand values)
@@ -203,7 +204,7 @@ def test_frames_get_cached_pseudo_labels_and_are_resized_to_the_working_width(tm
         raise AssertionError("the segmenter was loaded although every label is cached")
 
     with monkeypatch.context() as m:
-        m.setattr("tasks.train.checkpoints.frozen_segmenter", no_network)
+        m.setattr("tasks.checkpoints.frozen_segmenter", no_network)
         again, _ = index_scenes(cfg, tmp_path / "run")
     assert again == refs
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.png")} == mtimes
@@ -298,7 +299,7 @@ def test_pseudo_labels_of_a_real_driving_frame_with_the_real_espnetv2(tmp_path, 
     assert road.mean() > 0.2  # a highway frame: road fills the lower half
     assert road[-50:, 400:624].mean() > 0.9 and road[:100].mean() == 0  # in front of the car, never in the sky
     # the gate: exactly the pixels whose softmax confidence is below 0.9 are void, the rest are the arg-max
-    from tasks.train.checkpoints import frozen_segmenter
+    from tasks.checkpoints import frozen_segmenter
 
     seg = frozen_segmenter(cfg.scenes.segmenter)
     with torch.inference_mode():
@@ -311,7 +312,7 @@ def test_pseudo_labels_of_a_real_driving_frame_with_the_real_espnetv2(tmp_path, 
     h = estimate_horizon(scene.label, ["road"])
     assert h.source in ("vanishing_point", "road") and 150 < h.row < 300
 
-    monkeypatch.setattr("tasks.train.checkpoints.frozen_segmenter", lambda *a: pytest.fail("cache not reused"))
+    monkeypatch.setattr("tasks.checkpoints.frozen_segmenter", lambda *a: pytest.fail("cache not reused"))
     assert index_scenes(cfg, tmp_path / "run")[0] == refs
 
 
@@ -412,7 +413,7 @@ def test_mapillary_vistas_classes_map_to_train_ids_through_the_documented_table(
 def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     """An ACDC fog scene composited without synthetic weather: the sample's condition is the scene's tag."""
     from tasks.sample_format import decode_parts, read_tar_samples
-    from tasks.synth.shards import read_table
+    from tasks.shards import read_table
     from tasks.synth.validate import validate_shard_set
     from tests.conftest import tiny_synth_config
     from tests.test_pipeline import run_stage

@@ -44,5 +44,5 @@ def test_smoothing_keeps_constants_and_spreads_a_peak():
 
 
 def test_unknown_score_is_named():
-    with pytest.raises(KeyError, match="unknown anomaly score 'foo'"):
+    with pytest.raises(ValueError, match="unknown score 'foo'; registered: msp, max_logit"):
         anomaly_score(_logits(), "foo")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.eval.segmentation_metrics import ComponentMetrics, ConfusionMatrix, image_components
+from tasks.segmentation_metrics import ComponentMetrics, ConfusionMatrix, image_components
 
 
 def test_perfect_prediction():

@@ -14,8 +14,8 @@ from models.segmenters import (
     build_segmenter,
     load_segmenter_weights,
 )
-from schemas.config import SegmenterConfig
-from tasks.train.checkpoints import frozen_segmenter, read_checkpoint
+from schemas import SegmenterConfig
+from tasks.checkpoints import frozen_segmenter, read_checkpoint
 from tests.conftest import random_state_dict, shared_or_skip
 
 DATA = Path(__file__).parent / "data"

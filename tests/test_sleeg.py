@@ -19,9 +19,9 @@ from models.losses import IGNORE_ID, jem, otsu_threshold, refine_candidates, sle
 from models.methods import TrainingProgress, get_method, method_config
 from models.segmenters import build_segmenter
 from models.sleeg import SLEEGOutput
-from schemas.config import PatchesConfig, PatchesSourceConfig
+from schemas import PatchesConfig, PatchesSourceConfig
 from tasks.labels import ANOMALY
-from tasks.synth.patches import PatchLibrary, paste_patches, patch_object, polygon_mask, random_crop_box
+from tasks.patches import PatchLibrary, paste_patches, patch_object, polygon_mask, random_crop_box
 from tasks.train.extras import build_extras
 from tests.conftest import tiny_method, tiny_train_config
 
@@ -233,7 +233,7 @@ def test_noise_patches_come_at_the_noise_ratio():
 
 
 def test_training_patches_become_noise_at_the_noise_ratio():
-    from tasks.synth.patches import cut_patch
+    from tasks.patches import cut_patch
 
     crop = np.full((40, 40, 3), 128, np.uint8)
     rng = np.random.default_rng(0)
@@ -308,7 +308,7 @@ def test_only_the_head_learns_and_the_frozen_network_stays_bitwise_the_same():
 @pytest.mark.slow
 @pytest.mark.parametrize("outside_objects", [True, False])
 def test_sleeg_trains_end_to_end_on_demo_shards(trained_eel, tmp_path, outside_objects):
-    from tasks.train.checkpoints import load_method
+    from tasks.checkpoints import load_method
     from tasks.train.trainer import train_method
 
     cfg = tiny_train_config("sleeg", seed=1)
@@ -352,8 +352,8 @@ def test_sleeg_trains_end_to_end_on_demo_shards(trained_eel, tmp_path, outside_o
 def test_patch_shards_hold_only_patch_objects_tagged_in_meta_and_manifest(tiny_config, tmp_path):
     import pyarrow.parquet as pq
 
+    from tasks.object_bank import read_object_bank
     from tasks.sample_format import SAMPLES
-    from tasks.synth.object_bank import read_object_bank
     from tasks.synth.pipeline import select_sources
     from tests.test_pipeline import run_stage, shard_bytes
 
@@ -380,15 +380,15 @@ def test_patch_shards_hold_only_patch_objects_tagged_in_meta_and_manifest(tiny_c
 
 
 def test_the_patches_source_needs_scenes():
-    from tasks.synth.patches import patch_bank_objects
+    from tasks.patches import patch_bank_objects
 
     with pytest.raises(ValueError, match="needs scenes"):
         patch_bank_objects([], PatchesSourceConfig(), 0)
 
 
 def test_an_unreadable_scene_is_quarantined_not_fatal(tmp_path):
-    from tasks.synth.patches import patch_bank_objects
-    from tasks.synth.scenes import SceneRef
+    from tasks.patches import patch_bank_objects
+    from tasks.scenes import SceneRef
 
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), _textured(128, 256))

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.sample_format import DATASET
 from tasks.storage import HashingReader, Store, is_url
-from tasks.synth.versions import (
+from tasks.versions import (
     LATEST,
     latest_version,
     list_versions,
@@ -171,7 +171,8 @@ def _version_with_shards(url, shard_samples: dict[str, int]) -> None:
 def test_a_multi_process_run_whose_process_would_get_no_training_sample_stops_before_it_starts(mem_url):
     """Rank 1 of 2 would stream shard-1 and shard-3, which hold no sample (every sample of theirs was
     quarantined): its stream would never yield and rank 0 would wait for it in the all-reduce forever."""
-    from tasks.train.data import ShardDataError, check_rank_splits
+    from tasks.shardset import ShardDataError
+    from tasks.train.data import check_rank_splits
 
     _version_with_shards(mem_url, {"shard-0.tar": 3, "shard-1.tar": 0, "shard-2.tar": 2, "shard-3.tar": 0})
     check_rank_splits(mem_url, 0.0, 1)  # one process streams all four

@@ -12,20 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from schemas.config import TrainConfig
-from tasks.synth.shards import write_tar_shard
-from tasks.synth.versions import resolve_version
-from tasks.train.checkpoints import load_method
-from tasks.train.data import (
-    ShardDataError,
-    context_batch,
-    decode_sample,
-    in_validation,
-    random_crop_flip,
-    train_loader,
-    validation_samples,
-)
+from schemas import TrainConfig
+from tasks.checkpoints import load_method
+from tasks.shards import write_tar_shard
+from tasks.shardset import ShardDataError, decode_sample, in_validation, validation_samples
+from tasks.train.data import context_batch, random_crop_flip, train_loader
 from tasks.train.trainer import train_method
+from tasks.versions import resolve_version
 from tests.conftest import real_photos_config, shared_or_skip, tiny_train_config, u2netp_or_skip
 from tests.test_pipeline import run_stage
 
@@ -195,7 +188,7 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
 
 
 def test_a_version_url_is_read_through_fsspec(demo_shards):
-    from tasks.train.data import shard_urls
+    from tasks.shardset import shard_urls
 
     local = shard_urls(demo_shards)
     remote = shard_urls("file://" + demo_shards)

@@ -12,16 +12,15 @@ from pydantic import ValidationError
 
 from schemas import PlacementConfig, SynthConfig, WeatherConfig, WeatherRecord
 from schemas.records import ObjectRecord
+from schemas.registries import WEATHER
+from tasks.conditions import CLEAR, conditions
 from tasks.labels import ANOMALY, train_id
+from tasks.object_bank import BankObject
+from tasks.scenes import Scene
 from tasks.seeding import derive_seed, rng_for
-from tasks.synth.object_bank import BankObject
-from tasks.synth.scenes import Scene
 from tasks.synth.synthesize import Compositor, SamplePlan, plan_samples
 from tasks.synth.weather import (
-    CLEAR,
-    WEATHER,
     Frame,
-    conditions,
     depth_map,
     object_contrast,
     render,

@@ -15,13 +15,13 @@ from sklearn.metrics import average_precision_score
 from typer.testing import CliRunner
 
 from schemas import WeatherConfig
+from tasks.conditions import conditions
 from tasks.eval.benchmarks import load_benchmark
 from tasks.eval.compare import compare_rows, study_rows, write_compare
 from tasks.eval.report import write_eval_report
-from tasks.eval.scoring import EvalSample, ScoredImage, evaluate_samples
+from tasks.scoring import EvalSample, ScoredImage, evaluate_samples
 from tasks.synth.validate import validate_shard_set
-from tasks.synth.versions import resolve_version
-from tasks.synth.weather import conditions
+from tasks.versions import resolve_version
 from tests.conftest import tiny_method, tiny_train_config
 from tests.test_pipeline import run_stage
 
@@ -67,7 +67,7 @@ def test_metrics_per_condition_and_adverse_pool_match_sklearn():
 
 
 def test_component_metrics_and_miou_per_condition_are_those_of_its_images():
-    from tasks.eval.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
+    from tasks.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
 
     rng = np.random.default_rng(5)
     samples, scores = [], []
@@ -225,7 +225,7 @@ def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference
 
 def test_objects_the_weather_hid_become_void_in_training_labels():
     from tasks.labels import ANOMALY, VOID
-    from tasks.train.data import void_hidden_objects
+    from tasks.shardset import void_hidden_objects
 
     label = np.zeros((10, 20), np.uint8)
     label[2:5, 2:5] = ANOMALY
@@ -252,7 +252,7 @@ def test_training_stream_voids_hidden_objects_of_a_weather_version(every_conditi
 
     from tasks.labels import ANOMALY, VOID
     from tasks.sample_format import read_tar_samples
-    from tasks.train.data import decode_sample, shard_urls
+    from tasks.shardset import decode_sample, shard_urls
 
     _, version = every_condition_split
     samples = {}
@@ -276,7 +276,7 @@ def test_training_stream_voids_hidden_objects_of_a_weather_version(every_conditi
 
 def test_renderings_of_one_composite_fall_on_one_side_of_the_split(every_condition_split):
     from tasks.sample_format import composite_key
-    from tasks.train.data import in_validation
+    from tasks.shardset import in_validation
 
     _, version = every_condition_split
     split = load_benchmark("shards", version, val_fraction=0.0)
@@ -299,7 +299,7 @@ def test_a_run_without_weather_writes_the_meta_of_the_runs_before_it(tmp_path):
     import tarfile
 
     from tasks.sample_format import read_tar_samples
-    from tasks.train.data import shard_urls
+    from tasks.shardset import shard_urls
 
     with tarfile.open(shard_urls(version)[0]) as tar:
         samples, _ = read_tar_samples(tar, "shard")

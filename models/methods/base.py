@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.segmenters.base import FrozenSegmenter
-from schemas.config import MethodConfig
+from schemas import MethodConfig
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,10 @@ from models.losses import ovr_loss
 from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
 from models.methods.registry import register_method
 from models.ovr import FinalClassifierModel
-from models.scores import SCORES, anomaly_score
+from models.scores import anomaly_score
 from models.segmenters.base import FrozenSegmenter
-from tasks.labels import VOID
+from schemas.labels import VOID
+from schemas.registries import SCORES
 
 
 def labels_at(labels: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -62,9 +63,7 @@ class OvRConfig(MethodConfig):
     @field_validator("score")
     @classmethod
     def _score(cls, v: str) -> str:
-        if v not in SCORES:
-            raise ValueError(f"unknown score {v!r}; registered: {', '.join(SCORES)}")
-        return v
+        return SCORES.check_name(v)
 
 
 @register_method

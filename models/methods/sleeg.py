@@ -34,8 +34,8 @@ from models.methods.registry import register_method
 from models.scores import smooth
 from models.segmenters.base import FrozenSegmenter
 from models.sleeg import SLEEGModel
-from schemas.config import MethodConfig, PatchesConfig
-from tasks.labels import ANOMALY
+from schemas import MethodConfig, PatchesConfig
+from schemas.labels import ANOMALY
 
 
 class SLEEGConfig(MethodConfig):

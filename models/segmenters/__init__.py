@@ -7,7 +7,7 @@ enc = seg.encode(images); y_frozen = seg.decode(enc); y_hat = seg.decode(enc, re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -15,6 +15,7 @@ from models.segmenters.base import Encoded, FrozenSegmenter
 from models.segmenters.deeplab import DeepLabV3Plus, DeepResNetV3PlusD, DeepWV3Plus
 from models.segmenters.espnetv2 import ESPNetv2Segmentation
 from models.segmenters.loading import CheckpointMismatchError, load_strict, split_method_heads, unwrap_state_dict
+from schemas.registries import SEGMENTERS
 
 __all__ = [
     "SEGMENTERS",
@@ -77,26 +78,34 @@ class DeepLabV3PlusSegmenter(FrozenSegmenter):
         return nn.ModuleDict({"aspp": self.net.aspp, "bot_aspp": self.net.bot_aspp})
 
 
-SEGMENTERS: dict[str, Callable[..., FrozenSegmenter]] = {
-    "espnetv2": lambda s=2.0, num_outputs=20: ESPNetv2Segmenter(s, num_outputs),
-    # the small network the demo profile trains itself on the demo scenes (no weights needed)
-    "espnetv2_demo": lambda s=0.5, num_outputs=20: ESPNetv2Segmenter(s, num_outputs, name="espnetv2_demo"),
-    "deeplabv3plus_wrn38": lambda num_classes=19: DeepLabV3PlusSegmenter(
-        DeepWV3Plus(num_classes), "deeplabv3plus_wrn38"
-    ),
-    "deeplabv3plus_resnet50": lambda num_classes=19: DeepLabV3PlusSegmenter(
-        DeepResNetV3PlusD(50, num_classes), "deeplabv3plus_resnet50"
-    ),
-    "deeplabv3plus_resnet101": lambda num_classes=19: DeepLabV3PlusSegmenter(
-        DeepResNetV3PlusD(101, num_classes), "deeplabv3plus_resnet101"
-    ),
-}
+@SEGMENTERS.register("espnetv2")
+def espnetv2(s: float = 2.0, num_outputs: int = 20) -> FrozenSegmenter:
+    return ESPNetv2Segmenter(s, num_outputs)
+
+
+@SEGMENTERS.register("espnetv2_demo")
+def espnetv2_demo(s: float = 0.5, num_outputs: int = 20) -> FrozenSegmenter:
+    """The small network the demo profile trains itself on the demo scenes (no weights needed)."""
+    return ESPNetv2Segmenter(s, num_outputs, name="espnetv2_demo")
+
+
+@SEGMENTERS.register("deeplabv3plus_wrn38")
+def deeplabv3plus_wrn38(num_classes: int = 19) -> FrozenSegmenter:
+    return DeepLabV3PlusSegmenter(DeepWV3Plus(num_classes), "deeplabv3plus_wrn38")
+
+
+@SEGMENTERS.register("deeplabv3plus_resnet50")
+def deeplabv3plus_resnet50(num_classes: int = 19) -> FrozenSegmenter:
+    return DeepLabV3PlusSegmenter(DeepResNetV3PlusD(50, num_classes), "deeplabv3plus_resnet50")
+
+
+@SEGMENTERS.register("deeplabv3plus_resnet101")
+def deeplabv3plus_resnet101(num_classes: int = 19) -> FrozenSegmenter:
+    return DeepLabV3PlusSegmenter(DeepResNetV3PlusD(101, num_classes), "deeplabv3plus_resnet101")
 
 
 def build_segmenter(name: str, **kwargs) -> FrozenSegmenter:
-    if name not in SEGMENTERS:
-        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(sorted(SEGMENTERS))}")
-    return SEGMENTERS[name](**kwargs)
+    return SEGMENTERS.get(name)(**kwargs)
 
 
 def load_segmenter_weights(seg: FrozenSegmenter, checkpoint: Mapping, source: str = "checkpoint") -> dict:

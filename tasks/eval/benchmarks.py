@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.eval.scoring import EvalSample
+from schemas.registries import BENCHMARKS
+from tasks.conditions import conditions
 from tasks.imageio import BadInputError, read_gray, read_rgb
-from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID, to_eval_labels
-from tasks.synth.weather import conditions
+from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID
+from tasks.scoring import EvalSample
+from tasks.shardset import ShardSplit
+from tasks.versions import resolve_version
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -52,7 +55,7 @@ class EvalDataset:
         return image, label
 
     def samples(self, limit: int | None = None) -> Iterator[EvalSample]:
-        """The dataset as a stream for ``tasks.eval.scoring.evaluate_samples`` (the first ``limit`` items)."""
+        """The dataset as a stream for ``tasks.scoring.evaluate_samples`` (the first ``limit`` items)."""
         for item in self.items[:limit] if limit else self.items:
             image, label = self.load(item)
             yield EvalSample(item.item_id, image, label, item.condition)
@@ -95,24 +98,14 @@ def _pair(images: list[Path], label_of: Callable[[Path], Path], root: Path) -> l
     return items
 
 
-# kind -> factory(root, name, split, val_fraction) -> a dataset with ``name``, ``kind`` and ``samples(limit)``.
-# Adding a layout is one decorated reader here plus its section in data_manifests/benchmarks.md; configs
-# validate ``kind`` against this registry.
-BENCHMARKS: dict[str, Callable[..., EvalDataset | ShardSplit]] = {}
-
-
-def register_benchmark(kind: str):
-    """Register a factory ``(root, name, split, val_fraction) -> dataset``."""
-
-    def deco(factory):
-        BENCHMARKS[kind] = factory
-        return factory
-
-    return deco
+# BENCHMARKS: kind -> factory(root, name, split, val_fraction) -> a dataset with ``name``, ``kind`` and
+# ``samples(limit)``. Adding a layout is one decorated reader here (or in a plug-in) plus its section in
+# data_manifests/benchmarks.md; configs validate ``kind`` against the registry.
 
 
 def register_layout(kind: str):
-    """Register a file layout: a reader ``(root, split) -> (items, label conversion to 0/1/255)``."""
+    """Register a file layout as benchmark ``kind``: a reader ``(root, split) -> (items, label conversion to
+    0/1/255)`` wrapped in the factory ``BENCHMARKS`` holds."""
 
     def deco(reader):
         def factory(root: str | Path, name: str | None, split: str, val_fraction: float) -> EvalDataset:
@@ -120,35 +113,15 @@ def register_layout(kind: str):
             items, conv = reader(root, split)
             return EvalDataset(name or root.name, kind, items, conv)
 
-        BENCHMARKS[kind] = factory
+        factory.__qualname__ = f"layout:{reader.__module__}.{reader.__qualname__}"
+        BENCHMARKS.register(kind, factory)
         return reader
 
     return deco
 
 
-@dataclass
-class ShardSplit:
-    """The held-in validation split of a shard version (sample keys chosen by hash, ``tasks.train.data``; every
-    sample with ``val_fraction`` 0): the composites with evaluation labels (254 → anomaly), their trainIds for the
-    closed-set mIoU, and the condition their ``meta.json`` records (a weather evaluation split, ``synth`` with
-    ``weather.mode: every``)."""
-
-    name: str
-    kind: str
-    version: str
-    val_fraction: float
-
-    def samples(self, limit: int | None = None) -> Iterator[EvalSample]:
-        from tasks.train.data import shard_urls, validation_samples
-
-        for s in validation_samples(shard_urls(self.version), self.val_fraction, limit):
-            yield EvalSample(s["__key__"], s["image"], to_eval_labels(s["label"]), s["condition"], s["label"])
-
-
-@register_benchmark("shards")
+@BENCHMARKS.register("shards")
 def _shards(root: str | Path, name: str | None, split: str, val_fraction: float) -> ShardSplit:
-    from tasks.synth.versions import resolve_version
-
     # root stays a string: an fsspec URL (s3://bucket/run/versions/v0003-...) must keep its double slash
     return ShardSplit(name or "held-in", "shards", resolve_version(root), val_fraction)
 
@@ -204,9 +177,7 @@ def load_benchmark(
     kind: str, root: str | Path, name: str | None = None, split: str = "test", val_fraction: float = 0.1
 ) -> EvalDataset | ShardSplit:
     """Index a benchmark by kind (see ``BENCHMARKS`` and data_manifests/benchmarks.md)."""
-    if kind not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark kind {kind!r}; registered: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[kind](root, name, split, val_fraction)
+    return BENCHMARKS.get(kind)(root, name, split, val_fraction)
 
 
 def check_benchmarks(configs: list) -> None:

@@ -1,5 +1,5 @@
 """The comparison table (``make compare``): methods and post-hoc baselines × datasets (and × conditions, where a
-dataset is tagged with them), as our users put it in a paper. Rows come from ``tasks.eval.scoring`` results;
+dataset is tagged with them), as our users put it in a paper. Rows come from ``tasks.scoring`` results;
 outputs are ``compare.md``, ``compare.csv``, ``compare.json``, a bar chart ``compare.png``, ``conditions.png``
 (per condition) and, when methods were trained on more than one shard version (with and without weather, say),
 the per-condition difference of each method in ``study.csv`` / ``study.png``."""

@@ -1,4 +1,4 @@
-"""Evaluate a model + anomaly score on benchmarks, streaming (the loop itself is ``tasks.eval.scoring``).
+"""Evaluate a model + anomaly score on benchmarks, streaming (the loop itself is ``tasks.scoring``).
 
 ``--model`` is read for what the file is:
 
@@ -21,10 +21,10 @@ import torch
 from models.methods.base import Inference, resize_logits
 from models.scores import anomaly_score
 from schemas import BenchmarkConfig, EvalConfig
+from tasks.checkpoints import is_method_checkpoint, load_method, read_checkpoint
 from tasks.eval.benchmarks import load_benchmark
-from tasks.eval.scoring import Scorer, TensorScorer, evaluate_samples
 from tasks.imageio import BadInputError
-from tasks.train.checkpoints import is_method_checkpoint, load_method, read_checkpoint
+from tasks.scoring import Scorer, TensorScorer, evaluate_samples
 
 DEFAULT_SCORE = "energy"
 
@@ -169,7 +169,7 @@ def load_eval_model(cfg: EvalConfig) -> EvalModel:
 
 
 def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress: bool = True) -> dict:
-    """Metrics of one dataset (``tasks.eval.scoring.evaluate_samples``) plus its kind."""
+    """Metrics of one dataset (``tasks.scoring.evaluate_samples``) plus its kind."""
     ds = load_benchmark(spec.kind, spec.root, spec.name, spec.split, spec.val_fraction)
     scorer = model.scorer if isinstance(model, EvalModel) else model
     total = min(len(ds.items), spec.limit or len(ds.items)) if hasattr(ds, "items") else None

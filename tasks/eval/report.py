@@ -12,9 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tasks.conditions import ADVERSE, CLEAR  # noqa: E402
 from tasks.eval.compare import save_figure  # noqa: E402
 from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
-from tasks.synth.weather import ADVERSE, CLEAR  # noqa: E402
 
 COLUMNS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
 

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 
 from schemas import CocoSourceConfig, ObjectRecord, RejectRecord
 from tasks.imageio import BadInputError, read_rgb
-from tasks.synth.object_bank import crop_object
+from tasks.object_bank import crop_object
 
 #: Dataset spellings of one class (VOC-style names appear in many COCO-format files).
 CLASS_ALIASES: dict[str, str] = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch"}

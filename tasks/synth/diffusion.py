@@ -33,11 +33,13 @@ import torch
 
 from data_manifests.parquet import OBJECT_SCHEMA
 from schemas import DiffusionConfig, MaskGateConfig, ObjectRecord, RejectRecord
+from schemas.registries import SCHEDULERS
 from tasks.imageio import encode_rgb, write_bytes_atomic
+from tasks.object_bank import OBJECT_MANIFEST, BankObject, bank_sample, manifest_row
 from tasks.sample_format import REJECTS
-from tasks.synth.object_bank import OBJECT_MANIFEST, BankObject, bank_sample, gated_object, manifest_row
+from tasks.shards import write_json_atomic, write_rejects, write_table, write_tar_shard
+from tasks.synth.photos import gated_object
 from tasks.synth.prompts import PromptSpec
-from tasks.synth.shards import write_json_atomic, write_rejects, write_table, write_tar_shard
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +116,10 @@ def _euler_a(pipe):
 
 
 # name -> the pipeline's scheduler replaced (DiffusionConfig.scheduler is validated against these names)
-SCHEDULERS = {
-    "dpmpp_2m": _dpmpp_2m,
-    "dpmpp_2m_karras": lambda pipe: _dpmpp_2m(pipe, karras=True),
-    "euler_a": _euler_a,
-    "pipeline": lambda pipe: pipe.scheduler,  # the one the pipeline was saved with
-}
+SCHEDULERS.register("dpmpp_2m", _dpmpp_2m)
+SCHEDULERS.register("dpmpp_2m_karras", lambda pipe: _dpmpp_2m(pipe, karras=True))
+SCHEDULERS.register("euler_a", _euler_a)
+SCHEDULERS.register("pipeline", lambda pipe: pipe.scheduler)  # the one the pipeline was saved with
 
 
 def load_pipeline(cfg: DiffusionConfig, device: torch.device | None = None) -> LoadedPipeline:
@@ -142,7 +142,7 @@ def load_pipeline(cfg: DiffusionConfig, device: torch.device | None = None) -> L
     if getattr(pipe, "safety_checker", None) is not None:
         # objects are generated for anomaly synthesis; a blacked-out image would only be rejected later
         pipe.safety_checker = None
-    pipe.scheduler = SCHEDULERS[cfg.scheduler](pipe)
+    pipe.scheduler = SCHEDULERS.get(cfg.scheduler)(pipe)
     pipe.to(device)
     pipe.unet.set_default_attn_processor()  # torch SDPA (AttnProcessor2_0) for every attention layer
     if cfg.channels_last:

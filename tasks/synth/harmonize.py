@@ -15,7 +15,7 @@ Augmentation", who use a GAN, ISSA, we cannot ship) — with a weights-free Four
 amplitude swap (FDA: Yang & Soatto, "FDA: Fourier Domain Adaptation for Semantic Segmentation", CVPR 2020,
 Eq. 2), then applies the Lab statistics transfer above.
 
-A harmonizer is anything with the ``Harmonizer`` call signature, registered in ``HARMONIZERS`` by the name
+A harmonizer is anything with the ``Harmonizer`` call signature, registered in ``schemas.registries.HARMONIZERS`` by the name
 ``harmonize.method`` takes, so a learned model can be dropped in.
 """
 
@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from schemas import HarmonizationRecord, HarmonizeConfig
+from schemas.registries import HARMONIZERS
 
 
 class Harmonizer(Protocol):
@@ -59,6 +60,7 @@ def surround_region(scene_shape: tuple[int, ...], box: tuple[int, int, int, int]
     return slice(max(0, y0 - pad), min(H, y1 + pad)), slice(max(0, x0 - pad), min(W, x1 + pad))
 
 
+@HARMONIZERS.register("lab")
 class LabHarmonizer:
     def __init__(self, cfg: HarmonizeConfig):
         self.cfg = cfg
@@ -98,6 +100,7 @@ class LabHarmonizer:
         return out, alpha, HarmonizationRecord(method="lab", params=params)
 
 
+@HARMONIZERS.register("none")
 class IdentityHarmonizer:
     """No colour change; only the inward feather (``method: none``)."""
 
@@ -178,6 +181,7 @@ def surround_patch(scene: np.ndarray, box: tuple[int, int, int, int], context: f
     return cv2.resize(scene[ys, xs], (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
+@HARMONIZERS.register("style")
 class StyleAlignHarmonizer:
     """Style alignment, then the Lab transfer (``method: style``): the object crop's low-frequency lightness amplitude
     (band ``fda_beta``) is swapped with that of the scene around its placement, then ``LabHarmonizer`` moves its
@@ -195,8 +199,5 @@ class StyleAlignHarmonizer:
         return out, alpha, HarmonizationRecord(method="style", params=params)
 
 
-HARMONIZERS: dict[str, type] = {"lab": LabHarmonizer, "none": IdentityHarmonizer, "style": StyleAlignHarmonizer}
-
-
 def make_harmonizer(cfg: HarmonizeConfig) -> Harmonizer:
-    return HARMONIZERS[cfg.method](cfg)
+    return HARMONIZERS.get(cfg.method)(cfg)

@@ -14,30 +14,16 @@ import shutil
 from pathlib import Path
 
 from data_manifests.parquet import SAMPLE_SCHEMA, SHARD_SCHEMA
-from schemas import RejectRecord, SynthConfig
-from schemas.config import COCO_CITYSCAPES_OVERLAP
+from schemas import COCO_CITYSCAPES_OVERLAP, RejectRecord, SynthConfig
+from schemas.registries import OBJECT_SOURCES
 from tasks import CODE_VERSION
+from tasks.object_bank import OBJECT_MANIFEST, BankObject, write_object_bank
 from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
-from tasks.synth.coco import (
-    canonical_class,
-    extract_coco_objects,
-    filter_coco_instances,
-    load_coco,
-)
-from tasks.synth.diffusion import GeneratedStore
-from tasks.synth.object_bank import (
-    OBJECT_MANIFEST,
-    BankObject,
-    demo_object_photos,
-    list_photo_files,
-    objects_from_files,
-    read_object_bank,
-    write_object_bank,
-)
-from tasks.synth.patches import patch_bank_objects
+from tasks.scenes import SceneRef, index_scenes
+from tasks.shards import PARTIAL_DIR, write_json_atomic, write_rejects, write_table
+from tasks.synth.coco import canonical_class
+from tasks.synth.object_sources import BankContext
 from tasks.synth.saliency import LazyMasker
-from tasks.synth.scenes import SceneRef, index_scenes, scene_identity
-from tasks.synth.shards import PARTIAL_DIR, read_rejects, write_json_atomic, write_rejects, write_table
 
 log = logging.getLogger(__name__)
 
@@ -50,59 +36,40 @@ def prepare_scenes(cfg: SynthConfig, run_dir: str | Path) -> tuple[list[SceneRef
     return index_scenes(cfg, run_dir)
 
 
-SOURCES = ("diffusion", "coco", "files", "demo", "patches")
-
-
 def select_sources(cfg: SynthConfig, sources: list[str] | None = None) -> SynthConfig:
     """The config restricted to the object ``sources`` named (others switched off). A source that is named but
     not configured is an error: a run never silently does less than asked."""
-    update: dict = {}
-    if sources is not None:
-        unknown = [s for s in sources if s not in SOURCES]
-        if unknown:
-            raise ValueError(f"unknown object sources {unknown}; known: {', '.join(SOURCES)}")
-        oc = cfg.objects
-        configured = {
-            "diffusion": oc.diffusion is not None,
-            "coco": oc.coco is not None,
-            "files": bool(oc.files),
-            "demo": True,  # the packaged demo photos need no configuration
-            "patches": oc.patches is not None,
-        }
-        missing = [s for s in sources if not configured[s]]
-        if missing:
-            raise ValueError(f"object sources {missing} were asked for but the config has no section for them")
-        update["objects"] = oc.model_copy(
-            update={
-                "diffusion": oc.diffusion if "diffusion" in sources else None,
-                "coco": oc.coco if "coco" in sources else None,
-                "files": oc.files if "files" in sources else [],
-                "demo_objects": "demo" in sources,
-                "patches": oc.patches if "patches" in sources else None,
-            }
-        )
-    return SynthConfig.model_validate(cfg.model_copy(update=update).model_dump()) if update else cfg
+    if sources is None:
+        return cfg
+    for name in sources:
+        OBJECT_SOURCES.check_name(name)
+    oc = cfg.objects
+    missing = [s for s in sources if not OBJECT_SOURCES.get(s).configured(oc)]
+    if missing:
+        raise ValueError(f"object sources {missing} were asked for but the config has no section for them")
+    for name, source in OBJECT_SOURCES.items():
+        if name not in sources and source.configured(oc):
+            oc = oc.model_copy(update=source.without(oc))
+    return SynthConfig.model_validate(cfg.model_copy(update={"objects": oc}).model_dump())
 
 
-def _bank_hash(cfg: SynthConfig, generated: Path | None = None, scenes: list[SceneRef] | None = None) -> str:
-    """Identity of a bank: its config, the names and sizes of the source files it reads, the generated
-    objects it takes from the store, and the scenes patches are cut from."""
-    sources = [(str(p), p.stat().st_size) for fs in cfg.objects.files for p in list_photo_files(fs)]
-    if cfg.objects.patches is not None:
-        sources.append(("patch scenes", scene_identity(scenes or []), cfg.seed))
-    if generated is not None:
-        sources.append(("generated", GeneratedStore(generated).object_ids()))
-    if cfg.objects.coco is not None and cfg.objects.coco.annotations.is_file():
-        sources.append((str(cfg.objects.coco.annotations), cfg.objects.coco.annotations.stat().st_size))
+def _bank_hash(ctx: BankContext) -> str:
+    """Identity of a bank: its config, what each configured source reads beyond it (names and sizes of source
+    files, the generated objects it takes from the store, the scenes patches are cut from)."""
+    cfg = ctx.cfg
+    sources = [x for _, source in _configured(cfg) for x in source.identity(ctx)]
+    unused = {k for k in ("exclude_classes", "sources") if not getattr(cfg.objects, k)}
     payload = {
         "sources": sources,
-        "objects": cfg.objects.model_dump(
-            mode="json", exclude=set() if cfg.objects.exclude_classes else {"exclude_classes"}
-        ),
+        "objects": cfg.objects.model_dump(mode="json", exclude=unused),
         "saliency": cfg.saliency.model_dump(mode="json", exclude={"model_home"}),
-        "placement_excluded": sorted(_excluded_classes(cfg)),
+        "placement_excluded": sorted(ctx.excluded),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _configured(cfg: SynthConfig) -> list[tuple[str, object]]:
+    return [(name, source) for name, source in OBJECT_SOURCES.items() if source.configured(cfg.objects)]
 
 
 def _excluded_classes(cfg: SynthConfig) -> set[str]:
@@ -118,7 +85,8 @@ def build_object_bank(
     generated: str | Path | None = None,
     scenes: list[SceneRef] | None = None,
 ) -> Path:
-    """Extract objects from every configured source into a bank; reuse a bank built from the same config.
+    """Extract objects from every configured source (``OBJECT_SOURCES``, in registry order) into a bank; reuse a
+    bank built from the same config.
 
     ``masker`` (soft mask from RGB) defaults to rembg with ``cfg.saliency``; it is created only if a
     photo without a mask needs it. ``generated``: the diffusion object store whose accepted objects join
@@ -126,37 +94,23 @@ def build_object_bank(
     """
     bank_dir = Path(bank_dir)
     stamp = bank_dir / BANK_STAMP
-    generated = Path(generated) if generated is not None and cfg.objects.diffusion is not None else None
-    h = _bank_hash(cfg, generated, scenes)
+    ctx = BankContext(
+        cfg=cfg,
+        bank_dir=bank_dir,
+        masker=masker or LazyMasker(cfg.saliency.model, cfg.saliency.model_home),
+        excluded=_excluded_classes(cfg),
+        generated=Path(generated) if generated is not None and cfg.objects.diffusion is not None else None,
+        scenes=list(scenes or []),
+    )
+    h = _bank_hash(ctx)
     if (bank_dir / OBJECT_MANIFEST).is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == h:
         log.info("object bank %s is up to date (hash %s)", bank_dir, h)
         return bank_dir
     oc = cfg.objects
-    excluded = _excluded_classes(cfg)
     objects: list[BankObject] = []
     rejects: list[RejectRecord] = []
-
-    masker = masker or LazyMasker(cfg.saliency.model, cfg.saliency.model_home)
-
-    file_sources = list(oc.files)
-    if oc.demo_objects:
-        file_sources.append(demo_object_photos(bank_dir / "demo_photos"))
-    for fs in file_sources:
-        got, rej = objects_from_files(fs, masker, cfg.saliency.gate, oc.max_side, excluded)
-        objects += got
-        rejects += rej
-    if oc.coco is not None:
-        coco = load_coco(oc.coco.annotations)
-        kept, rej = filter_coco_instances(coco, oc.coco)
-        rejects += rej
-        got, rej = extract_coco_objects(coco, kept, oc.coco.images, oc.max_side)
-        objects += [BankObject(r, rgba) for r, rgba in got]
-        rejects += rej
-    if generated is not None and (generated / OBJECT_MANIFEST).is_file():
-        objects += read_object_bank(generated)
-        rejects += read_rejects(generated / REJECTS)
-    if oc.patches is not None:
-        got, rej = patch_bank_objects(scenes or [], oc.patches, cfg.seed)
+    for _, source in _configured(cfg):
+        got, rej = source.extract(ctx)
         objects += got
         rejects += rej
     held_out = {canonical_class(c) for c in oc.exclude_classes}

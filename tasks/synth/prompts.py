@@ -15,8 +15,7 @@ from pathlib import Path
 import yaml
 
 from data_manifests import MANIFEST_DIR
-from schemas import DiffusionConfig, PromptObject, PromptVocabulary
-from schemas.config import COCO_CITYSCAPES_OVERLAP
+from schemas import COCO_CITYSCAPES_OVERLAP, DiffusionConfig, PromptObject, PromptVocabulary
 from tasks.labels import TRAIN_ID_NAMES
 from tasks.seeding import derive_seed
 from tasks.synth.coco import canonical_class

@@ -10,11 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.conditions import condition_order
 from tasks.imageio import decode_rgb, write_bytes_atomic, write_rgb
+from tasks.object_bank import BankObject
 from tasks.sample_format import SAMPLES, SHARDS, decode_parts, read_tar_samples
 from tasks.storage import Store
-from tasks.synth.object_bank import BankObject
-from tasks.synth.weather import condition_order
 
 
 def _fit(img: np.ndarray, width: int) -> np.ndarray:

@@ -19,16 +19,12 @@ import numpy as np
 
 from schemas import PlacementConfig, RejectRecord, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
 from tasks import CODE_VERSION
+from tasks.conditions import CLEAR, conditions
 from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
 from tasks.labels import TRAIN_ID_COLOURS
+from tasks.object_bank import BankObject
 from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
-from tasks.seeding import derive_seed, rng_for
-from tasks.storage import Store
-from tasks.synth.composite import paste, resize_object
-from tasks.synth.harmonize import Harmonizer, make_harmonizer
-from tasks.synth.object_bank import BankObject
-from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
-from tasks.synth.scenes import (
+from tasks.scenes import (
     CITYSCAPES_SIZE,
     Scene,
     SceneRef,
@@ -36,8 +32,13 @@ from tasks.synth.scenes import (
     horizon_from_camera,
     load_scene,
 )
-from tasks.synth.shards import PARTS_DIR, json_bytes, sha256_of, store_tar_shard
-from tasks.synth.weather import CLEAR, Frame, conditions, contact_sheet, object_contrast, render
+from tasks.seeding import derive_seed, rng_for
+from tasks.shards import PARTS_DIR, json_bytes, sha256_of, store_tar_shard
+from tasks.storage import Store
+from tasks.synth.composite import paste, resize_object
+from tasks.synth.harmonize import Harmonizer, make_harmonizer
+from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
+from tasks.synth.weather import Frame, contact_sheet, object_contrast, render
 
 log = logging.getLogger(__name__)
 
@@ -440,7 +441,7 @@ def synthesize_shard(
 
 @functools.lru_cache(maxsize=2)
 def _compositor(config_json: str, bank_dir: str, bank_stamp: str) -> Compositor:
-    from tasks.synth.object_bank import read_object_bank
+    from tasks.object_bank import read_object_bank
 
     return Compositor(SynthConfig.model_validate_json(config_json), read_object_bank(bank_dir))
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from schemas import SampleMeta
+from tasks.conditions import CLEAR, conditions
 from tasks.labels import ANOMALY, SHARD_LABEL_VALUES
 from tasks.sample_format import META, REQUIRED, SAMPLES, SHARDS, SampleFormatError, decode_parts, read_tar_samples
 from tasks.storage import HashingReader, Store
-from tasks.synth.weather import CLEAR, conditions
 
 
 def check_sample(name: str, files: dict[str, bytes]) -> list[str]:

@@ -1,7 +1,8 @@
 """Adverse conditions rendered over a whole composite (scene and pasted objects together).
 
-The list of conditions is defined here, once: ``conditions()`` is ``clear`` followed by every registered effect.
-The synthesis stage, the manifests, the benchmark readers and the evaluation all read it from here.
+The conditions are the entries of ``schemas.registries.WEATHER``, registered here with ``@register_weather(name)``;
+``tasks.conditions`` lists them (``clear`` first) for the synthesis stage, the manifests, the benchmark readers and
+the evaluation.
 
 Every effect is a function ``(image, frame, severity, rng, **options) -> (image, params)`` on an H×W×3 uint8 RGB
 image, registered with ``@register_weather(name)``. ``severity`` in [0, 1] moves every parameter from a light to
@@ -30,10 +31,9 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
+from schemas import ADVERSE, CLEAR
+from schemas.registries import WEATHER
 from tasks.labels import train_ids
-
-CLEAR = "clear"
-ADVERSE = "adverse"  # not a condition: the group of every condition but clear, in evaluation reports
 
 #: Cityscapes classes the depth model treats as ground (objects stand on them) and as sky.
 GROUND_CLASSES = ("road", "sidewalk", "terrain")
@@ -43,68 +43,49 @@ SKY_CLASS = "sky"
 
 @dataclass(frozen=True)
 class Effect:
+    """One condition of ``WEATHER``: its render function and the keyword options it takes, with their defaults."""
+
     name: str
     render: Callable[..., tuple[np.ndarray, dict]]
     options: dict  # keyword options and their defaults
 
-
-#: condition name -> effect. Adding a condition is one decorated function in this module (an effect defined
-#: elsewhere must be imported before a config is read); configs and benchmark readers take their names from it.
-WEATHER: dict[str, Effect] = {}
+    def check_options(self, options: dict) -> dict:
+        """``options`` checked against the keyword parameters: known names, values shaped like the defaults (a bool,
+        a number, a range of as many numbers), and a trial render on a small street at severities 0 and 1, so a bad
+        value fails when the config is read (``WeatherConfig``), not in a shard worker."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"weather {self.name}: unknown options {unknown}; known: {', '.join(self.options)}")
+        for k, v in options.items():
+            if not _shaped_like(v, self.options[k]):
+                raise ValueError(
+                    f"weather {self.name}: option {k} = {v!r} is not shaped like its default {self.options[k]!r}"
+                )
+        label = np.full((32, 64), train_ids(["sky"])[0], np.uint8)
+        label[12:] = train_ids(["road"])[0]
+        frame = Frame(label, horizon=10.0, camera_height=1.2, focal=70.0)
+        image = np.full((32, 64, 3), 128, np.uint8)
+        for severity in (0.0, 1.0):
+            try:
+                self.render(image, frame, severity, np.random.default_rng(0), **options)
+            except (ValueError, ArithmeticError, TypeError) as e:
+                raise ValueError(f"weather {self.name}: options {options} fail at severity {severity}: {e}") from None
+        return options
 
 
 def register_weather(name: str):
-    """Register ``render(image, frame, severity, rng, **options) -> (image, params)`` as condition ``name``."""
+    """Register ``render(image, frame, severity, rng, **options) -> (image, params)`` as condition ``name`` in
+    ``WEATHER`` (its keyword-only parameters are its options)."""
 
     def deco(fn):
         if name in (CLEAR, ADVERSE):
             raise ValueError(f"{name!r} is reserved ({CLEAR}: no effect; {ADVERSE}: every condition but clear)")
         sig = inspect.signature(fn)
         options = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
-        WEATHER[name] = Effect(name, fn, options)
+        WEATHER.register(name, Effect(name, fn, options))
         return fn
 
     return deco
-
-
-def conditions() -> tuple[str, ...]:
-    """Every condition a sample or a benchmark image can be tagged with: ``clear``, then the registered effects."""
-    return (CLEAR, *WEATHER)
-
-
-def adverse_conditions() -> tuple[str, ...]:
-    return tuple(WEATHER)
-
-
-def condition_order(name: str) -> tuple[int, str]:
-    """Sort key of report rows: clear, the registered conditions in registry order, adverse, then anything else."""
-    order = (*conditions(), ADVERSE)
-    return (order.index(name) if name in order else len(order), name)
-
-
-def check_options(name: str, options: dict) -> dict:
-    """``options`` of effect ``name`` checked against its keyword parameters: known names, values shaped like the
-    defaults (a bool, a number, a range of as many numbers), and a trial render on a small street at severities 0
-    and 1, so a bad value fails when the config is read, not in a shard worker."""
-    if name not in WEATHER:
-        raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(WEATHER)}")
-    defaults = WEATHER[name].options
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"weather {name}: unknown options {unknown}; known: {', '.join(defaults)}")
-    for k, v in options.items():
-        if not _shaped_like(v, defaults[k]):
-            raise ValueError(f"weather {name}: option {k} = {v!r} is not shaped like its default {defaults[k]!r}")
-    label = np.full((32, 64), train_ids(["sky"])[0], np.uint8)
-    label[12:] = train_ids(["road"])[0]
-    frame = Frame(label, horizon=10.0, camera_height=1.2, focal=70.0)
-    image = np.full((32, 64, 3), 128, np.uint8)
-    for severity in (0.0, 1.0):
-        try:
-            WEATHER[name].render(image, frame, severity, np.random.default_rng(0), **options)
-        except (ValueError, ArithmeticError, TypeError) as e:
-            raise ValueError(f"weather {name}: options {options} fail at severity {severity}: {e}") from None
-    return options
 
 
 def _shaped_like(value, default) -> bool:
@@ -545,8 +526,6 @@ def render(
     if name == CLEAR:
         return image, {}
     eff = WEATHER.get(name)
-    if eff is None:
-        raise ValueError(f"unknown weather condition {name!r}; registered: {', '.join(WEATHER)}")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != frame.shape:
         raise ValueError(f"weather {name}: expected a {frame.shape} uint8 RGB image, got {image.dtype} {image.shape}")
     out, params = eff.render(image, frame, float(np.clip(severity, 0, 1)), rng, **(options or {}))

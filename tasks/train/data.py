@@ -13,8 +13,6 @@ shard order. Every random choice is drawn from generators seeded by (config seed
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from collections.abc import Iterator
 from functools import partial
@@ -26,81 +24,17 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from tasks.labels import ANOMALY, SHARD_LABEL_VALUES, VOID
-from tasks.sample_format import DATASET, SAMPLES, SHARDS, SampleFormatError, composite_key, decode_parts
-from tasks.storage import Store, is_url
-
-ShardDataError = SampleFormatError  # a sample or shard that cannot be read (names the shard and key)
-
-
-def shard_urls(version: str | Path) -> list[str]:
-    """The shard URLs of a version, from its manifest (local path or an fsspec URL such as ``s3://b/v0003``)."""
-    store = Store(version)
-    if not store.isfile(DATASET):
-        raise FileNotFoundError(f"{store.path()}: not a complete shard version ({DATASET} missing)")
-    return [str(store.path(n)) for n in store.read_parquet(SHARDS, ["shard"]).column("shard").to_pylist()]
-
-
-def _open_shards(src: Iterator[dict]) -> Iterator[dict]:
-    """webdataset's ``url_opener`` stage, opening local paths and any fsspec URL (``s3://``, ``file://``, ...)."""
-    import fsspec
-
-    for sample in src:
-        url = sample["url"]
-        try:
-            stream = fsspec.open(url, "rb").open() if is_url(url) else open(url, "rb")  # noqa: SIM115
-        except OSError as e:
-            raise ShardDataError(f"{url}: cannot open shard ({e})") from e
-        yield sample | {"stream": stream}
-
-
-def _tar_samples(src: Iterator[dict]) -> Iterator[dict]:
-    """Shard URLs → raw samples (dicts of member suffix → bytes, plus ``__key__`` and ``__url__``)."""
-    return wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander(_open_shards(src)))
-
-
-def in_validation(key: str, fraction: float) -> bool:
-    """Held-in validation split: a fixed fraction of composites, chosen by the hash of their key (stable across shard
-    orders; every condition of one composite falls on the same side)."""
-    if fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha1(composite_key(key).encode()).digest()[:4], "big")
-    return h < fraction * 2**32
-
-
-def decode_sample(sample: dict, min_visibility: float | None = None) -> dict:
-    """Raw tar sample (either image format) → RGB uint8 H×W×3 and single-channel uint8 label, checked against
-    the shard label convention, and the sample's condition (``None`` for shards made before the weather stage).
-    With ``min_visibility``, objects the weather made fainter than that (``void_hidden_objects``) are made void."""
-    where = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
-    parts = {k: v for k, v in sample.items() if not k.startswith("__")}
-    s = decode_parts(sample["__key__"], parts, where)
-    bad = set(np.unique(s.label).tolist()) - SHARD_LABEL_VALUES
-    if bad:
-        raise ShardDataError(f"{where}: label values {sorted(bad)} are outside trainIds 0-18, {ANOMALY}, {VOID}")
-    meta = json.loads(s.meta) if s.meta else {}
-    label = s.label if min_visibility is None else void_hidden_objects(s.label, meta, min_visibility)
-    return {"__key__": s.key, "image": s.image, "label": label, "condition": meta.get("condition")}
-
-
-def _hidden(after: float | None, before: float | None, threshold: float) -> bool:
-    return after is not None and before is not None and after < threshold and after < before
-
-
-def void_hidden_objects(label: np.ndarray, meta: dict, min_visibility: float) -> np.ndarray:
-    """``label`` with the anomaly pixels of every object the weather hid set to void: its visibility (ΔE to its
-    surround) fell under the effect and ends below ``min_visibility``. Such an object is taught as neither anomaly
-    nor inlier. Objects that were faint before the effect, clear samples and runs without weather are kept; boxes
-    never overlap."""
-    objects = meta.get("objects", [])
-    hidden = [o["box"] for o in objects if _hidden(o.get("visibility"), o.get("visibility_clear"), min_visibility)]
-    if not hidden:
-        return label
-    label = label.copy()
-    for x0, y0, x1, y1 in hidden:
-        region = label[y0:y1, x0:x1]
-        region[region == ANOMALY] = VOID
-    return label
+from tasks.labels import ANOMALY, VOID
+from tasks.sample_format import SAMPLES
+from tasks.shardset import (
+    ShardDataError,
+    count_samples,
+    decode_sample,
+    in_validation,
+    shard_urls,
+    tar_samples,
+)
+from tasks.storage import Store
 
 
 def random_crop_flip(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: random.Random):
@@ -148,32 +82,13 @@ class TrainStream(IterableDataset):
         rng = random.Random(seed)
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
-            _tar_samples,
+            tar_samples,
             wds.select(lambda s: not in_validation(s["__key__"], self.val_fraction)),
             wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 16), rng=random.Random(seed + 1)),
             wds.map(partial(decode_sample, min_visibility=self.min_visibility)),
         )
         for s in pipeline:
             yield to_tensors(*random_crop_flip(s["image"], s["label"], self.crop, rng))
-
-
-def validation_samples(urls: list[str], fraction: float, limit: int | None = None) -> Iterator[dict]:
-    """The held-in validation composites, whole images, in shard order (one pass)."""
-    n = 0
-    for s in wds.DataPipeline(wds.SimpleShardList(urls), _tar_samples):
-        if fraction > 0 and not in_validation(s["__key__"], fraction):
-            continue
-        yield decode_sample(s)
-        n += 1
-        if limit is not None and n >= limit:
-            return
-
-
-def count_samples(version: str | Path, fraction: float) -> tuple[int, int]:
-    """(training samples, validation samples) of a version (local or an fsspec URL), from its manifest."""
-    keys = Store(version).read_parquet(SAMPLES, ["key"]).column("key").to_pylist()
-    val = sum(in_validation(k, fraction) for k in keys)
-    return len(keys) - val, val
 
 
 def check_splits(version: str | Path, fraction: float, need_validation: bool = True) -> tuple[int, int]:

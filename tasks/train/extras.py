@@ -11,27 +11,21 @@ from __future__ import annotations
 import json
 import random
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from schemas.config import PatchesConfig
+from schemas import PatchesConfig, SynthConfig
+from schemas.registries import EXTRA_DATA
+from tasks.imageio import BadInputError
+from tasks.object_bank import read_object_bank
+from tasks.patches import PatchLibrary, paste_patches
+from tasks.sample_format import DATASET
+from tasks.scenes import index_scenes, load_scene, with_scenes
 from tasks.seeding import rng_for
 from tasks.storage import is_url
-from tasks.synth.patches import PatchLibrary, paste_patches
 from tasks.train.data import context_batch, random_crop_flip, to_tensors
-
-EXTRA_DATA: dict[str, Callable[..., ExtraData]] = {}
-
-
-def register_extra(name: str):
-    def deco(cls):
-        EXTRA_DATA[name] = cls
-        return cls
-
-    return deco
 
 
 class ExtraData:
@@ -44,10 +38,7 @@ class ExtraData:
 
 def build_extras(requested: dict[str, dict], version: str, seed: int) -> dict[str, ExtraData]:
     """``version`` is passed as given (a local path or an fsspec URL)."""
-    unknown = sorted(set(requested) - set(EXTRA_DATA))
-    if unknown:
-        raise ValueError(f"unknown extra training data {unknown}; providers: {', '.join(EXTRA_DATA)}")
-    return {name: EXTRA_DATA[name](str(version), seed, **opts) for name, opts in requested.items()}
+    return {name: EXTRA_DATA.get(name)(str(version), seed, **opts) for name, opts in requested.items()}
 
 
 def run_dirs(version: str) -> list[Path]:
@@ -58,8 +49,6 @@ def run_dirs(version: str) -> list[Path]:
 
 def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.ndarray]:
     """The object bank ``bank``, or the one next to a local version (``<run_dir>/objects``), as RGBA crops."""
-    from tasks.synth.object_bank import read_object_bank
-
     if bank is not None:
         if not (Path(bank) / "objects.parquet").is_file():
             raise FileNotFoundError(f"object bank not found: {bank} has no objects.parquet")
@@ -79,7 +68,7 @@ def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.
     )
 
 
-@register_extra("object_context")
+@EXTRA_DATA.register("object_context")
 class ObjectContext(ExtraData):
     """CoroCL's context: the object bank's own images (each object on its own background), ``size``² squares
     labelled anomaly under the object's mask and inlier on its background (``tasks.train.data.context_batch``)."""
@@ -94,9 +83,9 @@ class ObjectContext(ExtraData):
         return x.to(device), y.to(device)
 
 
-@register_extra("self_patches")
+@EXTRA_DATA.register("self_patches")
 class SelfPatches(ExtraData):
-    """SLEEG's self-made anomalies (``tasks.synth.patches``): each step refreshes the patch library with crops of
+    """SLEEG's self-made anomalies (``tasks.patches``): each step refreshes the patch library with crops of
     the batch and pastes ``per_image`` patches into every image. Gives (B×3×H×W composites in [0, 1], B×H×W bool
     mask of the pasted polygons: the anomaly candidates). Options: the fields of ``PatchesConfig``."""
 
@@ -116,10 +105,6 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     """The scenes a shard version was composited on, indexed by the scene source of its ``dataset.json``
     (``scenes`` overrides the root) in the first run directory the version may belong to that has a ``scenes/``
     folder (rendered demo scenes, cached pseudo labels)."""
-    from schemas import SynthConfig
-    from tasks.sample_format import DATASET
-    from tasks.synth.scenes import index_scenes, with_scenes
-
     if is_url(version) and scenes is None:
         raise FileNotFoundError(f"{version} is remote: AnomalyMix needs the clean scenes locally (method.scenes=PATH)")
     meta = Path(version) / DATASET
@@ -134,7 +119,7 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     return refs, cfg.scenes.max_unknown_label_fraction
 
 
-@register_extra("anomaly_mix")
+@EXTRA_DATA.register("anomaly_mix")
 class AnomalyMix(ExtraData):
     """AnomalyMix's mixing (Zhang et al.): each training sample keeps its pasted objects with ``probability``
     (0.1) and is otherwise replaced by a clean scene of the version's scene source, randomly cropped and flipped
@@ -152,9 +137,6 @@ class AnomalyMix(ExtraData):
     def clean_scene(self):
         """A random readable clean scene; one that cannot be read (the synth run quarantined it) is skipped for
         the rest of the run, with a warning naming it."""
-        from tasks.imageio import BadInputError
-        from tasks.synth.scenes import load_scene
-
         while len(self.bad) < len(self.refs):
             k = self.rng.randrange(len(self.refs))
             if k in self.bad:

@@ -7,37 +7,29 @@ from collections.abc import Callable
 
 import torch
 
-from schemas.config import MethodConfig
+from schemas import MethodConfig
+from schemas.registries import OPTIMIZERS
 
 Builder = Callable[[list[dict], MethodConfig, float], torch.optim.Optimizer]
-OPTIMIZERS: dict[str, Builder] = {}
 
 
-def register_optimizer(name: str):
-    def deco(fn: Builder) -> Builder:
-        OPTIMIZERS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_optimizer("adam")
+@OPTIMIZERS.register("adam")
 def adam(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
     """Adam (RPL, CoroCL and EEL train with it)."""
     return torch.optim.Adam(groups, weight_decay=weight_decay)
 
 
-@register_optimizer("adamw")
+@OPTIMIZERS.register("adamw")
 def adamw(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
     """AdamW (the top-K one-vs-rest fine-tuning); its decoupled weight decay is the run's or the method's."""
     return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
-@register_optimizer("sgd")
+@OPTIMIZERS.register("sgd")
 def sgd(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
     """SGD with ``cfg.momentum`` (SLEEG's authors train with SGD, lr 0.01)."""
     return torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=weight_decay)
 
 
 def build_optimizer(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](groups, cfg, weight_decay)
+    return OPTIMIZERS.get(cfg.optimizer)(groups, cfg, weight_decay)

@@ -9,7 +9,7 @@ each process streams its own shards (seeded by rank), so batches are never dispa
 Outputs of ``train_method`` under ``out_dir``::
 
     checkpoints/last.pt     model head + optimizer + scheduler + step (resume); written atomically
-    model.pt                the trained head and how to rebuild the model (``tasks.train.checkpoints.load_method``)
+    model.pt                the trained head and how to rebuild the model (``tasks.checkpoints.load_method``)
     history.jsonl           one line per logged step (losses, lr) and per evaluation (metrics)
     metrics.json            the final evaluation on the held-in validation split
     config.yaml             the TrainConfig that produced all this
@@ -35,21 +35,14 @@ from tqdm.auto import tqdm
 
 from models.methods import MethodSpec, TrainingProgress, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter
-from schemas.config import TrainConfig
-from tasks.eval.benchmarks import ShardSplit
-from tasks.eval.metrics import MetricsUndefinedError
-from tasks.eval.scoring import TensorScorer, evaluate_samples
+from schemas import TrainConfig
+from tasks.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
+from tasks.metrics import MetricsUndefinedError
+from tasks.scoring import TensorScorer, evaluate_samples
 from tasks.seeding import derive_seed
-from tasks.train.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.train.data import (
-    check_rank_splits,
-    check_splits,
-    rank_shards,
-    shard_urls,
-    train_loader,
-    validation_samples,
-)
+from tasks.shardset import ShardSplit, shard_urls, validation_samples
+from tasks.train.data import check_rank_splits, check_splits, rank_shards, train_loader
 from tasks.train.extras import ExtraData, build_extras
 from tasks.train.optim import build_optimizer
 
@@ -173,7 +166,7 @@ def pretrain_closed_set(
 
 @torch.no_grad()
 def _closed_set_miou(seg: FrozenSegmenter, urls: list[str], cfg: TrainConfig) -> float:
-    from tasks.eval.segmentation_metrics import ConfusionMatrix
+    from tasks.segmentation_metrics import ConfusionMatrix
 
     seg.freeze()
     cm = ConfusionMatrix(NUM_TRAIN_CLASSES)

@@ -1,5 +1,5 @@
 """Unlabeled driving footage as scenes: a folder of frames (recursive globs) or a video sampled at ``fps``,
-labelled by a frozen segmenter of the registry (``tasks.synth.scenes.pseudo_labels``).
+labelled by a frozen segmenter of the registry (``tasks.scenes.pseudo_labels``).
 
     scenes: {kind: frames, root: footage/, segmenter: {name: espnetv2, checkpoint: weights/espnetv2.pth}}
 
@@ -33,14 +33,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
+from models.segmenters import build_segmenter
 from schemas import PseudoLabelRecord, RejectRecord, ScenesConfig, SynthConfig
-from schemas.config import registered
+from schemas.registries import SCENE_SOURCES, SEGMENTERS
+from tasks.checkpoints import frozen_segmenter
 from tasks.imageio import BadInputError, read_gray, read_rgb, write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import train_ids
-from tasks.synth.scenes.base import SceneRef
-from tasks.synth.scenes.pseudo_labels import LabelRequest, label_batches
-from tasks.synth.scenes.registry import register_scene_source
-from tasks.synth.shards import sha256_of
+from tasks.scenes.base import SceneRef
+from tasks.scenes.pseudo_labels import LabelRequest, label_batches
+from tasks.shards import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PseudoLabelSegmenter(BaseModel):
     checkpoint: Path
     options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
 
-    _name = field_validator("name")(lambda v: registered("segmenter", v))
+    _name = field_validator("name")(lambda v: SEGMENTERS.check_name(v))
 
 
 class FramesSourceConfig(ScenesConfig):
@@ -202,12 +203,10 @@ class LabelCache:
         write_bytes_atomic(self.folder / "index.json", json.dumps(self.stamps, indent=0, sort_keys=True).encode())
 
 
-@register_scene_source("frames", FramesSourceConfig)
+@SCENE_SOURCES.register("frames", config=FramesSourceConfig)
 def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     """Frames with their (cached) pseudo labels, in path order; frames without enough confident road are rejected.
     With ``limit``, frames are labelled a limit's worth at a time until that many scenes are accepted."""
-    from models.segmenters import SEGMENTERS
-    from tasks.train.checkpoints import frozen_segmenter
 
     sc: FramesSourceConfig = cfg.scenes
     scenes_dir = Path(run_dir) / "scenes"
@@ -227,7 +226,9 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
             f"scenes.segmenter.checkpoint: {ckpt} not found (the frozen segmenter that labels frames)"
         )
     digest = sha256_of(ckpt)
-    net_width = SEGMENTERS[sc.segmenter.name](**sc.segmenter.options).native_size[1] if sc.width is None else sc.width
+    net_width = (
+        build_segmenter(sc.segmenter.name, **sc.segmenter.options).native_size[1] if sc.width is None else sc.width
+    )
     size_tag = f"w{net_width}" + ("-native" if sc.size == "native" else "")
     record = PseudoLabelRecord(
         segmenter=sc.segmenter.name,

@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from schemas import PseudoLabelRecord, RejectRecord
+from schemas.registries import LABEL_ENCODINGS
 from tasks.imageio import BadInputError, read_gray, read_gray16, read_rgb
-from tasks.labels import VOID, label_encoding, looks_like_train_ids, unknown_label_values
+from tasks.labels import VOID, looks_like_train_ids, unknown_label_values
 
 #: Intrinsics in Cityscapes camera files refer to the full 2048x1024 frame.
 CITYSCAPES_SIZE = (2048, 1024)
@@ -101,7 +102,7 @@ def load_scene(ref: SceneRef, with_instances: bool = False, max_unknown_label_fr
             f"{ref.label}: label is {raw.shape[1]}x{raw.shape[0]} but image {ref.image.name} is "
             f"{stored[1]}x{stored[0]}" + (f" (resized to {ref.size[0]}x{ref.size[1]})" if ref.size else "")
         )
-    encoding = label_encoding(ref.label_kind)
+    encoding = LABEL_ENCODINGS.get(ref.label_kind)
     if encoding.check_train_ids and (zeros := looks_like_train_ids(raw)) is not None:
         raise BadInputError(
             f"{ref.label}: looks like trainIds saved under a *_labelIds.png name (every value is a trainId 0-18 or "

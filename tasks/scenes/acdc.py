@@ -15,8 +15,8 @@ from typing import Literal
 from pydantic import Field
 
 from schemas import RejectRecord, ScenesConfig, SynthConfig
-from tasks.synth.scenes.base import SceneRef, pair_labels
-from tasks.synth.scenes.registry import register_scene_source
+from schemas.registries import SCENE_SOURCES
+from tasks.scenes.base import SceneRef, pair_labels
 
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
 
@@ -42,7 +42,7 @@ def _label_of(root: Path, condition: str, split: str):
     return label_of
 
 
-@register_scene_source("acdc", AcdcSourceConfig)
+@SCENE_SOURCES.register("acdc", config=AcdcSourceConfig)
 def index_acdc(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
     refs: list[SceneRef] = []

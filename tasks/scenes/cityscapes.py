@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schemas import DemoScenesConfig, RejectRecord, ScenesConfig, SynthConfig
-from tasks.synth.scenes.base import SceneRef
-from tasks.synth.scenes.registry import register_scene_source
+from schemas.registries import SCENE_SOURCES
+from tasks.scenes.base import SceneRef
 
 _LEGACY_DEMO = DemoScenesConfig().model_dump(mode="json")
 
@@ -82,7 +82,7 @@ def index_cityscapes(
     return refs, rejects
 
 
-@register_scene_source("cityscapes", CityscapesSourceConfig)
+@SCENE_SOURCES.register("cityscapes", config=CityscapesSourceConfig)
 def index(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
     return index_cityscapes(sc.root, sc.split, sc.cities, sc.limit)

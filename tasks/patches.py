@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from schemas import ObjectRecord, RejectRecord
-from schemas.config import PatchesConfig, PatchesSourceConfig, PatchShapeConfig
+from schemas import ObjectRecord, PatchesConfig, PatchesSourceConfig, PatchShapeConfig, RejectRecord
 from tasks.imageio import BadInputError, read_rgb
+from tasks.object_bank import BankObject
+from tasks.scenes import SceneRef
 from tasks.seeding import rng_for
-from tasks.synth.object_bank import BankObject
-from tasks.synth.scenes import SceneRef
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 

@@ -20,12 +20,12 @@ import numpy as np
 from pydantic import Field
 
 from schemas import DemoScenesConfig, RejectRecord, ScenesConfig, SynthConfig
+from schemas.registries import SCENE_SOURCES
 from tasks.imageio import write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import label_id
+from tasks.scenes.base import CITYSCAPES_SIZE, SceneRef
+from tasks.scenes.cityscapes import index_cityscapes
 from tasks.seeding import rng_for
-from tasks.synth.scenes.base import CITYSCAPES_SIZE, SceneRef
-from tasks.synth.scenes.cityscapes import index_cityscapes
-from tasks.synth.scenes.registry import register_scene_source
 
 CITY = "demo"
 PITCH = 0.038  # rad, like Cityscapes' camera
@@ -196,7 +196,7 @@ class DemoSourceConfig(ScenesConfig):
         return {"kind": "cityscapes", "root": root} | keep
 
 
-@register_scene_source("demo", DemoSourceConfig)
+@SCENE_SOURCES.register("demo", config=DemoSourceConfig)
 def index(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
     root = write_demo_scenes(Path(run_dir) / "scenes", sc.demo, cfg.seed, split=sc.split)

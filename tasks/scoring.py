@@ -5,7 +5,7 @@ held-in validation both run it.
 Pass 1 scores each image once, feeds ``PixelMetrics`` (pooled, and per condition where tagged), the closed-set
 agreement and mIoU accumulators, and caches the score map and label as ``.npy`` in a scratch folder. A second
 pass over the cache recounts the uncertain bins when an error bound exceeds the tolerance (rare; see
-``tasks.eval.metrics``), and a last one computes the SMIYC component metrics at the best-F1 pixel threshold,
+``tasks.metrics``), and a last one computes the SMIYC component metrics at the best-F1 pixel threshold,
 which is only known after pass 1. Only one image is ever held in memory.
 """
 
@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.methods.base import Inference
-from tasks.eval.metrics import MetricsUndefinedError, PixelMetrics
-from tasks.eval.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
+from tasks.conditions import ADVERSE, CLEAR, condition_order
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
-from tasks.synth.weather import ADVERSE, CLEAR, condition_order
+from tasks.metrics import MetricsUndefinedError, PixelMetrics
+from tasks.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
 
 
 @dataclass

@@ -17,10 +17,10 @@ from pydantic import Field
 
 from data_manifests import MANIFEST_DIR
 from schemas import RejectRecord, ScenesConfig, SynthConfig
+from schemas.registries import LABEL_ENCODINGS, SCENE_SOURCES
 from tasks.imageio import BadInputError, image_size
-from tasks.labels import VOID, LabelEncoding, register_label_encoding, train_id
-from tasks.synth.scenes.base import SceneRef, list_images, pair_labels
-from tasks.synth.scenes.registry import register_scene_source
+from tasks.labels import VOID, LabelEncoding, train_id
+from tasks.scenes.base import SceneRef, list_images, pair_labels
 
 TABLE = MANIFEST_DIR / "mapillary_vistas.yaml"
 ENCODING = "mapillary_v1.2"
@@ -37,7 +37,8 @@ def _encoding() -> LabelEncoding:
     return LabelEncoding(ENCODING, lut, frozenset(range(len(classes))), f"Mapillary Vistas v1.2 ({TABLE.name})")
 
 
-register_label_encoding(_encoding())
+_VISTAS = _encoding()
+LABEL_ENCODINGS.register(_VISTAS.name, _VISTAS)
 
 
 class MapillarySourceConfig(ScenesConfig):
@@ -47,7 +48,7 @@ class MapillarySourceConfig(ScenesConfig):
     width: int | None = Field(2048, ge=32, description="resize frames to this width on load; None: as stored")
 
 
-@register_scene_source("mapillary", MapillarySourceConfig)
+@SCENE_SOURCES.register("mapillary", config=MapillarySourceConfig)
 def index_mapillary(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
     images = list_images(sc.root / sc.split / "images", "*.jpg", "Mapillary Vistas images")

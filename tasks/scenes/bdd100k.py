@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from schemas import RejectRecord, ScenesConfig, SynthConfig
-from tasks.synth.scenes.base import SceneRef, list_images, pair_labels
-from tasks.synth.scenes.registry import register_scene_source
+from schemas.registries import SCENE_SOURCES
+from tasks.scenes.base import SceneRef, list_images, pair_labels
 
 
 class Bdd100kSourceConfig(ScenesConfig):
@@ -19,7 +19,7 @@ class Bdd100kSourceConfig(ScenesConfig):
     root: Path
 
 
-@register_scene_source("bdd100k", Bdd100kSourceConfig)
+@SCENE_SOURCES.register("bdd100k", config=Bdd100kSourceConfig)
 def index_bdd100k(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
     images = list_images(sc.root / "images" / "10k" / sc.split, "*.jpg", "BDD100K images")

@@ -16,9 +16,9 @@ from torch import nn
 
 from models.methods import MethodSpec, get_method
 from models.segmenters import FrozenSegmenter, build_segmenter, load_segmenter_weights
-from schemas.config import SegmenterConfig, TrainConfig
+from schemas import SegmenterConfig, TrainConfig
 from tasks.imageio import BadInputError
-from tasks.synth.shards import sha256_of
+from tasks.shards import sha256_of
 
 METHOD_FORMAT = "anomalyforge-method/2"
 

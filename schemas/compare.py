@@ -1,0 +1,47 @@
+"""Configuration of ``make compare``: every method, one budget, one table."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from schemas.base import Strict
+from schemas.evaluation import BenchmarkConfig
+from schemas.registries import METHODS, SCORES
+from schemas.train import TrainConfig
+
+
+class CompareConfig(Strict):
+    """``make compare``: every registered method (or ``methods``) trained on one shard version over one frozen
+    segmenter, with one seed and one step budget, then evaluated, together with the frozen segmenter's post-hoc
+    scores, on the held-in validation split and the configured benchmarks."""
+
+    name: str = "compare"
+    train: TrainConfig = Field(
+        default_factory=TrainConfig,
+        description="shared settings (segmenter, seed, crop, data); `method` is set per row",
+    )
+    methods: list[str] | None = Field(None, description="registered methods to train; None = all of them")
+    method_overrides: dict[str, dict] = Field(default_factory=dict, description="e.g. {eel: {lam: 0.1}}")
+    max_steps: int = Field(100, ge=1, description="the step budget, the same for every method")
+    post_hoc: list[str] = Field(
+        default_factory=lambda: ["msp", "max_logit", "entropy", "energy", "max_min"],
+        description="post-hoc scores of the frozen segmenter",
+    )
+    held_in: bool = Field(True, description="evaluate on the held-in validation split of the shards")
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    input_width: int | None = Field(None, ge=8)
+    input_size: tuple[int, int] | None = None
+    device: str = "cpu"
+    panels: int = Field(0, ge=0)
+
+    @field_validator("post_hoc")
+    @classmethod
+    def _scores(cls, v):
+        return [SCORES.check_name(s) for s in v]
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        for name in v or []:
+            METHODS.check_name(name)
+        return v
