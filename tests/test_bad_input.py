@@ -29,7 +29,7 @@ from tasks.shards import write_json_atomic, write_table, write_tar_shard
 from tasks.shardset import ShardDataError
 from tasks.synth.validate import validate_shard_set
 from tasks.train.trainer import train_method
-from tests.conftest import tiny_train_config
+from tests.helpers import tiny_train_config
 
 
 def _cli(*args):
@@ -129,7 +129,7 @@ def test_a_run_without_samples_fails_unpublished_and_fixed_scenes_make_a_new_ver
         "shards": {"samples_per_shard": 2},
         "workers": 1,
     }
-    from tests.conftest import write_object_photos
+    from tests.helpers import write_object_photos
 
     files = write_object_photos(tmp_path / "photos")
     cfg["objects"]["files"] = [json.loads(files.model_dump_json())]

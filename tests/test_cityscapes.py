@@ -8,7 +8,7 @@ import pytest
 from tasks.imageio import BadInputError
 from tasks.scenes import camera_height, horizon_from_camera, load_scene
 from tasks.scenes.cityscapes import index_cityscapes
-from tests.conftest import shared_or_skip
+from tests.helpers import shared_or_skip
 
 
 def _write_frame(root, sid="aachen_000000_000019", split="train", size=(64, 32), label_size=None, camera=None):

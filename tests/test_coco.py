@@ -7,7 +7,7 @@ import pytest
 from schemas import CocoSourceConfig
 from tasks.imageio import BadInputError
 from tasks.synth.coco import extract_coco_objects, filter_coco_instances, load_coco
-from tests.conftest import shared_or_skip
+from tests.helpers import shared_or_skip
 
 
 def _poly(x, y, w, h):

@@ -16,8 +16,7 @@ from tasks.eval.compare import compare_rows, markdown
 from tasks.synth.validate import validate_shard_set
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
-from tests.conftest import tiny_method, tiny_train_config
-from tests.test_pipeline import run_stage
+from tests.helpers import run_stage, tiny_method, tiny_train_config
 
 
 def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import ConfigError, SynthConfig, load_config, load_eval_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_demo_config_loads_and_overrides_apply():

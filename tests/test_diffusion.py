@@ -188,7 +188,7 @@ def test_diffusion_benchmark_runs_on_cpu_at_tiny_size():
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     res = subprocess.run(
         [sys.executable, "bench/diffusion_throughput.py", "--size", "tiny", "--repeats", "1", "--steps", "2"],

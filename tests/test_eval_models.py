@@ -3,15 +3,12 @@ is, runs at the configured resolution, and its metrics equal those computed dire
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import cv2
 import numpy as np
 import pytest
 import torch
-import yaml
-from typer.testing import CliRunner
 
 from schemas import BenchmarkConfig, EvalConfig
 from tasks.checkpoints import load_method, read_checkpoint
@@ -19,7 +16,7 @@ from tasks.eval.benchmarks import load_benchmark
 from tasks.eval.evaluate import load_eval_model, post_hoc
 from tasks.labels import to_eval_labels
 from tasks.scoring import run_size
-from tests.test_metrics import reference
+from tests.helpers import eval_cli, held_in_samples, reference
 
 
 def test_run_size_keeps_the_aspect_and_rounds_to_the_network():
@@ -32,12 +29,6 @@ def test_run_size_keeps_the_aspect_and_rounds_to_the_network():
         EvalConfig(model="m.pt", datasets=one, input_width=512, input_size=(512, 256))
     with pytest.raises(ValueError, match="datasets"):
         EvalConfig(model="m.pt", datasets=[])
-
-
-def _held_in(version):
-    """(id, RGB image, eval label) of the held-in composites."""
-    ds = load_benchmark("shards", version, val_fraction=0.3)
-    return [(s.item_id, s.image, s.label) for s in ds.samples()]
 
 
 def _write(path, img):
@@ -71,23 +62,12 @@ def _write_layouts(root, samples) -> list[dict]:
     return [{"kind": kind, "root": str(root / d), "name": d} for d, kind in kinds.items()]
 
 
-def _eval(tmp_path, datasets, *args):
-    from flows.cli import app
-
-    cfg = tmp_path / "eval.yaml"
-    cfg.write_text(yaml.safe_dump({"model": "unset", "datasets": datasets, "panels": 1}))
-    out = tmp_path / "out"
-    res = CliRunner().invoke(app, ["eval", "--config", str(cfg), "--out-dir", str(out), *args])
-    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
-    return res.output, json.loads((out / "metrics.json").read_text())
-
-
 @pytest.mark.slow
 def test_a_trained_method_on_every_benchmark_layout_equals_direct_scoring(trained_eel, tmp_path):
-    samples = _held_in(trained_eel.version)
+    samples = held_in_samples(trained_eel.version)
     assert len(samples) >= 2
     datasets = _write_layouts(tmp_path / "bench", samples)
-    output, metrics = _eval(tmp_path, datasets, "--model", str(trained_eel.model))
+    output, metrics = eval_cli(tmp_path, datasets, "--model", str(trained_eel.model))
     assert "method, score eel" in output and "| fs_" not in output
     # direct: the loaded method's own score (EEL, α from its config, smoothed) on the same images
     loaded = load_method(trained_eel.model)
@@ -110,10 +90,10 @@ def test_a_trained_method_on_every_benchmark_layout_equals_direct_scoring(traine
 
 @pytest.mark.slow
 def test_a_frozen_segmenter_with_a_post_hoc_score_at_a_set_width(trained_eel, tmp_path):
-    samples = _held_in(trained_eel.version)
+    samples = held_in_samples(trained_eel.version)
     datasets = _write_layouts(tmp_path / "bench", samples)[:1]
     args = ["--model", str(trained_eel.segmenter), "--segmenter", "espnetv2_demo", "--score", "max_logit"]
-    output, metrics = _eval(tmp_path, datasets, *args, "--set", "input_width=128")
+    output, metrics = eval_cli(tmp_path, datasets, *args, "--set", "input_width=128")
     assert "segmenter, score max_logit" in output
     from models.segmenters import build_segmenter, load_segmenter_weights
 

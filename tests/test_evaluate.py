@@ -14,7 +14,7 @@ import yaml
 from schemas import BenchmarkConfig, EvalConfig
 from tasks.eval.evaluate import evaluate_dataset, load_eval_model, load_torchscript
 from tasks.eval.report import write_eval_report
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 class RedIsUnknown(torch.nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import (
+from tests.helpers import (
     MODEL_HOME,
     ROOT,
     real_photos_config,
@@ -68,7 +68,7 @@ def test_synth_flow_and_validate_cli(tmp_path):
 def test_real_frames_and_real_object_photos(tmp_path):
     """Real Cityscapes frame + real photos (rembg for those without a mask) -> validated shards."""
     from tasks.synth.validate import validate_shard_set
-    from tests.test_pipeline import run_stage
+    from tests.helpers import run_stage
 
     u2netp_or_skip()
     cfg = real_photos_config(num_samples=4, max_side=128, min_height_px=6)
@@ -194,7 +194,7 @@ def test_unlabeled_driving_frames_become_validated_shards_and_train(tmp_path):
     from tasks.shards import read_table
     from tasks.train.trainer import train_method
     from tasks.versions import resolve_version
-    from tests.conftest import shared_or_skip, tiny_train_config
+    from tests.helpers import shared_or_skip, tiny_train_config
 
     u2netp_or_skip()
     frames, ckpt = shared_or_skip("driving_frames"), shared_or_skip("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")

@@ -24,7 +24,7 @@ from models.methods.residual import ResidualConfig, ResidualMethod
 from models.scores import anomaly_score
 from models.segmenters import build_segmenter
 from schemas import TrainConfig, load_train_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # loss of one batch before and after one Adam step, recorded with the trainer's code as it was before methods
 # became specs (tasks/train.py: build_model / param_groups / method_loss, one branch per method name)

@@ -5,31 +5,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from tasks.metrics import PixelMetrics
-
-
-def reference(scores, labels):
-    s = scores.astype(np.float32).astype(np.float64).ravel()  # PixelMetrics compares at float32
-    y = labels.ravel()
-    keep = y != 255
-    s, y = s[keep], y[keep]
-    s = np.nan_to_num(s, posinf=1e300, neginf=-1e300)  # sklearn refuses inf; order is kept
-    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-    p, n = (y == 1).sum(), (y == 0).sum()
-    order = np.argsort(-s, kind="stable")
-    ss, yy = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(ss)), ss.size - 1]  # end of each tie group
-    tp, fp = np.cumsum(yy == 1)[last], np.cumsum(yy == 0)[last]
-    f1 = 2 * tp / (tp + fp + p)
-    return {
-        "auroc": roc_auc_score(y, s),
-        "ap": average_precision_score(y, s),
-        "fpr95": fpr[np.argmax(tpr >= 0.95)],
-        "f1_best": f1.max(),
-        "n": n,
-    }
+from tests.helpers import reference
 
 
 def run(scores, labels, chunks=1, second_pass=True, **kw):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_synth_config, tiny_train_config
+from tests.helpers import ROOT, tiny_synth_config, tiny_train_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_two_processes_stream_disjoint_shards_and_rank_0_saves_the_shared_head(t
     from tasks.checkpoints import read_checkpoint
     from tasks.train.trainer import head_digest
     from tasks.versions import resolve_version
-    from tests.test_pipeline import run_stage
+    from tests.helpers import run_stage
 
     cfg = tiny_synth_config(tmp_path)
     cfg.num_samples, cfg.shards.samples_per_shard = 12, 2  # 6 shards: 3 per process

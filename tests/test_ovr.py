@@ -14,7 +14,7 @@ from models.losses import ovr_loss, topk_ovr_loss
 from models.methods import TrainingProgress, get_method, method_config
 from models.segmenters import build_segmenter
 from tasks.labels import ANOMALY, VOID
-from tests.conftest import tiny_train_config
+from tests.helpers import tiny_train_config
 
 
 def _pixels(*rows: list[float]) -> torch.Tensor:
@@ -98,7 +98,7 @@ def test_anomaly_mix_keeps_objects_at_its_rate_and_otherwise_gives_clean_scenes(
 @pytest.mark.slow
 def test_ovr_trains_end_to_end_with_anomaly_mix_and_is_scored_by_eval(trained_eel, tmp_path):
     from tasks.train.trainer import train_method
-    from tests.test_eval_models import _eval
+    from tests.helpers import eval_cli
 
     cfg = tiny_train_config("ovr")
     cfg = cfg.model_copy(
@@ -112,7 +112,7 @@ def test_ovr_trains_end_to_end_with_anomaly_mix_and_is_scored_by_eval(trained_ee
     m = json.loads((tmp_path / "ovr" / "metrics.json").read_text())
     assert m["method"] == "ovr" and 0 <= m["auroc"] <= 1 and 0 <= m["miou"] <= 1
     datasets = [{"kind": "shards", "root": trained_eel.version, "name": "held", "val_fraction": 0.3}]
-    output, metrics = _eval(tmp_path, datasets, "--model", str(res.model))
+    output, metrics = eval_cli(tmp_path, datasets, "--model", str(res.model))
     assert "method, score ovr" in output and 0 <= metrics["datasets"]["held"]["auroc"] <= 1
 
 

@@ -14,7 +14,7 @@ from models.losses import energy_reward, gambler_loss, pebal_energy_loss, pebal_
 from models.methods import TrainingProgress, get_method, method_config
 from models.segmenters import build_segmenter
 from tasks.labels import ANOMALY, VOID
-from tests.conftest import tiny_method, tiny_train_config
+from tests.helpers import tiny_method, tiny_train_config
 
 LN2 = math.log(2)
 
@@ -105,7 +105,7 @@ def test_the_head_starts_as_the_frozen_classifier_and_only_it_learns():
 def test_pebal_trains_end_to_end_and_is_scored_by_eval(trained_eel, tmp_path):
     from tasks.checkpoints import load_method
     from tasks.train.trainer import train_method
-    from tests.test_eval_models import _eval
+    from tests.helpers import eval_cli
 
     cfg = tiny_train_config("pebal")
     cfg = cfg.model_copy(
@@ -121,7 +121,7 @@ def test_pebal_trains_end_to_end_and_is_scored_by_eval(trained_eel, tmp_path):
     loaded = load_method(res.model)
     assert loaded.spec.name == "pebal" and loaded.model.head is not None
     datasets = [{"kind": "shards", "root": trained_eel.version, "name": "held", "val_fraction": 0.3}]
-    output, metrics = _eval(tmp_path, datasets, "--model", str(res.model))
+    output, metrics = eval_cli(tmp_path, datasets, "--model", str(res.model))
     assert "method, score pebal" in output
     held = metrics["datasets"]["held"]
     assert held["images"] >= m["images"] and 0 <= held["auroc"] <= 1 and metrics["settings"]["method"] == "pebal"

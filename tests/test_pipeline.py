@@ -12,43 +12,9 @@ import pytest
 from tasks.object_bank import read_object_bank
 from tasks.sample_format import SHARD_PATTERN
 from tasks.shards import read_rejects, read_table
-from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.synth.synthesize import (
-    Compositor,
-    claim_shard_dir,
-    plan_samples,
-    split_into_shards,
-    synthesize_or_resume,
-)
+from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, prepare_scenes
 from tasks.synth.validate import validate_shard_set
-from tests.conftest import write_object_photos
-
-
-def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
-    """What the flow does, shard by shard; optionally crash in the middle of one shard."""
-    scenes, scene_rejects = prepare_scenes(cfg, run)
-    bank_dir = build_object_bank(cfg, run / "objects", scenes=scenes)
-    comp = Compositor(cfg, read_object_bank(bank_dir))
-    claim_shard_dir(run / "shards", comp.config_hash)
-    shards = split_into_shards(
-        plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed, cfg.weather),
-        cfg.shards.samples_per_shard,
-    )
-    records = []
-    for i, plans in enumerate(shards):
-        done = {"n": 0}
-
-        def count_and_maybe_crash(i=i, done=done):
-            done["n"] += 1
-            if i == fail_at_shard and done["n"] == 2:
-                raise KeyboardInterrupt  # Ctrl-C in the middle of a shard
-
-        records.append(synthesize_or_resume(run / "shards", i, plans, scenes, comp, on_sample=count_and_maybe_crash))
-    return finalize_shard_set(run / "shards", cfg, records, scene_rejects + read_rejects(bank_dir / "rejects.parquet"))
-
-
-def shard_bytes(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
+from tests.helpers import run_stage, shard_bytes, write_object_photos
 
 
 def test_same_config_and_seed_give_byte_identical_shards(tiny_config, tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from schemas import MaskGateConfig
 from tasks.synth.saliency import SalientMasker, gate_mask, mask_quality, model_file
-from tests.conftest import u2netp_or_skip
+from tests.helpers import u2netp_or_skip
 
 
 def _scene(disc=True):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_train_config, write_object_photos
+from tests.helpers import tiny_train_config, write_object_photos
 
 pytestmark = pytest.mark.slow
 

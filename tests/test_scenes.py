@@ -22,7 +22,7 @@ from tasks.scenes import index_scenes, load_scene
 from tasks.scenes.frames import sample_video, scene_ids, working_size
 from tasks.scenes.pseudo_labels import confident_labels
 from tasks.synth.placement import Horizon, estimate_horizon, vanishing_point_row
-from tests.conftest import shared_or_skip
+from tests.helpers import shared_or_skip
 
 ESPNET = ("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
 ROAD, SKY, CAR, BUILDING = train_id("road"), train_id("sky"), train_id("car"), train_id("building")
@@ -415,8 +415,7 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     from tasks.sample_format import decode_parts, read_tar_samples
     from tasks.shards import read_table
     from tasks.synth.validate import validate_shard_set
-    from tests.conftest import tiny_synth_config
-    from tests.test_pipeline import run_stage
+    from tests.helpers import run_stage, tiny_synth_config
 
     root = tmp_path / "acdc"
     lab = np.full((128, 256), train_id("building"), np.uint8)

@@ -16,7 +16,7 @@ from models.segmenters import (
 )
 from schemas import SegmenterConfig
 from tasks.checkpoints import frozen_segmenter, read_checkpoint
-from tests.conftest import random_state_dict, shared_or_skip
+from tests.helpers import random_state_dict, shared_or_skip
 
 DATA = Path(__file__).parent / "data"
 

@@ -23,7 +23,7 @@ from schemas import PatchesConfig, PatchesSourceConfig
 from tasks.labels import ANOMALY
 from tasks.patches import PatchLibrary, paste_patches, patch_object, polygon_mask, random_crop_box
 from tasks.train.extras import build_extras
-from tests.conftest import tiny_method, tiny_train_config
+from tests.helpers import tiny_method, tiny_train_config
 
 LN2 = math.log(2)
 
@@ -331,15 +331,14 @@ def test_sleeg_trains_end_to_end_on_demo_shards(trained_eel, tmp_path, outside_o
     if not outside_objects:
         return
     # `anomalyforge eval --model` scores it as its own spec does, image by image
-    from tests.test_eval_models import _eval, _held_in
-    from tests.test_metrics import reference
+    from tests.helpers import eval_cli, held_in_samples, reference
 
     datasets = [{"kind": "shards", "root": trained_eel.version, "name": "held", "val_fraction": 0.3}]
-    output, metrics = _eval(tmp_path, datasets, "--model", str(res.model))
+    output, metrics = eval_cli(tmp_path, datasets, "--model", str(res.model))
     assert "method, score sleeg" in output and metrics["settings"]["method"] == "sleeg"
     scores, labels = [], []
     with torch.no_grad():
-        for _, img, lab in _held_in(trained_eel.version):
+        for _, img, lab in held_in_samples(trained_eel.version):
             x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
             scores.append(loaded.spec.infer(loaded.cfg.method, loaded.model, x, lab.shape).score[0].numpy())
             labels.append(lab)
@@ -355,7 +354,7 @@ def test_patch_shards_hold_only_patch_objects_tagged_in_meta_and_manifest(tiny_c
     from tasks.object_bank import read_object_bank
     from tasks.sample_format import SAMPLES
     from tasks.synth.pipeline import select_sources
-    from tests.test_pipeline import run_stage, shard_bytes
+    from tests.helpers import run_stage, shard_bytes
 
     cfg = tiny_config.model_copy(
         update={"objects": tiny_config.objects.model_copy(update={"patches": PatchesSourceConfig(count=6)})}

@@ -66,7 +66,7 @@ def _cases():
     white = obj.copy()
     white[~mask] = 255
     yield scene, white, mask, (100, 90, 140, 138)
-    from tests.conftest import shared_or_skip
+    from tests.helpers import shared_or_skip
 
     try:
         frames = sorted(shared_or_skip("cityscapes_frames").glob("*leftImg8bit.png"))[:1]

@@ -19,8 +19,7 @@ from tasks.shardset import ShardDataError, decode_sample, in_validation, validat
 from tasks.train.data import context_batch, random_crop_flip, train_loader
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
-from tests.conftest import real_photos_config, shared_or_skip, tiny_train_config, u2netp_or_skip
-from tests.test_pipeline import run_stage
+from tests.helpers import real_photos_config, run_stage, shared_or_skip, tiny_train_config, u2netp_or_skip
 
 
 def _sample(key: str, label: np.ndarray, channels: int = 1) -> dict:

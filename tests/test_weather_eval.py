@@ -22,8 +22,7 @@ from tasks.eval.report import write_eval_report
 from tasks.scoring import EvalSample, ScoredImage, evaluate_samples
 from tasks.synth.validate import validate_shard_set
 from tasks.versions import resolve_version
-from tests.conftest import tiny_method, tiny_train_config
-from tests.test_pipeline import run_stage
+from tests.helpers import run_stage, tiny_method, tiny_train_config
 
 
 def _sample(k: int, condition: str | None, rng) -> EvalSample:
@@ -111,7 +110,7 @@ def test_one_condition_or_none_gives_no_condition_rows_and_no_adverse_without_cl
 @pytest.fixture(scope="module")
 def every_condition_split(tmp_path_factory):
     """A tiny every-condition evaluation split: 2 composites × 7 conditions."""
-    from tests.conftest import tiny_synth_config
+    from tests.helpers import tiny_synth_config
 
     root = tmp_path_factory.mktemp("eval_split")
     cfg = tiny_synth_config(root)
@@ -186,7 +185,7 @@ def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference
     trained_eel, every_condition_split, tmp_path
 ):
     from flows.cli import app
-    from tests.conftest import tiny_synth_config
+    from tests.helpers import tiny_synth_config
 
     weather_cfg = tiny_synth_config(tmp_path)
     weather_cfg.num_samples = 12
@@ -290,7 +289,7 @@ def test_renderings_of_one_composite_fall_on_one_side_of_the_split(every_conditi
 
 
 def test_a_run_without_weather_writes_the_meta_of_the_runs_before_it(tmp_path):
-    from tests.conftest import tiny_synth_config
+    from tests.helpers import tiny_synth_config
 
     cfg = tiny_synth_config(tmp_path)
     cfg.num_samples = 2
