@@ -9,12 +9,9 @@ interrupted version is resumed by running the same thing again.
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
-import os
-import re
-import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -25,48 +22,52 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
 from prefect.futures import as_completed
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 from tqdm import tqdm
 
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.runtime import configure_process
-from tasks.sample_format import DATASET, REJECTS
-from tasks.scenes import scene_identity
-from tasks.shards import read_rejects
-from tasks.storage import Store
-from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes, select_sources
-from tasks.synth.report import REPORT_FILES, write_report
-from tasks.synth.synthesize import (
-    claim_shard_dir,
-    compositor_for,
-    plan_samples,
-    scene_sheet,
-    split_into_shards,
-    weather_sheet,
-    write_shard,
-)
-from tasks.synth.validate import validate_shard_set
-from tasks.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
+from tasks.synth.pipeline import select_sources
+from tasks.synth.synthesize import write_shard
+from tasks.synth.version import StageRunner, default_work_dir, make_version, work_dir_of
 
-prepare_scenes_task = task(prepare_scenes, name="prepare-scenes", cache_policy=NO_CACHE)
-build_bank_task = task(build_object_bank, name="build-object-bank", cache_policy=NO_CACHE)
-finalize_task = task(finalize_shard_set, name="finalize-manifest", cache_policy=NO_CACHE)
-validate_task = task(validate_shard_set, name="validate-shards", cache_policy=NO_CACHE)
-weather_sheet_task = task(weather_sheet, name="weather-contact-sheet", cache_policy=NO_CACHE)
-scene_sheet_task = task(scene_sheet, name="scenes-sheet", cache_policy=NO_CACHE)
-report_task = task(write_report, name="write-report", cache_policy=NO_CACHE)
+__all__ = ["default_work_dir", "run_synth", "synth"]
+
 write_shard_task = task(write_shard, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE)
+
+
+class PrefectStages(StageRunner):
+    """Each stage a Prefect task of the running flow; shard tasks submitted to the flow's task runner (threads or
+    Dask), with a progress artifact and a progress bar; messages to the run's log."""
+
+    def __init__(self) -> None:
+        self.logger = get_run_logger()
+
+    def stage(self, name: str, fn: Callable, *args, **kwargs):
+        return task(fn, name=name, cache_policy=NO_CACHE)(*args, **kwargs)
+
+    def shards(self, version_id: str, calls: list[tuple]) -> Iterator[dict]:
+        progress = create_progress_artifact(0.0, description=f"{version_id}: {len(calls)} shards")
+        futures = [write_shard_task.submit(*args) for args in calls]
+        for n, fut in enumerate(tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"), 1):
+            rec = fut.result()
+            update_progress_artifact(progress, 100.0 * n / len(futures))
+            self.log(f"{rec['shard']}: {rec['samples']} samples" + (" (already done)" if rec.get("skipped") else ""))
+            yield rec
+
+    def log(self, message: str) -> None:
+        self.logger.info(message)
 
 
 def _generate(cfg: SynthConfig, store: Path, deployment: str | None) -> dict:
     """Run the generation here (subflow) or on the deployment's work pool, and wait for it."""
     if not deployment:
         return generate_objects(cfg.model_dump(mode="json"), str(store))
-    from prefect.deployments import run_deployment
-    from prefect.runtime import flow_run
-
     key = f"{flow_run.get_id() or 'local'}"
     fr = run_deployment(
         deployment,
@@ -125,17 +126,6 @@ def _artifacts(summary: dict, bank, rejects, timings: dict, report: Path) -> Non
     create_markdown_artifact("\n".join(md), key="synth-summary", description="synth run summary")
 
 
-PENDING_DATASET = f".{DATASET}.pending"
-
-
-def default_work_dir(run_url: str) -> Path:
-    """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
-    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>-<its hash>``)."""
-    cache = Path(os.environ.get("ANOMALYFORGE_CACHE") or Path.home() / ".cache" / "anomalyforge")
-    tag = hashlib.sha256(run_url.encode()).hexdigest()[:8]  # s3://a/b_c and s3://a_b/c share a readable name
-    return cache / "runs" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run_url)}-{tag}"
-
-
 @flow(name="synth")
 def synth(
     config_path: str = "configs/demo.yaml",
@@ -159,116 +149,20 @@ def synth(
     """
     configure_process()  # a deployment's worker starts the program here
     cfg: SynthConfig = select_sources(load_config(config_path, overrides, scenes), sources)
-    log = get_run_logger()
-    remote = not Store(run_dir).local
-    # scenes, object bank, generated objects (and a remote run's staged files) on this machine
-    work = Path(work_dir) if work_dir else default_work_dir(Store(run_dir).url) if remote else Path(run_dir)
-    bank_dir, store = work / "objects", work / "generated"
     timings: dict[str, float] = {}
-
     generation = None
     if cfg.objects.diffusion is not None:
         t = time.perf_counter()
-        generation = _generate(cfg, store, generation_deployment)
+        generation = _generate(cfg, work_dir_of(run_dir, work_dir) / "generated", generation_deployment)
         timings["generate objects"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    scenes_, scene_rejects = prepare_scenes_task(cfg, work)
-    timings["scenes"] = time.perf_counter() - t
-    log.info("%d scenes (%d rejected)", len(scenes_), len(scene_rejects))
-
-    t = time.perf_counter()
-    build_bank_task(cfg, bank_dir, generated=store, scenes=scenes_)
-    compositor = compositor_for(cfg, bank_dir)  # the bank read once: the one the thread runner's shard tasks share
-    bank = compositor.bank
-    bank_rejects = read_rejects(bank_dir / "rejects.parquet")
-    timings["object bank"] = time.perf_counter() - t
-    log.info("object bank: %d objects, %d rejected", len(bank), len(bank_rejects))
-
-    bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
-    scenes_hash = scene_identity(scenes_)  # a fixed or replaced scene file makes a new version
-    content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
-    plan = plan_version(run_dir, content_hash)
-    shard_dir, shards_at = plan.version.path, Store(plan.version.path)
-    stage = work / "staging" / plan.version.id if remote else Path(shard_dir)  # manifests and sheets, then uploaded
-    log.info("version %s (%s), parent %s", plan.version.id, plan.status, plan.parent)
-    if plan.status == "unchanged":
-        summary = json.loads(shards_at.read_text(DATASET))
-    else:
-        t = time.perf_counter()
-        claim_shard_dir(shard_dir, compositor.config_hash)
-        plans = plan_samples([s.scene_id for s in scenes_], cfg.num_samples, cfg.seed, cfg.weather)
-        shards = split_into_shards(plans, cfg.shards.samples_per_shard)
-        progress = create_progress_artifact(0.0, description=f"{plan.version.id}: {len(shards)} shards")
-        futures = [write_shard_task.submit(shard_dir, i, part, scenes_, cfg, bank_dir) for i, part in enumerate(shards)]
-        records = []
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
-            rec = fut.result()
-            records.append(rec)
-            update_progress_artifact(progress, 100.0 * len(records) / len(futures))
-            log.info("%s: %d samples%s", rec["shard"], rec["samples"], " (already done)" if rec.get("skipped") else "")
-        timings["composite + shards"] = time.perf_counter() - t
-        version = {
-            "version": plan.version.id,
-            "parent_version": plan.parent,
-            "content_hash": content_hash,
-            "bank_hash": bank_hash,
-            "scenes_hash": scenes_hash,
-            "objects": len(bank),
-            "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
-        }
-        scene_sheet_task(stage / "scenes.png", scenes_, cfg)  # before the manifest, like the weather sheet
-        if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
-            t = time.perf_counter()
-            weather_sheet_task(stage / "weather.png", scenes_, plans, compositor)
-            timings["weather contact sheet"] = time.perf_counter() - t
-        # dataset.json (what makes a version complete for every reader) under a hidden name until validated
-        summary = finalize_task(stage, cfg, records, scene_rejects + bank_rejects, version, PENDING_DATASET)
-        if remote:  # hidden files stay behind
-            t = time.perf_counter()
-            shards_at.upload_dir(stage)
-            timings["upload manifests"] = time.perf_counter() - t
-    t = time.perf_counter()
-    checked, problems = validate_task(shard_dir)
-    timings["validate"] = time.perf_counter() - t
-    if problems:
-        raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
-    if plan.status != "unchanged":  # the version is complete from here on
-        if remote:
-            shards_at.put_file(stage / PENDING_DATASET, DATASET)
-            (stage / PENDING_DATASET).unlink()
-        else:
-            os.replace(stage / PENDING_DATASET, stage / DATASET)
-    publish_version(run_dir, plan.version)
-    removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
-    if removed:
-        log.info("retention (keep %d): removed %s", keep_versions, ", ".join(removed))
-    for vid in removed if remote else []:  # their staged files on this machine
-        shutil.rmtree(work / "staging" / vid, ignore_errors=True)
-    previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
-    with shards_at.open(REJECTS) as f:
-        rejects = read_rejects(f)
-    if plan.status == "unchanged":  # a published version keeps the report of the run that made it
-        report = shards_at.path("report.md")
-    else:
-        report = report_task(stage, shard_dir, summary, bank, rejects, timings, generation, previews)
-        if remote:
-            shards_at.upload_dir(stage, only=REPORT_FILES)
-            report = shards_at.path(report.name)
-    summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
-    summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
-    latest = Store(run_dir).path(LATEST if remote else LATEST_LINK)
-    summary |= {"shard_dir": str(shard_dir), "latest": str(latest), "report": str(report), "validated": checked}
-    _artifacts(summary, bank, rejects, timings, report)
-    log.info("%d samples validated; version %s in %s; report %s", checked, plan.version.id, shard_dir, report)
-    return summary
+    res = make_version(cfg, run_dir, work_dir, keep_versions, generation, PrefectStages(), timings)
+    _artifacts(res.summary, res.bank, res.rejects, res.timings, res.summary["report"])
+    return res.summary
 
 
 def dask_runner(address: str | None = None, workers: int = 2):
     """prefect-dask's ``DaskTaskRunner``: on the cluster at ``address`` (``tcp://host:8786``), else on a local
     cluster of ``workers`` processes with one thread each."""
-    from prefect_dask import DaskTaskRunner
-
     if address:
         return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True, "threads_per_worker": 1})

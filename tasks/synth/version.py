@@ -1,0 +1,200 @@
+"""Making one shard-set version: scenes -> object bank -> version plan -> shards -> manifest -> validation -> publish
++ retention -> report. A plain function, called by the ``synth`` flow (which adds Prefect tasks, artifacts and
+logging through a ``StageRunner``), by the tests and by ``make bench-synth``.
+
+A version whose content (config + bank + scenes) equals the latest one is not made again; an interrupted version is
+resumed by running the same thing again. ``dataset.json`` (what makes a version complete for every reader) is written
+under a hidden name and put in place only once the version validates.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas import RejectRecord, SynthConfig
+from tasks.object_bank import BankObject
+from tasks.sample_format import DATASET, REJECTS
+from tasks.scenes import scene_identity
+from tasks.shards import read_rejects
+from tasks.storage import Store
+from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
+from tasks.synth.report import REPORT_FILES, write_report
+from tasks.synth.synthesize import (
+    claim_shard_dir,
+    compositor_for,
+    plan_samples,
+    scene_sheet,
+    split_into_shards,
+    weather_sheet,
+    write_shard,
+)
+from tasks.synth.validate import validate_shard_set
+from tasks.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
+
+log = logging.getLogger(__name__)
+
+PENDING_DATASET = f".{DATASET}.pending"
+
+
+class StageRunner:
+    """How the stages of a version run. This one: in this process, one after another, shards in order. The flow's
+    runner makes each stage a Prefect task, submits the shard tasks to its task runner (threads or Dask) and logs to
+    Prefect; ``stage`` and ``shards`` must return what the plain calls return."""
+
+    def stage(self, name: str, fn: Callable, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def shards(self, version_id: str, calls: list[tuple]) -> Iterator[dict]:
+        """``write_shard(*args)`` for each of ``calls``, yielding the shard records as they finish (any order)."""
+        for args in calls:
+            yield write_shard(*args)
+
+    def log(self, message: str) -> None:
+        log.info(message)
+
+
+def default_work_dir(run_url: str) -> Path:
+    """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
+    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>-<its hash>``)."""
+    cache = Path(os.environ.get("ANOMALYFORGE_CACHE") or Path.home() / ".cache" / "anomalyforge")
+    tag = hashlib.sha256(run_url.encode()).hexdigest()[:8]  # s3://a/b_c and s3://a_b/c share a readable name
+    return cache / "runs" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run_url)}-{tag}"
+
+
+def work_dir_of(run_dir: str, work_dir: str | Path | None = None) -> Path:
+    """Where a run keeps its scenes, object bank and generated objects on this machine: the run directory itself
+    when it is local, else ``work_dir`` (default ``default_work_dir``)."""
+    store = Store(run_dir)
+    if work_dir:
+        return Path(work_dir)
+    return default_work_dir(store.url) if not store.local else Path(run_dir)
+
+
+@dataclass
+class VersionResult:
+    summary: dict  # dataset.json of the version, plus status, timings, paths
+    bank: list[BankObject]
+    rejects: list[RejectRecord]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_version(
+    cfg: SynthConfig,
+    run_dir: str,
+    work_dir: str | Path | None = None,
+    keep_versions: int = 5,
+    generation: dict | None = None,
+    runner: StageRunner | None = None,
+    timings: dict[str, float] | None = None,
+) -> VersionResult:
+    """Synthesize a new shard-set version of ``cfg`` under ``run_dir/versions/`` (``LATEST`` and, on a local disk,
+    the ``run_dir/shards`` symlink name the latest); ``run_dir`` is a local directory or an fsspec URL.
+
+    ``generation``: what the diffusion stage (run before, by the flow) reported; its objects are read from
+    ``<work>/generated``. ``keep_versions``: retention of complete versions."""
+    runner = runner or StageRunner()
+    timings = dict(timings or {})
+    remote = not Store(run_dir).local
+    work = work_dir_of(run_dir, work_dir)
+    bank_dir, store = work / "objects", work / "generated"
+
+    t = time.perf_counter()
+    scenes, scene_rejects = runner.stage("prepare-scenes", prepare_scenes, cfg, work)
+    timings["scenes"] = time.perf_counter() - t
+    runner.log(f"{len(scenes)} scenes ({len(scene_rejects)} rejected)")
+
+    t = time.perf_counter()
+    runner.stage("build-object-bank", build_object_bank, cfg, bank_dir, generated=store, scenes=scenes)
+    compositor = compositor_for(cfg, bank_dir)  # the bank read once: the one in-process shard tasks share
+    bank = compositor.bank
+    bank_rejects = read_rejects(bank_dir / REJECTS)
+    timings["object bank"] = time.perf_counter() - t
+    runner.log(f"object bank: {len(bank)} objects, {len(bank_rejects)} rejected")
+
+    bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
+    scenes_hash = scene_identity(scenes)  # a fixed or replaced scene file makes a new version
+    content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
+    plan = plan_version(run_dir, content_hash)
+    shard_dir, shards_at = plan.version.path, Store(plan.version.path)
+    stage = work / "staging" / plan.version.id if remote else Path(shard_dir)  # manifests and sheets, then uploaded
+    runner.log(f"version {plan.version.id} ({plan.status}), parent {plan.parent}")
+    if plan.status == "unchanged":
+        summary = json.loads(shards_at.read_text(DATASET))
+    else:
+        t = time.perf_counter()
+        claim_shard_dir(shard_dir, compositor.config_hash)
+        plans = plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed, cfg.weather)
+        calls = [
+            (shard_dir, i, part, scenes, cfg, bank_dir)
+            for i, part in enumerate(split_into_shards(plans, cfg.shards.samples_per_shard))
+        ]
+        records = list(runner.shards(plan.version.id, calls))
+        timings["composite + shards"] = time.perf_counter() - t
+        version = {
+            "version": plan.version.id,
+            "parent_version": plan.parent,
+            "content_hash": content_hash,
+            "bank_hash": bank_hash,
+            "scenes_hash": scenes_hash,
+            "objects": len(bank),
+            "objects_by_source": dict(collections.Counter(o.record.source for o in bank)),
+        }
+        runner.stage("scenes-sheet", scene_sheet, stage / "scenes.png", scenes, cfg)  # before the manifest
+        if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
+            t = time.perf_counter()
+            runner.stage("weather-contact-sheet", weather_sheet, stage / "weather.png", scenes, plans, compositor)
+            timings["weather contact sheet"] = time.perf_counter() - t
+        # dataset.json under a hidden name until validated
+        rejects = scene_rejects + bank_rejects
+        summary = runner.stage(
+            "finalize-manifest", finalize_shard_set, stage, cfg, records, rejects, version, PENDING_DATASET
+        )
+        if remote:  # hidden files stay behind
+            t = time.perf_counter()
+            shards_at.upload_dir(stage)
+            timings["upload manifests"] = time.perf_counter() - t
+    t = time.perf_counter()
+    checked, problems = runner.stage("validate-shards", validate_shard_set, shard_dir)
+    timings["validate"] = time.perf_counter() - t
+    if problems:
+        raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
+    if plan.status != "unchanged":  # the version is complete from here on
+        if remote:
+            shards_at.put_file(stage / PENDING_DATASET, DATASET)
+            (stage / PENDING_DATASET).unlink()
+        else:
+            os.replace(stage / PENDING_DATASET, stage / DATASET)
+    publish_version(run_dir, plan.version)
+    removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
+    if removed:
+        runner.log(f"retention (keep {keep_versions}): removed {', '.join(removed)}")
+    for vid in removed if remote else []:  # their staged files on this machine
+        shutil.rmtree(work / "staging" / vid, ignore_errors=True)
+    previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
+    with shards_at.open(REJECTS) as f:
+        rejects = read_rejects(f)
+    if plan.status == "unchanged":  # a published version keeps the report of the run that made it
+        report = shards_at.path("report.md")
+    else:
+        report = runner.stage(
+            "write-report", write_report, stage, shard_dir, summary, bank, rejects, timings, generation, previews
+        )
+        if remote:
+            shards_at.upload_dir(stage, only=REPORT_FILES)
+            report = shards_at.path(report.name)
+    summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
+    summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
+    latest = Store(run_dir).path(LATEST if remote else LATEST_LINK)
+    summary |= {"shard_dir": str(shard_dir), "latest": str(latest), "report": str(report), "validated": checked}
+    runner.log(f"{checked} samples validated; version {plan.version.id} in {shard_dir}; report {report}")
+    return VersionResult(summary, bank, rejects, timings)
