@@ -19,6 +19,7 @@ from schemas import BenchmarkConfig, EvalConfig, load_compare_config
 from tasks.eval.benchmarks import check_benchmarks
 from tasks.eval.compare import compare_rows, markdown, write_compare
 from tasks.eval.evaluate import EvaluationError, evaluate_model
+from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
 from tasks.train.trainer import segmenter_checkpoint, train_method
@@ -49,7 +50,7 @@ def models_dir(label: str, version: str, out: Path | None, versions: int) -> Pat
     so ``make compare`` on each version and the study between them reuse the same trained models."""
     if out is not None:
         return out / "models" if versions == 1 else out / "models" / label
-    return Path(version).parent.parent / "compare" / "models"
+    return RunLayout.of_version(version).compare_models
 
 
 @flow(name="compare")
@@ -72,8 +73,7 @@ def compare(
     version = next(iter(trains.values()))
     if out_dir is None and any(is_url(v) for v in trains.values()):
         raise ValueError("out_dir is required for a remote shard version")
-    default = "compare" if len(trains) == 1 else "compare-vs-" + "-".join(list(trains)[1:])
-    out = Path(out_dir or Path(version).parent.parent / default)
+    out = Path(out_dir or RunLayout.of_version(version).compare(list(trains)[1:]))
     models = {label: models_dir(label, v, out if out_dir else None, len(trains)) for label, v in trains.items()}
     check_benchmarks(cfg.benchmarks)  # a missing dataset fails now, not after every method has trained
     base = cfg.train.model_copy(update={"max_steps": cfg.max_steps})

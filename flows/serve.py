@@ -139,7 +139,7 @@ class LocalStack:
 
 def _gpu_count() -> int:
     try:
-        import torch
+        import torch  # only here: the server and the workers it starts never need torch themselves
 
         return torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no torch / no driver: CPU only

@@ -31,12 +31,13 @@ from tqdm import tqdm
 
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
+from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.synth.pipeline import select_sources
 from tasks.synth.synthesize import write_shard
-from tasks.synth.version import StageRunner, default_work_dir, make_version, work_dir_of
+from tasks.synth.version import StageRunner, make_version
 
-__all__ = ["default_work_dir", "run_synth", "synth"]
+__all__ = ["run_synth", "synth"]
 
 write_shard_task = task(write_shard, name="write-shard", task_run_name="shard-{shard_index:06d}", cache_policy=NO_CACHE)
 
@@ -145,7 +146,7 @@ def synth(
     demo, patches; default all); ``scenes``: "demo", or a root for the config's scene source, instead of its own;
     ``generation_deployment``: run the diffusion step as that deployment (e.g. ``generate-objects/gpu``) instead
     of in this process; ``keep_versions``: retention of complete versions; ``work_dir``: where a remote run keeps
-    its scenes, object bank and staged files on this machine (default: ``default_work_dir``).
+    its scenes, object bank and staged files on this machine (default: ``tasks.layout.default_work_dir``).
     """
     configure_process()  # a deployment's worker starts the program here
     cfg: SynthConfig = select_sources(load_config(config_path, overrides, scenes), sources)
@@ -153,7 +154,7 @@ def synth(
     generation = None
     if cfg.objects.diffusion is not None:
         t = time.perf_counter()
-        generation = _generate(cfg, work_dir_of(run_dir, work_dir) / "generated", generation_deployment)
+        generation = _generate(cfg, RunLayout.of(run_dir, work_dir).generated, generation_deployment)
         timings["generate objects"] = time.perf_counter() - t
     res = make_version(cfg, run_dir, work_dir, keep_versions, generation, PrefectStages(), timings)
     _artifacts(res.summary, res.bank, res.rejects, res.timings, res.summary["report"])

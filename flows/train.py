@@ -13,6 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas import load_train_config
+from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
 from tasks.train.trainer import segmenter_checkpoint, train_method
@@ -26,8 +27,7 @@ def default_out_dir(version: str, method: str) -> str:
     """``<run_dir>/train/<method>-<version id>`` for a resolved local version."""
     if is_url(version):
         raise ValueError("out_dir is required for a remote shard version")
-    v = Path(version)
-    return str(v.parent.parent / "train" / f"{method}-{v.name}")
+    return str(RunLayout.of_version(version).train(method, Path(version).name))
 
 
 def train_direct(

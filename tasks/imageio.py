@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 
 class BadInputError(ValueError):
@@ -53,16 +54,12 @@ def read_gray(path: str | Path) -> np.ndarray:
 
 def _palette_indices(path: str | Path, decoded: np.ndarray) -> np.ndarray:
     """The indices of a palette PNG (OpenCV expands the palette to colours; Pillow keeps the indices)."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return np.asarray(im) if im.mode == "P" else decoded
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(W, H) from the file's header, without decoding it, as ``read_rgb`` gives it (EXIF rotation applied)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,3 +24,28 @@ def derive_seed(seed: int, *names: object) -> int:
 
 def rng_for(seed: int, *names: object) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, *names))
+
+
+@dataclass(frozen=True)
+class TrainingSeeds:
+    """The seeds of one training process from ``step`` on: the shard stream's order and crops, the extra-data
+    providers (patches, AnomalyMix draws) and the loss's own sampling. A resumed run (``step`` > 0) draws new
+    samples instead of replaying the ones it already saw; every process of a multi-process run draws its own."""
+
+    stream: int
+    extras: int
+    loss: int
+
+
+def training_seeds(seed: int, step: int = 0, rank: int = 0) -> TrainingSeeds:
+    """The training seeds of process ``rank`` resuming at ``step``. Rank 0's seeds keep the arithmetic the trainer
+    has always used (``seed·7919 + step`` for the stream, ``seed + step`` for extras and loss), so recorded training
+    runs reproduce; other ranks derive theirs (``derive_seed``)."""
+    extras = seed + step if rank == 0 else derive_seed(seed, "extras", step, rank)
+    return TrainingSeeds(stream=seed * 7919 + step, extras=extras, loss=seed + step)
+
+
+def stream_worker_seed(stream_seed: int, rank: int, worker: int) -> int:
+    """The seed of one data-loader worker of process ``rank`` (its shard resampling and crops; its shuffle buffer
+    takes the next integer). Kept as the arithmetic the stream has always used, so recorded runs reproduce."""
+    return stream_seed * 1_000_003 + rank * 1009 + worker

@@ -27,12 +27,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tasks.layout import LATEST, LATEST_LINK, VERSIONS
 from tasks.sample_format import DATASET
 from tasks.storage import Store
 
-VERSIONS = "versions"
-LATEST = "LATEST"
-LATEST_LINK = "shards"
+__all__ = [
+    "LATEST",
+    "LATEST_LINK",
+    "VERSIONS",
+    "Version",
+    "latest_version",
+    "list_versions",
+    "plan_version",
+    "prune_versions",
+    "publish_version",
+    "resolve_version",
+]
+
 _NAME = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 
 

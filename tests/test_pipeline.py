@@ -12,7 +12,7 @@ import pytest
 from tasks.object_bank import read_object_bank
 from tasks.sample_format import SHARD_PATTERN
 from tasks.shards import read_rejects, read_table
-from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, prepare_scenes
+from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, prepare_scenes, select_sources
 from tasks.synth.validate import validate_shard_set
 from tests.helpers import run_stage, shard_bytes, write_object_photos
 
@@ -147,3 +147,13 @@ def test_bad_object_photos_are_quarantined_with_reasons(tiny_config, tmp_path):
     assert reasons["broken.png"][0] == "bad_input" and "broken.png: not a decodable image" in reasons["broken.png"][1]
     assert reasons["blank.png"][0] == "empty_mask"
     assert len(read_object_bank(bank_dir)) == 3  # the good ones are all there
+
+
+def test_sources_switch_registered_object_sources_on_and_off(tiny_config):
+    cfg = select_sources(tiny_config, ["demo"])  # the packaged photos need no section
+    assert cfg.objects.demo_objects and cfg.objects.files == []
+    assert select_sources(tiny_config, ["files"]).objects == tiny_config.objects
+    with pytest.raises(ValueError, match=r"object sources \['coco'\] were asked for but the config has no section"):
+        select_sources(tiny_config, ["coco"])
+    with pytest.raises(ValueError, match=r"unknown object source 'cocoa' \(did you mean 'coco'\?\); registered: files"):
+        select_sources(tiny_config, ["cocoa"])

@@ -20,7 +20,9 @@ import torch
 
 from models.methods.base import Inference, resize_logits
 from models.scores import anomaly_score
+from models.segmenters import build_segmenter, load_segmenter_weights
 from schemas import BenchmarkConfig, EvalConfig
+from schemas.registries import SEGMENTERS
 from tasks.checkpoints import is_method_checkpoint, load_method, read_checkpoint
 from tasks.eval.benchmarks import load_benchmark
 from tasks.imageio import BadInputError
@@ -95,8 +97,6 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
 
 
 def _segmenter(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
-    from models.segmenters import build_segmenter, load_segmenter_weights
-
     seg = build_segmenter(cfg.segmenter, **cfg.segmenter_options)
     heads = load_segmenter_weights(seg, obj, source=str(path))
     seg = seg.to(cfg.device)
@@ -151,12 +151,10 @@ def read_model_file(path: str | Path, segmenter: str | None = None) -> tuple[str
         return "method", obj
     if isinstance(obj, Mapping):
         if segmenter is None:
-            from models.segmenters import SEGMENTERS
-
             raise BadInputError(
                 f"{path} is a plain state dict (no method checkpoint, no TorchScript): to evaluate it as a frozen "
                 f"segmenter with a post-hoc score, name its network with --segmenter NAME (one of "
-                f"{', '.join(SEGMENTERS)}); a trained method is evaluated from the model.pt `anomalyforge train` wrote"
+                f"{', '.join(SEGMENTERS.names())}); a trained method is evaluated from the model.pt `anomalyforge train` wrote"
             )
         return "segmenter", obj
     raise BadInputError(f"{path}: holds a {type(obj).__name__}, not a state dict, method checkpoint or TorchScript")

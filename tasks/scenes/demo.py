@@ -23,6 +23,7 @@ from schemas import DemoScenesConfig, RejectRecord, ScenesConfig, SynthConfig
 from schemas.registries import SCENE_SOURCES
 from tasks.imageio import write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import label_id
+from tasks.layout import RunLayout
 from tasks.scenes.base import CITYSCAPES_SIZE, SceneRef
 from tasks.scenes.cityscapes import index_cityscapes
 from tasks.seeding import rng_for
@@ -199,5 +200,5 @@ class DemoSourceConfig(ScenesConfig):
 @SCENE_SOURCES.register("demo", config=DemoSourceConfig)
 def index(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[RejectRecord]]:
     sc = cfg.scenes
-    root = write_demo_scenes(Path(run_dir) / "scenes", sc.demo, cfg.seed, split=sc.split)
+    root = write_demo_scenes(RunLayout.of(run_dir).scenes, sc.demo, cfg.seed, split=sc.split)
     return index_cityscapes(root, sc.split, sc.cities, sc.limit)

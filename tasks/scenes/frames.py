@@ -30,6 +30,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm import tqdm
 
@@ -39,6 +40,7 @@ from schemas.registries import SCENE_SOURCES, SEGMENTERS
 from tasks.checkpoints import frozen_segmenter
 from tasks.imageio import BadInputError, read_gray, read_rgb, write_bytes_atomic, write_gray, write_rgb
 from tasks.labels import train_ids
+from tasks.layout import RunLayout
 from tasks.scenes.base import SceneRef
 from tasks.scenes.pseudo_labels import LabelRequest, label_batches
 from tasks.shards import sha256_of
@@ -160,8 +162,6 @@ def working_size(width: int, height: int, target_width: int | None) -> tuple[int
 def _device(name: str) -> str:
     if name != "auto":
         return name
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -209,7 +209,7 @@ def index_frames(cfg: SynthConfig, run_dir: Path) -> tuple[list[SceneRef], list[
     With ``limit``, frames are labelled a limit's worth at a time until that many scenes are accepted."""
 
     sc: FramesSourceConfig = cfg.scenes
-    scenes_dir = Path(run_dir) / "scenes"
+    scenes_dir = RunLayout.of(run_dir).scenes
     root = Path(sc.root)
     if root.is_file():
         if root.suffix.lower() not in VIDEO_SUFFIXES:

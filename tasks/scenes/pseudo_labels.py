@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from tasks.labels import VOID
 
@@ -28,9 +30,6 @@ class LabelRequest:
 def confident_labels(logits, out_size: tuple[int, int] | None, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(trainIds with void where the confidence is below ``threshold``, confidence) from 1×C×h×w logits, resized
     bilinearly to ``out_size`` (W, H) before the softmax when given."""
-    import torch
-    import torch.nn.functional as F
-
     with torch.inference_mode():
         if out_size is not None and tuple(logits.shape[-2:]) != (out_size[1], out_size[0]):
             logits = F.interpolate(
@@ -54,8 +53,6 @@ def label_batches(
     """Run the segmenter (a module giving logits ``N×19×H×W`` from RGB in [0, 1]) over the requests in batches of
     frames with the same working size, and hand each frame's confident label to ``on_label`` as soon as it is made.
     ``load_segmenter`` is called at the first batch: requests that all fail to decode never load the network."""
-    import torch
-
     net = []
     pending: list[LabelRequest] = []
 

@@ -15,6 +15,9 @@ The object store (``GeneratedStore``) is an object bank directory that grows bat
 
 A batch record is written last, after its tar, so a batch that was interrupted is simply generated again;
 ids of accepted and rejected specs are both "done", so nothing is ever generated twice.
+
+diffusers and huggingface_hub are imported inside the functions that need them: seconds to import, and only the
+generation stage uses them.
 """
 
 from __future__ import annotations

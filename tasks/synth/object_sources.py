@@ -5,7 +5,8 @@ fills) and self-made patches cut from the run's scenes.
 An object source answers four calls, so ``build_object_bank`` and ``select_sources`` never know a source's name:
 
 * ``configured(objects)``: whether the ``objects:`` section asks for it;
-* ``without(objects)``: the fields of ``objects:`` that switch it off (``anomalyforge synth --sources ...``);
+* ``without(objects)`` / ``with_(objects)``: the fields of ``objects:`` that switch it off / on
+  (``anomalyforge synth --sources ...``);
 * ``identity(ctx)``: what of its inputs decides the bank beyond the config (file names and sizes, ...);
 * ``extract(ctx)``: its objects and rejects.
 
@@ -66,6 +67,11 @@ class ObjectSource:
     def without(self, objects: ObjectBankConfig) -> dict:
         return {"sources": {k: v for k, v in objects.sources.items() if k != self.name}}
 
+    def with_(self, objects: ObjectBankConfig) -> dict | None:
+        """The fields that switch it on when ``--sources`` names it, or ``None`` when it needs a section of its own
+        that the config lacks (then naming it is an error)."""
+        return {} if self.configured(objects) else None
+
     def identity(self, ctx: BankContext) -> list:
         return []
 
@@ -111,6 +117,9 @@ class DemoPhotos(ObjectSource):
 
     def without(self, objects):
         return {"demo_objects": False}
+
+    def with_(self, objects):
+        return {"demo_objects": True}  # the packaged photos need no configuration
 
     def extract(self, ctx):
         return _photos(ctx, [demo_object_photos(ctx.bank_dir / "demo_photos")])

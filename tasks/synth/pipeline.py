@@ -44,11 +44,13 @@ def select_sources(cfg: SynthConfig, sources: list[str] | None = None) -> SynthC
     for name in sources:
         OBJECT_SOURCES.check_name(name)
     oc = cfg.objects
-    missing = [s for s in sources if not OBJECT_SOURCES.get(s).configured(oc)]
+    missing = [s for s in sources if OBJECT_SOURCES.get(s).with_(oc) is None]
     if missing:
         raise ValueError(f"object sources {missing} were asked for but the config has no section for them")
     for name, source in OBJECT_SOURCES.items():
-        if name not in sources and source.configured(oc):
+        if name in sources:
+            oc = oc.model_copy(update=source.with_(oc))
+        elif source.configured(oc):
             oc = oc.model_copy(update=source.without(oc))
     return SynthConfig.model_validate(cfg.model_copy(update={"objects": oc}).model_dump())
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
+from skimage.measure import LineModelND, ransac
 
 from schemas import PlacementConfig, PlacementRecord
 from tasks.labels import train_ids
@@ -34,8 +36,6 @@ class Horizon:
 def _boundary_line(points: np.ndarray, tolerance: float, min_inliers: float) -> tuple[float, float] | None:
     """(a, b) of the line ``x = a·y + b`` through most of the (y, x) ``points`` (RANSAC, scikit-image), or None
     when fewer than ``min_inliers`` of them lie within ``tolerance`` of it (a curved or ragged boundary)."""
-    from skimage.measure import LineModelND, ransac
-
     model, inliers = ransac(points, LineModelND, min_samples=2, residual_threshold=tolerance, max_trials=200, rng=0)
     if model is None or inliers is None or inliers.mean() < min_inliers:
         return None
@@ -87,8 +87,6 @@ def estimate_horizon(label: np.ndarray, drivable: list[str], stride: int = 4) ->
     """Horizon row of a scene without a camera file, from its largest drivable region: the vanishing point of
     its straight side boundaries when they are found (``vanishing_point``), else its top row (``road``: exact for a
     road that runs to the horizon, too low for one that ends at a car or a crest); mid-height without road."""
-    import cv2
-
     lab = label[::stride, ::stride]
     road = np.isin(lab, train_ids(drivable)).astype(np.uint8)
     n, cc, stats, _ = cv2.connectedComponentsWithStats(road, connectivity=8)

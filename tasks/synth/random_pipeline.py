@@ -8,6 +8,8 @@ no real weights: the tokenizer has a character-level vocabulary written here.
 Sizes: ``tiny`` (a few hundred thousand parameters, runs on CPU in a second) and ``sd15`` (the UNet of
 Stable Diffusion 1.5: 860 M parameters, the same work per step as the real model; text encoder and VAE
 stay small, as the benchmark times the denoising loop).
+
+diffusers and transformers are imported inside the functions: seconds to import, for tests and a benchmark only.
 """
 
 from __future__ import annotations

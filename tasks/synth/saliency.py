@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from schemas import MaskGateConfig
 
@@ -43,6 +44,7 @@ class SalientMasker:
     def __init__(self, model: str = "u2netp", model_home: str | Path | None = None, threads: int = 1):
         path = model_file(model, model_home)
         os.environ["U2NET_HOME"] = str(path.parent.resolve())  # rembg resolves its model through this
+        # imported here, not at the top: rembg reads U2NET_HOME when it is imported
         import onnxruntime as ort
         from rembg import new_session
 
@@ -54,8 +56,6 @@ class SalientMasker:
         self._session = new_session(model, sess_opts=opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        from PIL import Image
-
         (mask,) = self._session.predict(Image.fromarray(rgb))[:1]
         return np.asarray(mask, dtype=np.float32) / 255.0
 

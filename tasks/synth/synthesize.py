@@ -22,7 +22,7 @@ from tasks import CODE_VERSION
 from tasks.conditions import CLEAR, conditions
 from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic
 from tasks.labels import TRAIN_ID_COLOURS
-from tasks.object_bank import BankObject
+from tasks.object_bank import BankObject, read_object_bank
 from tasks.sample_format import CONDITION_SEP, SHARD_PATTERN, encode_sample
 from tasks.scenes import (
     CITYSCAPES_SIZE,
@@ -441,8 +441,6 @@ def synthesize_shard(
 
 @functools.lru_cache(maxsize=2)
 def _compositor(config_json: str, bank_dir: str, bank_stamp: str) -> Compositor:
-    from tasks.object_bank import read_object_bank
-
     return Compositor(SynthConfig.model_validate_json(config_json), read_object_bank(bank_dir))
 
 

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas import RejectRecord, SynthConfig
+from tasks.layout import LATEST, LATEST_LINK, RunLayout
 from tasks.object_bank import BankObject
 from tasks.sample_format import DATASET, REJECTS
 from tasks.scenes import scene_identity
@@ -39,7 +39,7 @@ from tasks.synth.synthesize import (
     write_shard,
 )
 from tasks.synth.validate import validate_shard_set
-from tasks.versions import LATEST, LATEST_LINK, plan_version, prune_versions, publish_version
+from tasks.versions import plan_version, prune_versions, publish_version
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +61,6 @@ class StageRunner:
 
     def log(self, message: str) -> None:
         log.info(message)
-
-
-def default_work_dir(run_url: str) -> Path:
-    """The local directory of a remote run's scenes, object bank and staged files (``$ANOMALYFORGE_CACHE``, default
-    ``~/.cache/anomalyforge``, then ``runs/<the URL as a name>-<its hash>``)."""
-    cache = Path(os.environ.get("ANOMALYFORGE_CACHE") or Path.home() / ".cache" / "anomalyforge")
-    tag = hashlib.sha256(run_url.encode()).hexdigest()[:8]  # s3://a/b_c and s3://a_b/c share a readable name
-    return cache / "runs" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', run_url)}-{tag}"
-
-
-def work_dir_of(run_dir: str, work_dir: str | Path | None = None) -> Path:
-    """Where a run keeps its scenes, object bank and generated objects on this machine: the run directory itself
-    when it is local, else ``work_dir`` (default ``default_work_dir``)."""
-    store = Store(run_dir)
-    if work_dir:
-        return Path(work_dir)
-    return default_work_dir(store.url) if not store.local else Path(run_dir)
 
 
 @dataclass
@@ -105,8 +88,8 @@ def make_version(
     runner = runner or StageRunner()
     timings = dict(timings or {})
     remote = not Store(run_dir).local
-    work = work_dir_of(run_dir, work_dir)
-    bank_dir, store = work / "objects", work / "generated"
+    run = RunLayout.of(run_dir, work_dir)
+    work, bank_dir, store = run.work, run.objects, run.generated
 
     t = time.perf_counter()
     scenes, scene_rejects = runner.stage("prepare-scenes", prepare_scenes, cfg, work)
@@ -126,7 +109,7 @@ def make_version(
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
     plan = plan_version(run_dir, content_hash)
     shard_dir, shards_at = plan.version.path, Store(plan.version.path)
-    stage = work / "staging" / plan.version.id if remote else Path(shard_dir)  # manifests and sheets, then uploaded
+    stage = run.staging(plan.version.id) if remote else Path(shard_dir)  # manifests and sheets, then uploaded
     runner.log(f"version {plan.version.id} ({plan.status}), parent {plan.parent}")
     if plan.status == "unchanged":
         summary = json.loads(shards_at.read_text(DATASET))
@@ -179,7 +162,7 @@ def make_version(
     if removed:
         runner.log(f"retention (keep {keep_versions}): removed {', '.join(removed)}")
     for vid in removed if remote else []:  # their staged files on this machine
-        shutil.rmtree(work / "staging" / vid, ignore_errors=True)
+        shutil.rmtree(run.staging(vid), ignore_errors=True)
     previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
     with shards_at.open(REJECTS) as f:
         rejects = read_rejects(f)

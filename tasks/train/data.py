@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.labels import ANOMALY, VOID
 from tasks.sample_format import SAMPLES
+from tasks.seeding import stream_worker_seed
 from tasks.shardset import (
     ShardDataError,
     count_samples,
@@ -78,7 +79,7 @@ class TrainStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
         worker = info.id if info else 0
-        seed = self.seed * 1_000_003 + self.rank * 1009 + worker
+        seed = stream_worker_seed(self.seed, self.rank, worker)
         rng = random.Random(seed)
         pipeline = wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),

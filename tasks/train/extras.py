@@ -19,6 +19,7 @@ import torch
 from schemas import PatchesConfig, SynthConfig
 from schemas.registries import EXTRA_DATA
 from tasks.imageio import BadInputError
+from tasks.layout import RunLayout
 from tasks.object_bank import read_object_bank
 from tasks.patches import PatchLibrary, paste_patches
 from tasks.sample_format import DATASET
@@ -41,12 +42,6 @@ def build_extras(requested: dict[str, dict], version: str, seed: int) -> dict[st
     return {name: EXTRA_DATA.get(name)(str(version), seed, **opts) for name, opts in requested.items()}
 
 
-def run_dirs(version: str) -> list[Path]:
-    """The run directory a local version may belong to: ``<run>/versions/vNNNN-hash`` (versioned runs) or
-    ``<run>/shards`` (a plain shard directory), in that order."""
-    return [Path(version).parent.parent, Path(version).parent]
-
-
 def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.ndarray]:
     """The object bank ``bank``, or the one next to a local version (``<run_dir>/objects``), as RGBA crops."""
     if bank is not None:
@@ -58,13 +53,13 @@ def object_bank_images(version: str, bank: str | Path | None = None) -> list[np.
             f"{version} is remote: the object context needs a local copy of the run's objects/ folder "
             f"(set method.object_bank=PATH)"
         )
-    for run in run_dirs(version):
-        if (run / "objects" / "objects.parquet").is_file():
-            return [o.rgba for o in read_object_bank(run / "objects")]
-    version = Path(version)
+    runs = RunLayout.candidates_for_version(version)
+    for run in runs:
+        if (run.objects / "objects.parquet").is_file():
+            return [o.rgba for o in read_object_bank(run.objects)]
     raise FileNotFoundError(
-        f"the object context needs the object bank of {version}: looked for {version.parent.parent / 'objects'} "
-        f"(a run's versions/) and {version.parent / 'objects'} (a plain shard directory)"
+        f"the object context needs the object bank of {version}: looked for {runs[0].objects} "
+        f"(a run's versions/) and {runs[1].objects} (a plain shard directory)"
     )
 
 
@@ -113,9 +108,9 @@ def clean_scene_refs(version: str, scenes: str | Path | None = None):
     cfg = SynthConfig.model_validate(json.loads(meta.read_text())["config"])
     if scenes is not None:
         cfg = with_scenes(cfg, scenes)
-    runs = run_dirs(version)
-    run = next((r for r in runs if (r / "scenes").is_dir()), runs[0])
-    refs, _ = index_scenes(cfg, run)
+    runs = RunLayout.candidates_for_version(version)
+    run = next((r for r in runs if r.scenes.is_dir()), runs[0])
+    refs, _ = index_scenes(cfg, run.work)
     return refs, cfg.scenes.max_unknown_label_fraction
 
 

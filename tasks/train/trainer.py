@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -40,7 +42,8 @@ from tasks.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, sa
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError
 from tasks.scoring import TensorScorer, evaluate_samples
-from tasks.seeding import derive_seed
+from tasks.seeding import training_seeds
+from tasks.segmentation_metrics import ConfusionMatrix
 from tasks.shardset import ShardSplit, shard_urls, validation_samples
 from tasks.train.data import check_rank_splits, check_splits, rank_shards, train_loader
 from tasks.train.extras import ExtraData, build_extras
@@ -111,8 +114,6 @@ def _write_history(path: Path, row: dict) -> None:
 
 
 def _accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
 
 
@@ -166,8 +167,6 @@ def pretrain_closed_set(
 
 @torch.no_grad()
 def _closed_set_miou(seg: FrozenSegmenter, urls: list[str], cfg: TrainConfig) -> float:
-    from tasks.segmentation_metrics import ConfusionMatrix
-
     seg.freeze()
     cm = ConfusionMatrix(NUM_TRAIN_CLASSES)
     for s in validation_samples(urls, cfg.val_fraction, cfg.val_limit):
@@ -295,12 +294,12 @@ def train_method(
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
     rank = accelerator.process_index
-    extras_seed = cfg.seed + start if rank == 0 else derive_seed(cfg.seed, "extras", start, rank)
-    extras = build_extras(spec.extras(cfg.method), version, extras_seed)
-    stream_cfg = cfg.model_copy(update={"seed": cfg.seed * 7919 + start})  # a resumed run sees new samples
+    seeds = training_seeds(cfg.seed, start, rank)
+    extras = build_extras(spec.extras(cfg.method), version, seeds.extras)
+    stream_cfg = cfg.model_copy(update={"seed": seeds.stream})  # a resumed run sees new samples
     own_shards = rank_shards(urls, rank, accelerator.num_processes)
     loader = train_loader(urls, stream_cfg, rank, accelerator.num_processes)
-    gen = torch.Generator().manual_seed(cfg.seed + start)
+    gen = torch.Generator().manual_seed(seeds.loss)
 
     history = out_dir / "history.jsonl"
     model.train()
@@ -361,8 +360,6 @@ def train_method(
         # DDP all-reduces gradients, so parameters agree; batch-norm running statistics are rank 0's, broadcast at
         # each forward, and each process's last step moved its own. Broadcast them once more: every process then
         # holds the head rank 0 saves.
-        import torch.distributed as dist
-
         for buf in inner.buffers():
             dist.broadcast(buf.data, src=0)
     _write_rank_record(out_dir, rank, accelerator.num_processes, own_shards, step, spec.head_state(inner))
