@@ -172,17 +172,16 @@ def test_a_version_that_fails_validation_is_not_complete_and_the_next_run_resume
     local disk and on a non-local filesystem (fsspec's in-memory one: the flow runs with threads, in this process)."""
     import uuid
 
-    from prefect import task
-
-    import flows.synth as synth_flow
+    import tasks.synth.version as version_module
     from flows.synth import run_synth
     from tasks.storage import Store
     from tasks.versions import resolve_version
 
     url = f"memory://af-{uuid.uuid4().hex[:8]}/run" if where == "memory" else str(tmp_path / "run")
     config, work = _config(tmp_path), str(tmp_path / "work") if where == "memory" else None
-    failing = task(lambda shard_dir: (0, [f"{shard_dir}: an injected problem"]), name="validate-shards")
-    monkeypatch.setattr(synth_flow, "validate_task", failing)
+    monkeypatch.setattr(
+        version_module, "validate_shard_set", lambda shard_dir: (0, [f"{shard_dir}: an injected problem"])
+    )
     with pytest.raises(RuntimeError, match="1 validation problems"):
         run_synth(config, url, workers=2, work_dir=work)
     store = Store(url)
