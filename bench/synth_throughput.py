@@ -30,9 +30,11 @@ from tasks.scenes import load_scene
 from tasks.scenes.cityscapes import index_cityscapes
 from tasks.scenes.demo import write_demo_scenes
 from tasks.shards import write_tar_shard
+from tasks.synth.compositor import Compositor
 from tasks.synth.pipeline import build_object_bank
 from tasks.synth.placement import NoPlacementError
-from tasks.synth.synthesize import Compositor, encode_composite, plan_samples
+from tasks.synth.plan import plan_samples
+from tasks.synth.writer import encode_composite
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ from schemas import SynthConfig, load_config
 from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.synth.pipeline import select_sources
-from tasks.synth.synthesize import write_shard
 from tasks.synth.version import StageRunner, make_version
+from tasks.synth.writer import write_shard
 
 __all__ = ["run_synth", "synth"]
 

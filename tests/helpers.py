@@ -26,14 +26,10 @@ from schemas.registry import Registry
 from tasks.eval.benchmarks import load_benchmark
 from tasks.object_bank import read_object_bank
 from tasks.shards import read_rejects
+from tasks.synth.compositor import Compositor
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.synth.synthesize import (
-    Compositor,
-    claim_shard_dir,
-    plan_samples,
-    split_into_shards,
-    synthesize_or_resume,
-)
+from tasks.synth.plan import plan_samples, split_into_shards
+from tasks.synth.writer import claim_shard_dir, synthesize_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -18,7 +18,8 @@ from tasks.labels import ANOMALY, train_id
 from tasks.object_bank import BankObject
 from tasks.scenes import Scene
 from tasks.seeding import derive_seed, rng_for
-from tasks.synth.synthesize import Compositor, SamplePlan, plan_samples
+from tasks.synth.compositor import Compositor
+from tasks.synth.plan import SamplePlan, plan_samples
 from tasks.synth.weather import (
     Frame,
     depth_map,

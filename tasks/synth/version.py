@@ -27,18 +27,13 @@ from tasks.sample_format import DATASET, REJECTS
 from tasks.scenes import scene_identity
 from tasks.shards import read_rejects
 from tasks.storage import Store
+from tasks.synth.compositor import compositor_for
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
+from tasks.synth.plan import plan_samples, split_into_shards
 from tasks.synth.report import REPORT_FILES, write_report
-from tasks.synth.synthesize import (
-    claim_shard_dir,
-    compositor_for,
-    plan_samples,
-    scene_sheet,
-    split_into_shards,
-    weather_sheet,
-    write_shard,
-)
+from tasks.synth.sheets import scene_sheet, weather_sheet
 from tasks.synth.validate import validate_shard_set
+from tasks.synth.writer import claim_shard_dir, write_shard
 from tasks.versions import plan_version, prune_versions, publish_version
 
 log = logging.getLogger(__name__)
