@@ -22,7 +22,8 @@ from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
-from tasks.train.trainer import segmenter_checkpoint, train_method
+from tasks.train.pretrain import segmenter_checkpoint
+from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
 
 segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)

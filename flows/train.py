@@ -16,7 +16,8 @@ from schemas import load_train_config
 from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
-from tasks.train.trainer import segmenter_checkpoint, train_method
+from tasks.train.pretrain import segmenter_checkpoint
+from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
 
 segmenter_task = task(segmenter_checkpoint, name="frozen-segmenter", cache_policy=NO_CACHE)

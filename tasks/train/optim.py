@@ -33,3 +33,8 @@ def sgd(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.opt
 
 def build_optimizer(groups: list[dict], cfg: MethodConfig, weight_decay: float) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(cfg.optimizer)(groups, cfg, weight_decay)
+
+
+def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
+    """lr factor (1 − step / total)^power."""
+    return lambda step: max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power

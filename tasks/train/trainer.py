@@ -1,5 +1,7 @@
-"""Training any registered anomaly method (``models.methods``) on a shard version, over a frozen segmenter; and,
-for the demo profile, the closed-set pre-training of a small segmenter on the same shards.
+"""Training any registered anomaly method (``models.methods``) on a shard version, over a frozen segmenter (the
+configured one, or the demo profile's closed-set network, ``tasks.train.pretrain``): ``restore`` (model, optimizer,
+schedule, an interrupted run's checkpoint) -> ``loop`` (the steps, evaluations, checkpoints) -> ``finish`` (the
+final metrics and ``model.pt``).
 
 One trainer for all methods: the method's spec builds the head, computes the loss on a batch, names its
 parameter groups and any extra per-step data (``tasks.train.extras``), and scores the validation images; the
@@ -29,35 +31,27 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
 from models.methods import MethodSpec, TrainingProgress, get_method
-from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas import TrainConfig
 from tasks.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
-from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError
 from tasks.scoring import TensorScorer, evaluate_samples
 from tasks.seeding import training_seeds
-from tasks.segmentation_metrics import ConfusionMatrix
-from tasks.shardset import ShardSplit, shard_urls, validation_samples
+from tasks.shardset import ShardSplit, shard_urls
 from tasks.train.data import check_rank_splits, check_splits, rank_shards, train_loader
 from tasks.train.extras import ExtraData, build_extras
-from tasks.train.optim import build_optimizer
+from tasks.train.optim import build_optimizer, poly_schedule
+from tasks.train.pretrain import segmenter_checkpoint
 
 Log = Callable[[str], None]
 
 
 # ---- pieces ----------------------------------------------------------------------------------------------------
-
-
-def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
-    """lr factor (1 − step / total)^power."""
-    return lambda step: max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
 
 
 def method_scorer(spec: MethodSpec, method_cfg, model: nn.Module, device) -> TensorScorer:
@@ -113,71 +107,6 @@ def _write_history(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def _accelerator(cfg: TrainConfig):
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
-
-
-# ---- closed-set pre-training (demo profile) -------------------------------------------------------------------
-
-
-def pretrain_closed_set(
-    cfg: TrainConfig, version: str | Path, out_path: Path, progress: bool = True, log: Log = print
-) -> Path:
-    """Train ``cfg.segmenter`` from scratch on the shards' inlier labels (anomaly pixels are ignored, so the
-    network never learns them) and save its state dict. This is what the demo runs when no real
-    Cityscapes-trained weights are configured: a weak but honest closed-set segmenter to freeze."""
-    if out_path.is_file():
-        log(f"closed-set segmenter: reusing {out_path}")
-        return out_path
-    torch.manual_seed(cfg.seed)
-    seg = build_segmenter(cfg.segmenter.name, **cfg.segmenter.options)
-    net = seg.net
-    for p in net.parameters():
-        p.requires_grad_(True)
-    net.train()
-    pc = cfg.segmenter.pretrain
-    opt = torch.optim.Adam(net.parameters(), lr=pc.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_schedule(pc.steps, 0.9))
-    urls = shard_urls(version)
-    check_splits(version, cfg.val_fraction)
-    loader = train_loader(urls, cfg.model_copy(update={"batch_size": pc.batch_size}))
-    bar = tqdm(total=pc.steps, desc=f"pre-train {seg.name} (closed set)", unit="step", disable=not progress)
-    losses = []
-    for step, (x, y) in enumerate(loader):
-        if step >= pc.steps:
-            break
-        y = y.masked_fill(y == ANOMALY, VOID)
-        logits = net(seg.normalize(x))
-        loss = F.cross_entropy(logits, y, ignore_index=VOID)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    bar.close()
-    save_atomic({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_path)
-    miou = _closed_set_miou(seg, urls, cfg)
-    summary = {"steps": pc.steps, "first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])), "val_miou": miou}
-    out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    log(f"closed-set segmenter: {out_path} (loss {losses[0]:.3f} → {summary['last_loss']:.3f}, val mIoU {miou:.3f})")
-    return out_path
-
-
-@torch.no_grad()
-def _closed_set_miou(seg: FrozenSegmenter, urls: list[str], cfg: TrainConfig) -> float:
-    seg.freeze()
-    cm = ConfusionMatrix(NUM_TRAIN_CLASSES)
-    for s in validation_samples(urls, cfg.val_fraction, cfg.val_limit):
-        x = torch.from_numpy(s["image"]).permute(2, 0, 1)[None].float().div(255)
-        pred = seg(x).argmax(1)[0].numpy().astype(np.uint8)
-        label = s["label"].copy()
-        label[label == ANOMALY] = VOID
-        cm.update(pred, label)
-    return float(cm.compute()["miou"])
-
-
 # ---- the trainer ------------------------------------------------------------------------------------------------
 
 
@@ -189,17 +118,6 @@ class TrainResult:
     steps: int
     first_loss: float | None
     last_loss: float | None
-
-
-def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, progress: bool, log: Log) -> Path:
-    """The configured checkpoint, or (demo profile) one pre-trained on this version's shards."""
-    if cfg.segmenter.checkpoint is not None:
-        return Path(cfg.segmenter.checkpoint)
-    tag = json.dumps([cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version)])
-    h = hashlib.sha256(tag.encode()).hexdigest()[:10]
-    return pretrain_closed_set(
-        cfg, version, out_dir.parent / "segmenters" / f"{cfg.segmenter.name}-{h}.pt", progress, log
-    )
 
 
 def head_digest(head: dict[str, torch.Tensor]) -> str:
@@ -239,26 +157,45 @@ def _finished(out_dir: Path, cfg: TrainConfig, version: str) -> TrainResult | No
     )
 
 
-def train_method(
-    cfg: TrainConfig,
-    version: str | Path,
-    out_dir: str | Path,
-    resume: bool = True,
-    progress: bool = True,
-    log: Log = print,
-) -> TrainResult:
-    """Train ``cfg.method`` on ``version``; outputs under ``out_dir`` (module docstring). With ``resume``, a run
-    whose model was already trained with this config on this version is returned as it is, and an interrupted
-    one continues from ``checkpoints/last.pt``."""
-    out_dir = Path(out_dir)
-    version = str(version)
+@dataclass
+class Session:
+    """What a training run holds between ``restore``, ``loop`` and ``finish``."""
+
+    cfg: TrainConfig
+    spec: MethodSpec
+    version: str
+    out_dir: Path
+    accelerator: Accelerator
+    model: nn.Module  # prepared by accelerate (DDP-wrapped in a multi-process run)
+    inner: nn.Module  # the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    segmenter_checkpoint: Path
+    urls: list[str]
+    total: int  # steps of all processes together
+    start: int  # the step this run starts (resumes) at
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
+
+
+@dataclass
+class LoopResult:
+    step: int
+    losses: list[float]
+    data_wait_s: float
+    elapsed_s: float
+    metrics: dict  # the last evaluation (main process), empty when none ran
+
+
+def restore(cfg: TrainConfig, version: str, out_dir: Path, resume: bool, progress: bool, log: Log) -> Session:
+    """The frozen segmenter (pre-trained first in the demo profile), the method's model, optimizer and schedule,
+    restored from ``checkpoints/last.pt`` when it was written by this config on this version."""
     spec = get_method(cfg.method.name)
-    if resume and (done := _finished(out_dir, cfg, version)) is not None:
-        log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
-        return done
     urls = shard_urls(version)
     n_train, _ = check_splits(version, cfg.val_fraction)
-    accelerator = _accelerator(cfg)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
     check_rank_splits(version, cfg.val_fraction, accelerator.num_processes)  # before any process waits for another
     with accelerator.main_process_first():  # the demo profile's closed-set network is trained once, then shared
         seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress and accelerator.is_main_process, log)
@@ -267,7 +204,6 @@ def train_method(
     model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_ckpt))
     wd = cfg.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay
     optimizer = build_optimizer(spec.param_groups(cfg.method, model), cfg.method, wd)
-
     if cfg.max_steps is not None:
         total = cfg.max_steps
     else:
@@ -293,19 +229,26 @@ def train_method(
     # counts steps of all processes together
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
-    rank = accelerator.process_index
-    seeds = training_seeds(cfg.seed, start, rank)
-    extras = build_extras(spec.extras(cfg.method), version, seeds.extras)
+    return Session(
+        cfg, spec, version, out_dir, accelerator, model, inner, optimizer, scheduler, seg_ckpt, urls, total, start
+    )
+
+
+def loop(run: Session, progress: bool) -> LoopResult:
+    """Steps ``run.start`` .. ``run.total``: each process streams its own shards; every ``eval_every`` steps the
+    main process evaluates on the held-in split and writes ``checkpoints/last.pt`` (what ``restore`` resumes)."""
+    cfg, spec, accelerator = run.cfg, run.spec, run.accelerator
+    seeds = training_seeds(cfg.seed, run.start, accelerator.process_index)
+    extras = build_extras(spec.extras(cfg.method), run.version, seeds.extras)
     stream_cfg = cfg.model_copy(update={"seed": seeds.stream})  # a resumed run sees new samples
-    own_shards = rank_shards(urls, rank, accelerator.num_processes)
-    loader = train_loader(urls, stream_cfg, rank, accelerator.num_processes)
+    loader = train_loader(run.urls, stream_cfg, accelerator.process_index, accelerator.num_processes)
     gen = torch.Generator().manual_seed(seeds.loss)
 
-    history = out_dir / "history.jsonl"
-    model.train()
+    history = run.out_dir / "history.jsonl"
+    run.model.train()
     bar = tqdm(
-        total=total,
-        initial=start,
+        total=run.total,
+        initial=run.start,
         desc=f"train {cfg.method.name}",
         unit="step",
         disable=not (progress and accelerator.is_main_process),
@@ -313,71 +256,103 @@ def train_method(
     losses: list[float] = []
     wait = 0.0
     t_start = t_prev = time.perf_counter()
-    step = start
+    step = run.start
     metrics: dict = {}
     for x, y, batch_extras in with_extras(loader, extras, accelerator.device):
-        if step >= total:
+        if step >= run.total:
             break
         wait += time.perf_counter() - t_prev
         x, y = x.to(accelerator.device), y.to(accelerator.device)
         with accelerator.autocast():
-            parts = spec.loss(cfg.method, model, x, y, batch_extras, gen, TrainingProgress(step, total))
+            parts = spec.loss(cfg.method, run.model, x, y, batch_extras, gen, TrainingProgress(step, run.total))
         loss = parts["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in parts.items()} })"
             )
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
+        run.optimizer.step()
+        run.scheduler.step()
         step += 1
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}")
-        if accelerator.is_main_process and (step % 10 == 0 or step == total):
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], "data_wait_s": round(wait, 3)}
+        if accelerator.is_main_process and (step % 10 == 0 or step == run.total):
+            row = {"step": step, "lr": run.scheduler.get_last_lr()[0], "data_wait_s": round(wait, 3)}
             _write_history(history, row | {k: v.item() for k, v in parts.items()})
-        if step % cfg.eval_every == 0 or step == total:
+        if step % cfg.eval_every == 0 or step == run.total:
             if accelerator.is_main_process:
-                metrics = evaluate(inner, spec, cfg, version, accelerator.device)
+                metrics = evaluate(run.inner, spec, cfg, run.version, accelerator.device)
                 _write_history(history, {"step": step, "eval": metrics})
                 save_atomic(
                     {
                         "step": step,
                         "config_hash": cfg.content_hash(),
-                        "shards": version,
-                        "head": {k: v.cpu() for k, v in inner.trainable_state_dict().items()},
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
+                        "shards": run.version,
+                        "head": {k: v.cpu() for k, v in run.inner.trainable_state_dict().items()},
+                        "optimizer": run.optimizer.state_dict(),
+                        "scheduler": run.scheduler.state_dict(),
                     },
-                    last,
+                    run.last,
                 )
             accelerator.wait_for_everyone()
         t_prev = time.perf_counter()
     bar.close()
+    return LoopResult(step, losses, wait, time.perf_counter() - t_start, metrics)
+
+
+def finish(run: Session, done: LoopResult) -> TrainResult:
+    """Every process's rank record; then (main process) the final metrics and ``model.pt``, written last: its
+    presence means "finished"."""
+    accelerator, spec, cfg = run.accelerator, run.spec, run.cfg
     if accelerator.num_processes > 1:
         # DDP all-reduces gradients, so parameters agree; batch-norm running statistics are rank 0's, broadcast at
         # each forward, and each process's last step moved its own. Broadcast them once more: every process then
         # holds the head rank 0 saves.
-        for buf in inner.buffers():
+        for buf in run.inner.buffers():
             dist.broadcast(buf.data, src=0)
-    _write_rank_record(out_dir, rank, accelerator.num_processes, own_shards, step, spec.head_state(inner))
+    own_shards = rank_shards(run.urls, accelerator.process_index, accelerator.num_processes)
+    _write_rank_record(
+        run.out_dir, accelerator.process_index, accelerator.num_processes, own_shards, done.step,
+        spec.head_state(run.inner),
+    )  # fmt: skip
 
-    model_path = out_dir / "model.pt"
+    model_path = run.out_dir / "model.pt"
+    metrics = done.metrics
     if accelerator.is_main_process:
         if not metrics:
-            metrics = evaluate(inner, spec, cfg, version, accelerator.device)
+            metrics = evaluate(run.inner, spec, cfg, run.version, accelerator.device)
         summary = metrics | {
             "method": cfg.method.name,
-            "steps": step,
-            "first_loss": losses[0] if losses else None,
-            "last_loss": float(np.mean(losses[-10:])) if losses else None,
-            "data_wait_fraction": wait / max(time.perf_counter() - t_start, 1e-9),
-            "shards": version,
-            "segmenter_checkpoint": str(seg_ckpt),
+            "steps": done.step,
+            "first_loss": done.losses[0] if done.losses else None,
+            "last_loss": float(np.mean(done.losses[-10:])) if done.losses else None,
+            "data_wait_fraction": done.data_wait_s / max(done.elapsed_s, 1e-9),
+            "shards": run.version,
+            "segmenter_checkpoint": str(run.segmenter_checkpoint),
         }
-        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        save_method(model_path, spec, inner, cfg, seg_ckpt, version)  # last: its presence means "finished"
+        (run.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        save_method(model_path, spec, run.inner, cfg, run.segmenter_checkpoint, run.version)
         metrics = summary
-    return TrainResult(out_dir, model_path, metrics, step, metrics.get("first_loss"), metrics.get("last_loss"))
+    return TrainResult(run.out_dir, model_path, metrics, done.step, metrics.get("first_loss"), metrics.get("last_loss"))
+
+
+def train_method(
+    cfg: TrainConfig,
+    version: str | Path,
+    out_dir: str | Path,
+    resume: bool = True,
+    progress: bool = True,
+    log: Log = print,
+) -> TrainResult:
+    """Train ``cfg.method`` on ``version``; outputs under ``out_dir`` (module docstring). With ``resume``, a run
+    whose model was already trained with this config on this version is returned as it is, and an interrupted
+    one continues from ``checkpoints/last.pt``."""
+    out_dir = Path(out_dir)
+    version = str(version)
+    if resume and (done := _finished(out_dir, cfg, version)) is not None:
+        log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
+        return done
+    run = restore(cfg, version, out_dir, resume, progress, log)
+    return finish(run, loop(run, progress))
