@@ -1,9 +1,7 @@
 """Diffusion object generator: vocabulary, spec ids, offline loading of a tiny random pipeline through the
-users' code path (SD and SDXL), generation, the gated object store, incremental planning, shard versions."""
+users' code path (SD and SDXL), generation, the gated object store, incremental planning."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -11,11 +9,9 @@ import yaml
 
 from schemas import DiffusionConfig, MaskGateConfig
 from tasks.object_bank import read_object_bank
-from tasks.sample_format import DATASET
 from tasks.synth.diffusion import GeneratedStore, WeightsNotFoundError, generate_images, load_pipeline, run_batch
 from tasks.synth.prompts import DEFAULT_VOCABULARY, cityscapes_class_of, load_vocabulary, plan_specs, round_specs
 from tasks.synth.random_pipeline import save_random_pipeline
-from tasks.versions import latest_version, plan_version, prune_versions, publish_version
 
 
 @pytest.fixture(scope="module")
@@ -152,35 +148,6 @@ def test_batches_go_through_the_gate_into_the_store_and_are_never_redone(tmp_pat
     assert sorted(o.record.object_id for o in bank) == sorted(s.object_id for s in specs)
     dog = next(o.record for o in bank if o.record.class_name == "dog")
     assert dog.source == "diffusion" and dog.prompt == "one dog in the wild" and dog.height_m == (0.4, 0.9)
-
-
-def test_versions_new_unchanged_resume_publish_and_retention(tmp_path):
-    def complete(plan, parent):
-        (plan.version.path / DATASET).write_text(
-            json.dumps({"content_hash": plan.version.content_hash, "parent_version": parent})
-        )
-
-    a = plan_version(tmp_path, "a" * 64)
-    assert a.status == "new" and a.version.id == "v0001-aaaaaaaa" and a.parent is None
-    assert plan_version(tmp_path, "a" * 64).status == "resume"  # interrupted: same content resumes in place
-    complete(a, None)
-    publish_version(tmp_path, a.version)
-    assert (tmp_path / "shards").resolve() == a.version.path and (
-        tmp_path / "LATEST"
-    ).read_text().strip() == a.version.id
-    assert plan_version(tmp_path, "a" * 64).status == "unchanged"
-    ids = [a.version.id]
-    for h in "bcd":
-        p = plan_version(tmp_path, h * 64)
-        assert p.status == "new" and p.parent == ids[-1]
-        complete(p, ids[-1])
-        publish_version(tmp_path, p.version)
-        ids.append(p.version.id)
-    assert ids[-1] == "v0004-dddddddd" and latest_version(tmp_path).id == ids[-1]
-    assert prune_versions(tmp_path, keep=2) == ids[:2]
-    assert [p.name for p in sorted((tmp_path / "versions").iterdir())] == ids[2:]
-    with pytest.raises(ValueError, match="not complete"):
-        publish_version(tmp_path, plan_version(tmp_path, "e" * 64).version)
 
 
 @pytest.mark.slow

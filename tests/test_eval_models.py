@@ -133,35 +133,6 @@ def test_the_held_in_split_carries_trainids_for_the_closed_set_miou(trained_eel)
     assert 0 <= m["miou"] <= 1 and 0 < m["closed_set_agreement"] <= 1 and m["images"] == len(list(ds.samples()))
 
 
-def test_model_pt_is_portable_and_names_a_missing_or_different_segmenter(trained_eel, tmp_path):
-    # the whole directory moves: the segmenter is found by its path relative to model.pt
-    moved = tmp_path / "moved"
-    shutil.copytree(trained_eel.root / "train", moved / "train")
-    model = moved / "train" / "eel" / "model.pt"
-    ckpt = read_checkpoint(model)
-    assert ckpt["segmenter"]["relative"] == "../segmenters/" + trained_eel.segmenter.name
-    original = trained_eel.segmenter
-    stash = tmp_path / "stash.pt"
-    shutil.move(original, stash)  # the absolute path no longer exists either
-    try:
-        assert load_method(model).segmenter_checkpoint == moved / "train" / "segmenters" / original.name
-        (moved / "train" / "segmenters" / original.name).unlink()
-        with pytest.raises(
-            FileNotFoundError, match=r"model.pt: its frozen segmenter checkpoint is missing.*--segmenter-checkpoint"
-        ):
-            load_method(model)
-        assert load_method(model, segmenter_checkpoint=stash).segmenter_checkpoint == stash
-        other = tmp_path / "other.pt"
-        sd = read_checkpoint(stash)
-        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}, other)
-        with pytest.raises(
-            ValueError, match=rf"trained over the segmenter checkpoint .*{original.name}.* but .*other.pt has sha256"
-        ):
-            load_method(model, segmenter_checkpoint=other)
-    finally:
-        shutil.move(stash, original)
-
-
 def test_what_the_model_file_is_decides_how_it_is_read(trained_eel, tmp_path):
     datasets = [BenchmarkConfig(kind="shards", root=trained_eel.version)]
     assert load_eval_model(EvalConfig(model=trained_eel.model, datasets=datasets)).kind == "method"

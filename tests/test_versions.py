@@ -1,15 +1,18 @@
-"""Making a version without Prefect (``tasks.synth.version.make_version``): the bytes of the move, resume, unchanged."""
+"""Shard-set versions: their lifecycle (``tasks.versions``) and making one without Prefect
+(``tasks.synth.version.make_version``): the bytes of the move, resume, unchanged."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from schemas import load_config
+from tasks.sample_format import DATASET
 from tasks.synth.version import make_version
-from tasks.versions import resolve_version
+from tasks.versions import latest_version, plan_version, prune_versions, publish_version, resolve_version
 from tests.helpers import ROOT, run_stage, shard_bytes, u2netp_or_skip
 
 #: the demo profile's config hash and shard sha256s, made by the code before the registries and layers moved
@@ -59,3 +62,32 @@ def test_a_version_without_prefect_equals_the_stages_run_one_by_one_and_is_not_m
     again = make_version(tiny_config, str(tmp_path / "run"))
     assert again.summary["status"] == "unchanged" and again.summary["version"] == first.summary["version"]
     assert Path(resolve_version(tmp_path / "run")) == Path(first.summary["shard_dir"]).resolve()
+
+
+def test_versions_new_unchanged_resume_publish_and_retention(tmp_path):
+    def complete(plan, parent):
+        (plan.version.path / DATASET).write_text(
+            json.dumps({"content_hash": plan.version.content_hash, "parent_version": parent})
+        )
+
+    a = plan_version(tmp_path, "a" * 64)
+    assert a.status == "new" and a.version.id == "v0001-aaaaaaaa" and a.parent is None
+    assert plan_version(tmp_path, "a" * 64).status == "resume"  # interrupted: same content resumes in place
+    complete(a, None)
+    publish_version(tmp_path, a.version)
+    assert (tmp_path / "shards").resolve() == a.version.path and (
+        tmp_path / "LATEST"
+    ).read_text().strip() == a.version.id
+    assert plan_version(tmp_path, "a" * 64).status == "unchanged"
+    ids = [a.version.id]
+    for h in "bcd":
+        p = plan_version(tmp_path, h * 64)
+        assert p.status == "new" and p.parent == ids[-1]
+        complete(p, ids[-1])
+        publish_version(tmp_path, p.version)
+        ids.append(p.version.id)
+    assert ids[-1] == "v0004-dddddddd" and latest_version(tmp_path).id == ids[-1]
+    assert prune_versions(tmp_path, keep=2) == ids[:2]
+    assert [p.name for p in sorted((tmp_path / "versions").iterdir())] == ids[2:]
+    with pytest.raises(ValueError, match="not complete"):
+        publish_version(tmp_path, plan_version(tmp_path, "e" * 64).version)
