@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import BaseModel
 
 from schemas.registries import ALL, METHODS, OBJECT_SOURCES, SCORES
 from schemas.registry import PluginError, Registry, UnknownNameError
 from tests import helpers
-from tests.helpers import write_plugin_dist
+from tests.helpers import ROOT, write_plugin_dist
 
 
 class WidgetConfig(BaseModel):
@@ -112,3 +114,19 @@ def test_configs_take_their_valid_names_from_the_registries():
         SCORES.unregister("test_only_score")
     with pytest.raises(ValueError, match=r"unknown harmonizer 'lap' \(did you mean 'lab'\?\)"):
         HarmonizeConfig(method="lap")
+
+
+def test_no_code_compares_anything_with_a_registered_name():
+    """What an entry does is asked of the entry (its spec, its config class), never decided by ``== "<name>"``
+    elsewhere: a plug-in would otherwise be second class."""
+    names = {n for reg in ALL.values() for n in reg.names()}
+    compare = re.compile(r"""(?:==|!=|\bin\b)\s*\(?\s*['"]([\w.\-]+)['"]|['"]([\w.\-]+)['"]\s*(?:==|!=)""")
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for d in ("flows", "tasks", "models")
+        for p in sorted((ROOT / d).rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        for m in compare.finditer(line)
+        if (m.group(1) or m.group(2)) in names
+    ]
+    assert hits == []

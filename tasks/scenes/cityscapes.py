@@ -29,7 +29,8 @@ class CityscapesSourceConfig(ScenesConfig):
     def _legacy_demo_section(cls, data):
         """Configs saved before scene sources had their own configs carry the demo profile's defaults here."""
         if isinstance(data, dict) and data.get("demo") == _LEGACY_DEMO:
-            data = {k: v for k, v in data.items() if k != "demo"}
+            data = dict(data)
+            del data["demo"]
         return data
 
     def hash_payload(self) -> dict:

@@ -92,7 +92,7 @@ def build_object_bank(
 
     ``masker`` (soft mask from RGB) defaults to rembg with ``cfg.saliency``; it is created only if a
     photo without a mask needs it. ``generated``: the diffusion object store whose accepted objects join
-    the bank (when the config has a diffusion source). ``scenes``: what the ``patches`` source cuts from.
+    the bank (read by the ``diffusion`` source when configured). ``scenes``: what the ``patches`` source cuts from.
     """
     bank_dir = Path(bank_dir)
     stamp = bank_dir / BANK_STAMP
@@ -101,7 +101,7 @@ def build_object_bank(
         bank_dir=bank_dir,
         masker=masker or LazyMasker(cfg.saliency.model, cfg.saliency.model_home),
         excluded=_excluded_classes(cfg),
-        generated=Path(generated) if generated is not None and cfg.objects.diffusion is not None else None,
+        generated=Path(generated) if generated is not None else None,
         scenes=list(scenes or []),
     )
     h = _bank_hash(ctx)
