@@ -130,3 +130,25 @@ def test_no_code_compares_anything_with_a_registered_name():
         if (m.group(1) or m.group(2)) in names
     ]
     assert hits == []
+
+
+def test_cli_list_prints_one_registry_or_all_and_names_an_unknown_kind():
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    one = CliRunner().invoke(app, ["list", "weather"])
+    assert one.exit_code == 0 and one.output.splitlines()[0] == "weather (anomalyforge.weather):"
+    assert [line.split()[0] for line in one.output.splitlines()[1:]] == [
+        "fog",
+        "sandstorm",
+        "rain",
+        "snow",
+        "night",
+        "frost",
+    ]
+    every = CliRunner().invoke(app, ["list"]).output
+    assert all(f"{kind} ({reg.group}):" in every for kind, reg in ALL.items())
+    assert "  demo                     tasks.scenes.demo  [DemoSourceConfig]" in every
+    bad = CliRunner().invoke(app, ["list", "scene_source"])
+    assert bad.exit_code == 2 and "unknown registry 'scene_source' (did you mean 'scene_sources'?)" in bad.output
