@@ -27,12 +27,12 @@ def trained_eel(tmp_path_factory):
 
     from tasks.train.trainer import train_method
     from tasks.versions import resolve_version
-    from tests.helpers import run_stage
+    from tests.helpers import make_shards
 
     root = tmp_path_factory.mktemp("trained")
     cfg = tiny_synth_config(root)
     cfg.num_samples = 12
-    run_stage(cfg, root / "run")
+    make_shards(cfg, root / "run")
     version = resolve_version(root / "run" / "shards")
     res = train_method(tiny_train_config("eel"), version, root / "train" / "eel", progress=False, log=lambda m: None)
     return SimpleNamespace(

@@ -29,6 +29,7 @@ from tasks.shards import read_rejects
 from tasks.synth.compositor import Compositor
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
 from tasks.synth.plan import plan_samples, split_into_shards
+from tasks.synth.version import make_version
 from tasks.synth.writer import claim_shard_dir, synthesize_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,8 +154,16 @@ def tiny_train_config(method: str, **kw):
     )
 
 
+def make_shards(cfg, run: Path) -> dict:
+    """A validated, published version of ``cfg`` under the run directory ``run`` (``make_version``, no Prefect);
+    ``run / "shards"`` names it. Returns the version's summary (``dataset.json`` and the run's status)."""
+    return make_version(cfg, str(run)).summary
+
+
 def run_stage(cfg, run: Path, fail_at_shard: int | None = None):
-    """What the flow does, shard by shard; optionally crash in the middle of one shard."""
+    """The synth stages one by one into a plain shard directory ``run / "shards"`` (no versions), optionally crashing
+    in the middle of one shard: what tests of the stages themselves (resume, quarantine, the directory claim) use;
+    everything else makes a version with ``make_shards``."""
     scenes, scene_rejects = prepare_scenes(cfg, run)
     bank_dir = build_object_bank(cfg, run / "objects", scenes=scenes)
     comp = Compositor(cfg, read_object_bank(bank_dir))

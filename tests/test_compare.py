@@ -16,7 +16,7 @@ from tasks.eval.compare import compare_rows, markdown
 from tasks.synth.validate import validate_shard_set
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
-from tests.helpers import run_stage, tiny_method, tiny_train_config
+from tests.helpers import make_shards, tiny_method, tiny_train_config
 
 
 def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
@@ -104,7 +104,7 @@ def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path)
 def test_a_png_shard_set_trains_like_a_jpeg_one(tiny_config, tmp_path):
     tiny_config.num_samples = 8
     tiny_config.shards.image_format = "png"
-    run_stage(tiny_config, tmp_path / "run")
+    make_shards(tiny_config, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     checked, problems = validate_shard_set(version)
     assert checked == 8 and problems == []

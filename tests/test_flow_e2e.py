@@ -68,11 +68,11 @@ def test_synth_flow_and_validate_cli(tmp_path):
 def test_real_frames_and_real_object_photos(tmp_path):
     """Real Cityscapes frame + real photos (rembg for those without a mask) -> validated shards."""
     from tasks.synth.validate import validate_shard_set
-    from tests.helpers import run_stage
+    from tests.helpers import make_shards
 
     u2netp_or_skip()
     cfg = real_photos_config(num_samples=4, max_side=128, min_height_px=6)
-    summary = run_stage(cfg, tmp_path)
+    summary = make_shards(cfg, tmp_path)
     assert summary["samples"] >= 1
     assert validate_shard_set(tmp_path / "shards")[1] == []
 

@@ -20,11 +20,11 @@ def test_two_processes_stream_disjoint_shards_and_rank_0_saves_the_shared_head(t
     from tasks.checkpoints import read_checkpoint
     from tasks.train.trainer import head_digest
     from tasks.versions import resolve_version
-    from tests.helpers import run_stage
+    from tests.helpers import make_shards
 
     cfg = tiny_synth_config(tmp_path)
     cfg.num_samples, cfg.shards.samples_per_shard = 12, 2  # 6 shards: 3 per process
-    run_stage(cfg, tmp_path / "run")
+    make_shards(cfg, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     train = tiny_train_config("eel").model_dump(mode="json") | {"device": "cpu", "val_fraction": 0.0}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(train))

@@ -415,7 +415,7 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     from tasks.sample_format import decode_parts, read_tar_samples
     from tasks.shards import read_table
     from tasks.synth.validate import validate_shard_set
-    from tests.helpers import run_stage, tiny_synth_config
+    from tests.helpers import make_shards, tiny_synth_config
 
     root = tmp_path / "acdc"
     lab = np.full((128, 256), train_id("building"), np.uint8)
@@ -431,7 +431,7 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
         | {"scenes": {"kind": "acdc", "root": str(root), "split": "val", "conditions": ["fog", "snow"]}}
     )
     cfg.num_samples = 4
-    run_stage(cfg, tmp_path / "run")
+    make_shards(cfg, tmp_path / "run")
     shard_dir = tmp_path / "run" / "shards"
     assert validate_shard_set(shard_dir)[1] == []
     rows = read_table(shard_dir / "samples.parquet")
@@ -447,7 +447,7 @@ def test_acdc_condition_tags_reach_meta_json_and_the_manifest(tmp_path):
     # synthetic rain over the real frames: the clear sample keeps the scene's tag, the rainy one is "rain"
     wet = SynthConfig.model_validate(cfg.model_dump() | {"weather": {"mode": "every", "conditions": {"rain": 1.0}}})
     wet.num_samples = 2
-    run_stage(wet, tmp_path / "wet")
+    make_shards(wet, tmp_path / "wet")
     assert validate_shard_set(tmp_path / "wet" / "shards")[1] == []
     rows = read_table(tmp_path / "wet" / "shards" / "samples.parquet")
     by_scene: dict = {}

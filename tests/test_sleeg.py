@@ -354,14 +354,14 @@ def test_patch_shards_hold_only_patch_objects_tagged_in_meta_and_manifest(tiny_c
     from tasks.object_bank import read_object_bank
     from tasks.sample_format import SAMPLES
     from tasks.synth.pipeline import select_sources
-    from tests.helpers import run_stage, shard_bytes
+    from tests.helpers import make_shards, shard_bytes
 
     cfg = tiny_config.model_copy(
         update={"objects": tiny_config.objects.model_copy(update={"patches": PatchesSourceConfig(count=6)})}
     )
     cfg = select_sources(cfg, ["patches"])
     assert cfg.objects.files == [] and cfg.objects.patches.count == 6
-    summary = run_stage(cfg, tmp_path / "a")
+    summary = make_shards(cfg, tmp_path / "a")
     bank = read_object_bank(tmp_path / "a" / "objects")
     assert len(bank) == 6 and {o.record.source for o in bank} == {"patches"}
     assert all(o.record.class_name == "patch" and o.record.height_m == (0.3, 1.2) for o in bank)
@@ -374,7 +374,7 @@ def test_patch_shards_hold_only_patch_objects_tagged_in_meta_and_manifest(tiny_c
         meta = json.loads(tf.extractfile(next(m for m in tf.getmembers() if m.name.endswith("meta.json"))).read())
     assert meta["sources"] == ["patches"]
     # same config and seed: byte-identical shards
-    run_stage(cfg, tmp_path / "b")
+    make_shards(cfg, tmp_path / "b")
     assert shard_bytes(tmp_path / "a" / "shards") == shard_bytes(tmp_path / "b" / "shards")
 
 

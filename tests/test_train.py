@@ -19,7 +19,7 @@ from tasks.shardset import ShardDataError, decode_sample, in_validation, validat
 from tasks.train.data import context_batch, random_crop_flip, train_loader
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
-from tests.helpers import real_photos_config, run_stage, shared_or_skip, tiny_train_config, u2netp_or_skip
+from tests.helpers import make_shards, real_photos_config, shared_or_skip, tiny_train_config, u2netp_or_skip
 
 
 def _sample(key: str, label: np.ndarray, channels: int = 1) -> dict:
@@ -97,7 +97,7 @@ def test_context_images_label_object_anomaly_and_background_inlier():
 @pytest.fixture
 def demo_shards(tiny_config, tmp_path):
     tiny_config.num_samples = 12
-    run_stage(tiny_config, tmp_path / "run")
+    make_shards(tiny_config, tmp_path / "run")
     return resolve_version(tmp_path / "run" / "shards")
 
 
@@ -149,7 +149,7 @@ def test_real_frames_rpl_eel_on_the_real_espnetv2(tmp_path):
     weights = shared_or_skip("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")
     u2netp_or_skip()
     cfg = real_photos_config(num_samples=6, max_side=96, min_height_px=8)
-    run_stage(cfg, tmp_path / "run")
+    make_shards(cfg, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     train_cfg = TrainConfig(
         method={"name": "eel", "residual_dim": 64, "lr": 1e-3},

@@ -22,7 +22,7 @@ from tasks.eval.report import write_eval_report
 from tasks.scoring import EvalSample, ScoredImage, evaluate_samples
 from tasks.synth.validate import validate_shard_set
 from tasks.versions import resolve_version
-from tests.helpers import run_stage, tiny_method, tiny_train_config
+from tests.helpers import make_shards, tiny_method, tiny_train_config
 
 
 def _sample(k: int, condition: str | None, rng) -> EvalSample:
@@ -117,7 +117,7 @@ def every_condition_split(tmp_path_factory):
     cfg.num_samples = 2
     cfg.seed = 11
     cfg.weather = WeatherConfig(mode="every", severity=(0.7, 0.7))
-    run_stage(cfg, root / "run")
+    make_shards(cfg, root / "run")
     return cfg, resolve_version(root / "run" / "shards")
 
 
@@ -190,7 +190,7 @@ def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference
     weather_cfg = tiny_synth_config(tmp_path)
     weather_cfg.num_samples = 12
     weather_cfg.weather = WeatherConfig(clear=0.3)
-    run_stage(weather_cfg, tmp_path / "wet")
+    make_shards(weather_cfg, tmp_path / "wet")
     wet = resolve_version(tmp_path / "wet" / "shards")
     _, eval_split = every_condition_split
     cfg = {
@@ -293,7 +293,7 @@ def test_a_run_without_weather_writes_the_meta_of_the_runs_before_it(tmp_path):
 
     cfg = tiny_synth_config(tmp_path)
     cfg.num_samples = 2
-    run_stage(cfg, tmp_path / "run")
+    make_shards(cfg, tmp_path / "run")
     version = resolve_version(tmp_path / "run" / "shards")
     import tarfile
 
