@@ -63,7 +63,9 @@ def test_training_on_an_empty_version_stops_naming_it_and_leaves_no_out_dir(tmp_
 
 def test_an_empty_validation_split_is_named_before_training(trained_eel, tmp_path):
     cfg = tiny_train_config("eel").model_copy(update={"val_fraction": 1e-9})
-    with pytest.raises(ShardDataError, match=r"run/versions/v0001-\w+: the held-in validation split is empty \(12 samples"):
+    with pytest.raises(
+        ShardDataError, match=r"run/versions/v0001-\w+: the held-in validation split is empty \(12 samples"
+    ):
         train_method(cfg, trained_eel.version, tmp_path / "out", progress=False, log=lambda m: None)
 
 
