@@ -1,9 +1,9 @@
 """The ``synth`` flow: object sources + scenes -> placed, harmonized composites -> a new shard-set version.
 
-Stages: (diffusion objects, as a subflow or on the GPU pool through ``run_deployment``) -> object bank ->
-version plan -> one Prefect task per shard -> manifest -> validation -> publish + retention -> report and
-artifacts. A version whose content (config + bank) equals the latest one is not made again; an
-interrupted version is resumed by running the same thing again.
+Wiring only: the diffusion objects (a subflow, or on the GPU pool through ``run_deployment``), then
+``tasks.synth.version.make_version`` (object bank -> version plan -> shards -> manifest -> validation -> publish +
+retention -> report) with each stage a Prefect task and one task per shard on the flow's task runner (threads or
+Dask), then the run's artifacts.
 """
 
 from __future__ import annotations
