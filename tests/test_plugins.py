@@ -1,5 +1,5 @@
 """A plug-in package outside the project (installed as a distribution with entry points, the way pip installs one)
-adds a method and a score; the unchanged CLI lists, trains, evaluates and compares them."""
+adds a method, a score and a benchmark; the unchanged CLI lists, trains, evaluates and compares them."""
 
 from __future__ import annotations
 
@@ -53,10 +53,20 @@ PLUGIN = {
             top = logits.topk(2, dim=1).values
             return -(top[:, 0] - top[:, 1])
     """,
+    "af_toy_plugin/benchmark.py": """
+        from schemas.registries import BENCHMARKS
+
+
+        @BENCHMARKS.register("toy_held_in")
+        def toy_held_in(root, name, split, val_fraction):
+            \"\"\"A version's held-in split under another name (a reader of one's own data would go here).\"\"\"
+            return BENCHMARKS.get("shards")(root, name or "toy held-in", split, val_fraction)
+    """,
 }
 ENTRY_POINTS = {
     "anomalyforge.methods": {"toy": "af_toy_plugin.method"},
     "anomalyforge.scores": {"toy": "af_toy_plugin.score"},
+    "anomalyforge.benchmarks": {"toy": "af_toy_plugin.benchmark"},
 }
 
 
@@ -79,6 +89,7 @@ def test_a_plugin_package_is_listed_with_its_module(plugin_env):
     out = cli(plugin_env, "list").stdout
     assert "toy_plugin               af_toy_plugin.method  [ToyPluginConfig]" in out
     assert "neg_top2_margin          af_toy_plugin.score" in out
+    assert "toy_held_in              af_toy_plugin.benchmark" in out
     assert "eel                      models.methods.eel  [EELConfig]" in out  # the built-ins are still there
     assert "toy_plugin: (a plug-in in a test)" in cli(plugin_env, "methods").stdout
     # without the package on the path, nothing of it is registered
@@ -97,7 +108,8 @@ def test_a_plugin_method_trains_evaluates_and_compares_through_the_unchanged_cli
     assert yaml.safe_load((out / "config.yaml").read_text())["method"]["name"] == "toy_plugin"
 
     eval_cfg = tmp_path / "eval.yaml"
-    eval_cfg.write_text(yaml.safe_dump({"model": "x", "datasets": [{"kind": "shards", "root": trained_eel.version}]}))
+    datasets = [{"kind": "toy_held_in", "root": trained_eel.version}]  # a plug-in benchmark too
+    eval_cfg.write_text(yaml.safe_dump({"model": "x", "datasets": datasets}))
     res = cli(
         plugin_env,
         "eval",
@@ -108,7 +120,7 @@ def test_a_plugin_method_trains_evaluates_and_compares_through_the_unchanged_cli
         "--model",
         str(out / "model.pt"),
     )
-    assert "method, score toy_plugin (neg_top2_margin)" in res.stdout and "| held-in | all |" in res.stdout
+    assert "method, score toy_plugin (neg_top2_margin)" in res.stdout and "| toy held-in | all |" in res.stdout
 
     cmp_cfg = {
         "name": "plugin",
