@@ -85,10 +85,11 @@ def validate(
     """Re-read every sample and check it against the manifest; exit 1 listing the problems."""
     from tqdm import tqdm
 
+    from tasks.layout import LATEST
     from tasks.sample_format import SHARDS
     from tasks.storage import Store
     from tasks.synth.validate import validate_shard_set
-    from tasks.versions import LATEST, resolve_version
+    from tasks.versions import resolve_version
 
     store = Store(shard_dir)
     if not store.isfile(SHARDS) and store.isfile(LATEST):
@@ -212,13 +213,10 @@ def list_(
     kind: str = typer.Argument(None, help="a registry (methods, scores, segmenters, scene_sources, ...); none: all"),
 ) -> None:
     """List what is registered at each extension point (built-ins and installed plug-ins), with the package and the
-    config class of each entry. ``methods`` prints the methods' table (``anomalyforge methods``)."""
+    config class of each entry; an entry that describes itself (a method: paper, head, loss, score) says so too."""
     from schemas.registries import ALL
     from schemas.registry import UnknownNameError
 
-    if kind == "methods":
-        methods()
-        return
     if kind is not None and kind not in ALL:
         typer.echo(f"anomalyforge list: {UnknownNameError('registry', kind, list(ALL))}", err=True)
         raise typer.Exit(2)
@@ -228,6 +226,8 @@ def list_(
             config = registry.config(entry_name)
             where = getattr(entry, "__module__", None) or type(entry).__module__
             typer.echo(f"  {entry_name:24s} {where}" + (f"  [{config.__name__}]" if config is not None else ""))
+            if callable(getattr(entry, "describe", None)):
+                typer.echo("".join(f"      {k}: {v}\n" for k, v in entry.describe().items() if k != "name"), nl=False)
 
 
 @app.command()

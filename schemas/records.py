@@ -13,7 +13,7 @@ class ObjectRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     object_id: str
-    source: Literal["coco", "diffusion", "file", "patches"]
+    source: str  # the object source that made it: "file" (photo folders), "coco", "diffusion", "patches", a plug-in
     class_name: str
     origin: str  # file path, or "coco:<image_id>:<ann_id>"
     prompt: str | None = None

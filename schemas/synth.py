@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from schemas.base import Strict
 from schemas.domain import COCO_CITYSCAPES_OVERLAP, DEFAULT_SIZE_PRIOR
@@ -255,7 +255,11 @@ class ObjectBankConfig(Strict):
         out = {}
         for name, section in v.items():
             config = OBJECT_SOURCES.config(name)
-            out[name] = section if config is None else config.model_validate(section).model_dump(mode="json")
+            try:
+                out[name] = section if config is None else config.model_validate(section).model_dump(mode="json")
+            except ValidationError as e:  # name the source: pydantic would report the plug-in's fields bare
+                problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+                raise ValueError(f"object source {name!r}: {problems}") from None
         return out
 
 

@@ -15,8 +15,6 @@ from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 from schemas.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID, NUM_TRAIN_CLASSES, VOID
 from schemas.registries import LABEL_ENCODINGS
 
-__all__ = ["ANOMALY", "EVAL_ANOMALY", "EVAL_INLIER", "EVAL_VOID", "NUM_TRAIN_CLASSES", "VOID"]  # and below
-
 #: trainId -> class name, in trainId order (road ... bicycle).
 _BY_TRAIN_ID = {lab.trainId: lab.name for lab in _CS_LABELS if 0 <= lab.trainId < NUM_TRAIN_CLASSES}
 TRAIN_ID_NAMES: tuple[str, ...] = tuple(_BY_TRAIN_ID[i] for i in range(NUM_TRAIN_CLASSES))

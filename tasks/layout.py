@@ -72,13 +72,6 @@ class RunLayout:
 
     # ---------------------------------------------------------------- in the run directory (local or remote)
     @property
-    def versions(self) -> str:
-        return _join(self.root, VERSIONS)
-
-    def version(self, version_id: str) -> str:
-        return _join(self.root, VERSIONS, version_id)
-
-    @property
     def latest(self) -> str:
         return _join(self.root, LATEST)
 

@@ -31,19 +31,6 @@ from tasks.layout import LATEST, LATEST_LINK, VERSIONS
 from tasks.sample_format import DATASET
 from tasks.storage import Store
 
-__all__ = [
-    "LATEST",
-    "LATEST_LINK",
-    "VERSIONS",
-    "Version",
-    "latest_version",
-    "list_versions",
-    "plan_version",
-    "prune_versions",
-    "publish_version",
-    "resolve_version",
-]
-
 _NAME = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 
 

@@ -12,7 +12,6 @@ from tasks.layout import RunLayout, default_work_dir
 def test_a_local_run_keeps_everything_in_itself(tmp_path):
     run = RunLayout.of(tmp_path / "run")
     assert run.work == tmp_path / "run"
-    assert Path(run.version("v0003-0123abcd")) == tmp_path / "run" / "versions" / "v0003-0123abcd"
     assert Path(run.latest) == tmp_path / "run" / "LATEST" and Path(run.latest_link) == tmp_path / "run" / "shards"
     assert (run.scenes, run.objects, run.generated) == tuple(
         tmp_path / "run" / d for d in ("scenes", "objects", "generated")
@@ -28,7 +27,6 @@ def test_a_local_run_keeps_everything_in_itself(tmp_path):
 def test_a_remote_run_keeps_its_local_parts_in_a_work_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("ANOMALYFORGE_CACHE", str(tmp_path / "cache"))
     run = RunLayout.of("s3://bucket/runs/a")
-    assert run.version("v0001-00000000") == "s3://bucket/runs/a/versions/v0001-00000000"  # the double slash kept
     assert run.latest == "s3://bucket/runs/a/LATEST"
     assert run.work == default_work_dir("s3://bucket/runs/a") and run.work.parent == tmp_path / "cache" / "runs"
     assert run.objects == run.work / "objects"

@@ -8,10 +8,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import BaseModel, Field
 
-from tasks.object_bank import read_object_bank
+from schemas import ObjectRecord, SynthConfig
+from schemas.registries import OBJECT_SOURCES
+from tasks.object_bank import BankObject, read_object_bank
 from tasks.sample_format import SHARD_PATTERN
 from tasks.shards import read_rejects, read_table
+from tasks.synth.object_sources import ObjectSource, register_object_source
 from tasks.synth.pipeline import TooFewSamplesError, build_object_bank, prepare_scenes, select_sources
 from tasks.synth.validate import validate_shard_set
 from tests.helpers import run_stage, shard_bytes, write_object_photos
@@ -157,3 +161,49 @@ def test_sources_switch_registered_object_sources_on_and_off(tiny_config):
         select_sources(tiny_config, ["coco"])
     with pytest.raises(ValueError, match=r"unknown object source 'cocoa' \(did you mean 'coco'\?\); registered: files"):
         select_sources(tiny_config, ["cocoa"])
+
+
+class StripesConfig(BaseModel):
+    count: int = Field(2, ge=1)
+
+
+class Stripes(ObjectSource):
+    """A plug-in object source written in a test: ``count`` striped squares."""
+
+    def extract(self, ctx):
+        cfg = self.section(ctx.cfg.objects)
+        objects = []
+        for i in range(cfg.count):
+            rgba = np.zeros((40, 40, 4), np.uint8)
+            rgba[:, ::4, 0] = 200
+            rgba[5:35, 5:35, 3] = 255
+            record = ObjectRecord(
+                object_id=f"stripes{i}", source="stripes", class_name="box", origin="test", width=40, height=40,
+                mask_area=900,
+            )  # fmt: skip
+            objects.append(BankObject(record, rgba))
+        return objects, []
+
+
+@pytest.fixture
+def stripes_source():
+    register_object_source("stripes", StripesConfig)(Stripes)
+    yield
+    OBJECT_SOURCES.unregister("stripes")
+
+
+def test_a_plugin_object_source_is_configured_under_sources_and_fills_the_bank(stripes_source, tiny_config, tmp_path):
+    cfg = SynthConfig.model_validate(
+        tiny_config.model_dump()
+        | {"objects": tiny_config.objects.model_dump() | {"sources": {"stripes": {"count": 3}}}}
+    )
+    assert cfg.content_hash() != tiny_config.content_hash()  # a configured plug-in source is part of the identity
+    bank = read_object_bank(build_object_bank(cfg, tmp_path / "bank"))
+    assert sorted(o.record.source for o in bank) == ["file"] * 3 + ["stripes"] * 3  # registry order: files first
+    only = select_sources(cfg, ["stripes"])
+    assert only.objects.files == [] and only.objects.sources == {"stripes": {"count": 3}}
+    assert select_sources(cfg, ["files"]).objects.sources == {}
+    with pytest.raises(ValueError, match=r"object source 'stripes': count: Input should be greater than or equal to 1"):
+        SynthConfig.model_validate(tiny_config.model_dump() | {"objects": {"sources": {"stripes": {"count": 0}}}})
+    with pytest.raises(ValueError, match=r"unknown object source 'stripe' \(did you mean 'stripes'\?\)"):
+        SynthConfig.model_validate(tiny_config.model_dump() | {"objects": {"sources": {"stripe": {}}}})

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas import RejectRecord, SynthConfig
-from tasks.layout import LATEST, LATEST_LINK, RunLayout
+from tasks.layout import RunLayout
 from tasks.object_bank import BankObject
 from tasks.sample_format import DATASET, REJECTS
 from tasks.scenes import scene_identity
@@ -172,7 +172,7 @@ def make_version(
             report = shards_at.path(report.name)
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
     summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
-    latest = Store(run_dir).path(LATEST if remote else LATEST_LINK)
+    latest = run.latest if remote else run.latest_link
     summary |= {"shard_dir": str(shard_dir), "latest": str(latest), "report": str(report), "validated": checked}
     runner.log(f"{checked} samples validated; version {plan.version.id} in {shard_dir}; report {report}")
     return VersionResult(summary, bank, rejects, timings)
