@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from models.scores import energy as free_energy
+from models.scores import m2a as m2a_score
+from models.scores import rba as rba_score
 from models.scores import entropy as softmax_entropy
 from models.scores import smooth
 from schemas.labels import ANOMALY as ANOMALY_ID
@@ -358,4 +360,49 @@ def ovr_loss(
     ce = F.cross_entropy(logits.float(), labels.clamp(max=logits.shape[1] - 1).long(), reduction="none")
     parts = {"ce": _mean(ce, inlier), "ood": topk_ovr_loss(logits, labels, k, s)}
     parts["loss"] = parts["ce"] + gamma * parts["ood"]
+    return parts
+
+
+def _squared_hinge(inlier_term: torch.Tensor, outlier_term: torch.Tensor, anomaly: torch.Tensor) -> torch.Tensor:
+    """The outlier losses of RbA's and Mask2Anomaly's code: the inlier term alone, or, when the batch has anomaly
+    pixels, half the sum of both means."""
+    if not anomaly.any():
+        return inlier_term
+    return 0.5 * (inlier_term + outlier_term)
+
+
+def rba_loss(
+    scores: torch.Tensor, labels: torch.Tensor, inlier_margin: float = 0.0, outlier_margin: float = 5.0
+) -> dict[str, torch.Tensor]:
+    """RbA's outlier loss (Nayal et al., ICCV 2023, Eq. 6), a squared hinge on s = RbA(x) = −Σ_k tanh L_k:
+
+        ℓ = ½ [ mean over inlier pixels relu(s − τ_in)²  +  mean over anomaly pixels relu(τ_out − s)² ]
+
+    (the inlier mean alone in a batch without anomaly pixels), with the released checkpoint's τ_in = 0 and
+    τ_out = 5 (``swin_b_1dl_rba_ood_coco/config.yaml``). As L_k ≥ 0, s ≤ 0: with these margins the inlier term
+    is 0 and the outlier term (5 + Σ tanh L_k)² pulls every class score of an anomaly pixel to 0. ``scores``: L at
+    the labels' size."""
+    inlier, anomaly = _masks(labels)
+    s = rba_score(scores)
+    parts = {
+        "rba_inlier": _mean(F.relu(s - inlier_margin) ** 2, inlier),
+        "rba_outlier": _mean(F.relu(outlier_margin - s) ** 2, anomaly),
+    }
+    parts["rba"] = _squared_hinge(parts["rba_inlier"], parts["rba_outlier"], anomaly)
+    return parts
+
+
+def m2a_loss(scores: torch.Tensor, labels: torch.Tensor, margin: float = 1.0) -> dict[str, torch.Tensor]:
+    """Mask2Anomaly's contrastive margin loss (Rai et al., ICCV 2023, Sec. 3.2, "mask contrastive learning"), on
+    the anomaly score s = 1 − max_k L_k its inference uses:
+
+        ℓ = ½ [ mean over inlier pixels s²  +  mean over anomaly pixels relu(m − s)² ],  m = 1
+
+    (the inlier mean alone without anomaly pixels). Deliberate deviation: the authors' code takes s = −max_k L_k,
+    with which both terms pull max_k L_k towards 0; on 1 − max_k L_k the terms oppose as the paper describes
+    (inliers to max_k L_k = 1, anomalies to max_k L_k ≤ 1 − m). ``scores``: L at the labels' size."""
+    inlier, anomaly = _masks(labels)
+    s = m2a_score(scores)
+    parts = {"m2a_inlier": _mean(s**2, inlier), "m2a_outlier": _mean(F.relu(margin - s) ** 2, anomaly)}
+    parts["m2a"] = _squared_hinge(parts["m2a_inlier"], parts["m2a_outlier"], anomaly)
     return parts

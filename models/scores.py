@@ -10,6 +10,12 @@ All take logits ``(B, C, H, W)`` over the C inlier classes (slice extra channels
 * ``eel``         α·H(ŷ) − logsumexp(ŷ): DiffEEL's S = α·H − E with E = logsumexp (α = 1 default)
 * ``max_min``     −(max_c x_c − min_c x_c)                       (max-min logit margin)
 
+Of a mask-classification segmenter's per-pixel class scores L_k = Σ_q softmax(c_q)_k · sigmoid(m_q) (which its
+``forward`` gives in place of logits; ``models.segmenters.mask2former``):
+
+* ``rba``         −Σ_k tanh(L_k): "rejected by all" (Nayal et al., RbA, ICCV 2023, Sec. 3.2)
+* ``m2a``         1 − max_k L_k (Rai et al., Mask2Anomaly, ICCV 2023: the score of its inference code)
+
 ``smooth`` applies the Gaussian smoothing RPL and PEBAL use at inference (kernel 7, σ = 1).
 """
 
@@ -50,6 +56,19 @@ def eel(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
 @SCORES.register("max_min")
 def max_min(logits: torch.Tensor) -> torch.Tensor:
     return -(logits.amax(dim=1) - logits.amin(dim=1))
+
+
+@SCORES.register("rba")
+def rba(scores: torch.Tensor) -> torch.Tensor:
+    """RbA: a pixel no class claims (every L_k ≈ 0) scores 0, the maximum; each class claiming it lowers the score
+    by up to 1 (tanh saturates, so one confident class is enough to call a pixel an inlier)."""
+    return -torch.tanh(scores).sum(dim=1)
+
+
+@SCORES.register("m2a")
+def m2a(scores: torch.Tensor) -> torch.Tensor:
+    """Mask2Anomaly: 1 − the largest per-pixel class score."""
+    return 1.0 - scores.amax(dim=1)
 
 
 def gaussian_kernel1d(size: int = 7, sigma: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:

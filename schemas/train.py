@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
@@ -21,10 +21,17 @@ class PretrainConfig(Strict):
     batch_size: int = Field(8, ge=1)
 
 
+#: the two kinds of frozen segmenter (``models.segmenters.base``); a method names the one it needs
+SegmenterKind = Literal["per-pixel", "mask-classification"]
+SEGMENTER_KINDS: tuple[str, ...] = get_args(SegmenterKind)
+
+
 class SegmenterConfig(Strict):
     name: str = "espnetv2"
     checkpoint: Path | None = Field(
-        None, description="state dict of the frozen network; None = train a closed-set one first (demo profile)"
+        None,
+        description="state dict of the frozen network, or a transformers model directory / hub id in the local cache "
+        "(mask2former); None = train a closed-set one first (demo profile)",
     )
     options: dict[str, float | int] = Field(default_factory=dict, description="constructor options, e.g. {s: 2.0}")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
@@ -80,6 +87,11 @@ class TrainConfig(Strict):
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config(DEFAULT_METHOD))
     seed: int = 0
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
+    segmenters: dict[SegmenterKind, SegmenterConfig] = Field(
+        default_factory=dict,
+        description="per segmenter kind, the frozen segmenter of the methods needing that kind, instead of `segmenter` "
+        "(e.g. {mask-classification: {name: mask2former, checkpoint: ...}})",
+    )
     crop: tuple[int, int] = Field((512, 1024), description="(H, W) random training crop")
     batch_size: int = Field(8, ge=2, description="per process; >= 2: the heads' batch norms need two samples")
     epochs: float = Field(30, gt=0)
@@ -121,9 +133,14 @@ class TrainConfig(Strict):
     def _method(cls, v):
         return method_config(v)
 
+    def for_kind(self, kind: str) -> TrainConfig:
+        """This config as a method needing a ``kind`` segmenter runs it: ``segmenters[kind]`` (when set) as
+        ``segmenter``, and no ``segmenters`` left (what a trained model records is the one it ran on)."""
+        return self.model_copy(update={"segmenter": self.segmenters.get(kind, self.segmenter), "segmenters": {}})
+
     def content_hash(self) -> str:
         exclude = {"workers", "eval_every", "val_limit", "device"} | (
             {"min_visibility"} if self.min_visibility is None else set()
-        )
+        ) | ({"segmenters"} if not self.segmenters else set())
         keep = self.model_dump(mode="json", exclude=exclude)  # unset new fields keep the hash of older models
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()

@@ -1,11 +1,19 @@
 """Reading segmenter checkpoints and writing / reading trained method checkpoints.
 
-Every ``torch.load`` here is ``weights_only=True`` and maps to CPU: a checkpoint is data, never code.
+A segmenter checkpoint is a state-dict file (per-pixel networks, the demo profile's pre-trained ones) or a
+``transformers`` model directory (``save_pretrained``: config.json + weights), also given as a hub id that is in
+the local Hugging Face cache (``facebook/mask2former-swin-large-cityscapes-semantic``); nothing is downloaded.
+
+Every ``torch.load`` here is ``weights_only=True`` and maps to CPU: a checkpoint is data, never code;
+``from_pretrained`` reads safetensors.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,8 +23,10 @@ import torch
 from torch import nn
 
 from models.methods import MethodSpec, get_method
-from models.segmenters import FrozenSegmenter, build_segmenter, load_segmenter_weights
-from schemas import SegmenterConfig, TrainConfig
+from models.segmenters import CheckpointMismatchError, FrozenSegmenter, build_segmenter, load_segmenter_weights
+from models.segmenters.base import check_kind
+from schemas import MethodConfig, SegmenterConfig, TrainConfig
+from schemas.registries import SEGMENTERS
 from tasks.imageio import BadInputError
 from tasks.shards import sha256_of
 
@@ -36,16 +46,106 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> Mapping:
         raise ValueError(f"{path}: not a readable weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from e
 
 
-def frozen_segmenter(cfg: SegmenterConfig, checkpoint: str | Path | None = None) -> FrozenSegmenter:
-    """Build the configured network and load its weights strictly (``checkpoint`` overrides the config's)."""
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # "owner/name" of the Hugging Face hub
+
+
+def pretrained_directory(checkpoint: str | Path) -> Path | None:
+    """The ``transformers`` model directory ``checkpoint`` names (itself, or a hub id's snapshot in the local
+    Hugging Face cache), or None when it is a file."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadInputError(f"{path}: a directory without config.json, not a transformers model directory")
+        return path
+    if path.exists():
+        return None
+    if HUB_ID.fullmatch(str(checkpoint)):
+        from huggingface_hub import snapshot_download  # with transformers: only for checkpoints of the hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(str(checkpoint), local_files_only=True))
+        except LocalEntryNotFoundError:
+            raise FileNotFoundError(
+                f"segmenter checkpoint {checkpoint}: no such file or directory, and not in the local Hugging Face "
+                f"cache (HF_HUB_CACHE); fetch it once where there is internet: `hf download {checkpoint}` "
+                "(README: Mask-classification segmenters)"
+            ) from None
+    raise FileNotFoundError(f"segmenter checkpoint not found: {path}")
+
+
+def resolve_segmenter_checkpoint(checkpoint: str | Path) -> Path:
+    """The local file or directory of a segmenter checkpoint (a hub id: its cached snapshot)."""
+    return pretrained_directory(checkpoint) or Path(checkpoint)
+
+
+def load_pretrained(directory: Path) -> nn.Module:
+    """``AutoModelForUniversalSegmentation.from_pretrained`` offline, strictly: weights that are missing,
+    unexpected or of another shape are an error listing them, naming ``directory``."""
+    from transformers import AutoModelForUniversalSegmentation  # ~4 s to import: only when a directory is read
+
+    try:
+        net, info = AutoModelForUniversalSegmentation.from_pretrained(
+            directory, local_files_only=True, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise BadInputError(f"{directory}: not a loadable transformers segmentation model ({e})") from None
+    problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(problems.values()):
+        listing = "; ".join(f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:10]))}" for k, v in problems.items() if v)
+        raise CheckpointMismatchError(f"{directory} does not match {type(net).__name__}: {listing}")
+    return net.float()
+
+
+def frozen_segmenter(
+    cfg: SegmenterConfig, checkpoint: str | Path | None = None, state: Mapping | None = None
+) -> FrozenSegmenter:
+    """Build the configured network and load its weights strictly (``checkpoint`` overrides the config's; ``state``:
+    the file's content when already read). A model directory is loaded with ``from_pretrained`` and handed to a
+    segmenter whose constructor takes the loaded ``net``."""
     ckpt = checkpoint or cfg.checkpoint
     if ckpt is None:
         raise ValueError(f"segmenter {cfg.name!r} has no checkpoint configured (segmenter.checkpoint)")
+    directory = pretrained_directory(ckpt) if state is None else None
+    takes_network = "net" in inspect.signature(SEGMENTERS.get(cfg.name)).parameters
+    if directory is not None:
+        if not takes_network:
+            loaders = [n for n, f in SEGMENTERS.items() if "net" in inspect.signature(f).parameters]
+            raise BadInputError(
+                f"{ckpt} is a transformers model directory, but segmenter {cfg.name!r} reads a state-dict file "
+                f"(model directories are for {', '.join(loaders)})"
+            )
+        return build_segmenter(cfg.name, net=load_pretrained(directory), **cfg.options).freeze()
+    if takes_network:
+        raise BadInputError(
+            f"{ckpt} is a file, but segmenter {cfg.name!r} loads a transformers model directory "
+            "(config.json + model.safetensors, as save_pretrained writes it) or a hub id in the local cache"
+        )
     seg = build_segmenter(cfg.name, **cfg.options)
-    heads = load_segmenter_weights(seg, read_checkpoint(ckpt), source=str(ckpt))
+    heads = load_segmenter_weights(seg, read_checkpoint(ckpt) if state is None else state, source=str(ckpt))
     if heads:
         print(f"{ckpt}: ignoring {len(heads)} tensors of a method head stored with the segmenter")
     return seg
+
+
+def method_model(
+    spec: MethodSpec, cfg: MethodConfig, segmenter: SegmenterConfig, checkpoint: str | Path, training: bool = True
+) -> nn.Module:
+    """``spec``'s model over the frozen segmenter of ``checkpoint``; a segmenter of another kind than the method
+    needs is an error naming the method, the segmenter and the file."""
+    seg = frozen_segmenter(segmenter, checkpoint)
+    check_kind(seg, spec.segmenter_kind, spec.name, str(checkpoint))
+    return spec.build(cfg, seg, training=training)
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """sha256 of a checkpoint file; of a model directory, over its files' relative names and sha256s in name order."""
+    if not path.is_dir():
+        return sha256_of(path)
+    h = hashlib.sha256()
+    for f in sorted(f for f in path.rglob("*") if f.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_of(f)}\n".encode())
+    return h.hexdigest()
 
 
 def save_atomic(obj, path: str | Path) -> Path:
@@ -78,7 +178,7 @@ def save_method(
             "config_hash": cfg.content_hash(),
             "shards": str(shards),
             "segmenter": {
-                "sha256": sha256_of(seg),
+                "sha256": checkpoint_sha256(seg),
                 "relative": os.path.relpath(seg, path.parent.resolve()),
                 "absolute": str(seg),
             },
@@ -98,14 +198,14 @@ def _segmenter_file(path: Path, rec: Mapping, override: str | Path | None) -> Pa
     cands = (
         [Path(override)] if override else [(path.resolve().parent / rec["relative"]).resolve(), Path(rec["absolute"])]
     )
-    found = next((c for c in cands if c.is_file()), None)
+    found = next((c for c in cands if c.exists()), None)
     want = rec["sha256"]
     if found is None:
         raise FileNotFoundError(
             f"{path}: its frozen segmenter checkpoint is missing; looked for {' and '.join(map(str, cands))} "
             f"(sha256 {want[:12]}…). Pass the file with --segmenter-checkpoint PATH"
         )
-    got = sha256_of(found)
+    got = checkpoint_sha256(found)
     if got != want:
         raise BadInputError(
             f"{path} was trained over the segmenter checkpoint {rec['absolute']} (sha256 {want[:12]}…), but {found} "
@@ -138,6 +238,6 @@ def load_method(path: str | Path, segmenter_checkpoint: str | Path | None = None
     cfg = TrainConfig.model_validate_json(obj["config"])
     spec = get_method(cfg.method.name)
     seg_file = _segmenter_file(path, obj["segmenter"], segmenter_checkpoint)
-    model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_file), training=False)
+    model = method_model(spec, cfg.method, cfg.segmenter, seg_file, training=False)
     spec.load_head(model, obj["head"], str(path))
     return LoadedMethod(model.eval(), cfg, spec, seg_file, obj)

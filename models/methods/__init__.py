@@ -9,7 +9,7 @@ in another package, declared as an ``anomalyforge.methods`` entry point (README:
 """
 
 # the built-in methods register themselves on import
-from models.methods import eel, ovr, pebal, rpl, rpl_corocl, sleeg  # noqa: E402, F401, I001
+from models.methods import eel, eel_mask, m2a, ovr, pebal, rba, rpl, rpl_corocl, sleeg  # noqa: E402, F401, I001
 from models.methods.base import Inference, MethodConfig, MethodSpec, TrainingProgress, resize_logits
 from models.methods.registry import get_method, method_config, method_names, register_method
 from schemas.registries import METHODS

@@ -81,6 +81,7 @@ class MethodSpec(ABC):
     head: ClassVar[str]  # one line: what trains
     loss_summary: ClassVar[str]  # one line: the loss
     score_summary: ClassVar[str]  # one line: the inference score
+    segmenter_kind: ClassVar[str] = "per-pixel"  # the kind of frozen segmenter it trains over (SEGMENTER_KINDS)
 
     def default_config(self) -> MethodConfig:
         return self.config(name=self.name)
@@ -133,4 +134,5 @@ class MethodSpec(ABC):
             "head": self.head,
             "loss": self.loss_summary,
             "score": self.score_summary,
+            "segmenter": self.segmenter_kind,
         }

@@ -1,8 +1,15 @@
-"""Frozen closed-set segmenters behind one adapter (:class:`FrozenSegmenter`), created by name.
+"""Frozen closed-set segmenters behind one adapter (:class:`FrozenSegmenter`), created by name, of two kinds.
 
-seg = build_segmenter("espnetv2")                  # ESPNetv2 s=2.0, Cityscapes layout (20 outputs)
-load_segmenter_weights(seg, torch.load(path, weights_only=True), source=path)
-enc = seg.encode(images); y_frozen = seg.decode(enc); y_hat = seg.decode(enc, residual)
+Per-pixel (``PerPixelSegmenter``)::
+
+    seg = build_segmenter("espnetv2")                  # ESPNetv2 s=2.0, Cityscapes layout (20 outputs)
+    load_segmenter_weights(seg, torch.load(path, weights_only=True), source=path)
+    enc = seg.encode(images); y_frozen = seg.decode(enc); y_hat = seg.decode(enc, residual)
+
+Mask-classification (``models.segmenters.mask2former``): a network ``from_pretrained`` loaded is passed in::
+
+    seg = build_segmenter("mask2former", net=net)      # tasks.checkpoints.frozen_segmenter does both steps
+    q = seg.queries(images); scores = seg(images)      # per-query class / mask logits; per-pixel L_k
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from models.segmenters.base import Encoded, FrozenSegmenter
+from models.segmenters import mask2former  # noqa: F401  (registers mask2former, mask2former_demo)
+from models.segmenters.base import Encoded, FrozenSegmenter, PerPixelSegmenter, SegmenterKindError, check_kind
 from models.segmenters.deeplab import DeepLabV3Plus, DeepResNetV3PlusD, DeepWV3Plus
 from models.segmenters.espnetv2 import ESPNetv2Segmentation
 from models.segmenters.loading import CheckpointMismatchError, load_strict, split_method_heads, unwrap_state_dict
@@ -22,12 +30,15 @@ __all__ = [
     "CheckpointMismatchError",
     "Encoded",
     "FrozenSegmenter",
+    "PerPixelSegmenter",
+    "SegmenterKindError",
+    "check_kind",
     "build_segmenter",
     "load_segmenter_weights",
 ]
 
 
-class ESPNetv2Segmenter(FrozenSegmenter):
+class ESPNetv2Segmenter(PerPixelSegmenter):
     """ESPNetv2 (EdgeNets). The residual reads the stride-16 encoder output and is added to the input of the
     last Efficient Pyramid Pooling block (the network's classifier, stride 2). 20 outputs: 19 trainIds +
     "background"; scores use the first 19."""
@@ -52,7 +63,7 @@ class ESPNetv2Segmenter(FrozenSegmenter):
         return self.net.bu_dec_l4
 
 
-class DeepLabV3PlusSegmenter(FrozenSegmenter):
+class DeepLabV3PlusSegmenter(PerPixelSegmenter):
     """DeepLabV3+ (NVIDIA layout). The residual reads the trunk's stride-8 output and is added to the 304-channel
     classifier input, as in RPL; its ASPP may start as a copy of the frozen one."""
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas import TrainConfig
-from tasks.checkpoints import save_atomic
+from tasks.checkpoints import resolve_segmenter_checkpoint, save_atomic
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.segmentation_metrics import ConfusionMatrix
 from tasks.shardset import shard_urls, validation_samples
@@ -28,7 +28,7 @@ Log = Callable[[str], None]
 def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, progress: bool, log: Log) -> Path:
     """The configured checkpoint, or (demo profile) one pre-trained on this version's shards."""
     if cfg.segmenter.checkpoint is not None:
-        return Path(cfg.segmenter.checkpoint)
+        return resolve_segmenter_checkpoint(cfg.segmenter.checkpoint)
     tag = json.dumps([cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version)])
     h = hashlib.sha256(tag.encode()).hexdigest()[:10]
     return pretrain_closed_set(
@@ -62,9 +62,7 @@ def pretrain_closed_set(
     for step, (x, y) in enumerate(loader):
         if step >= pc.steps:
             break
-        y = y.masked_fill(y == ANOMALY, VOID)
-        logits = net(seg.normalize(x))
-        loss = F.cross_entropy(logits, y, ignore_index=VOID)
+        loss = seg.supervised_loss(x, y.masked_fill(y == ANOMALY, VOID))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

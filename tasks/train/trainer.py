@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from models.methods import MethodSpec, TrainingProgress, get_method
 from schemas import TrainConfig
-from tasks.checkpoints import frozen_segmenter, read_checkpoint, save_atomic, save_method
+from tasks.checkpoints import method_model, read_checkpoint, save_atomic, save_method
 from tasks.metrics import MetricsUndefinedError
 from tasks.scoring import TensorScorer, evaluate_samples
 from tasks.seeding import training_seeds
@@ -201,7 +201,7 @@ def restore(cfg: TrainConfig, version: str, out_dir: Path, resume: bool, progres
         seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress and accelerator.is_main_process, log)
 
     torch.manual_seed(cfg.seed)
-    model = spec.build(cfg.method, frozen_segmenter(cfg.segmenter, seg_ckpt))
+    model = method_model(spec, cfg.method, cfg.segmenter, seg_ckpt)
     wd = cfg.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay
     optimizer = build_optimizer(spec.param_groups(cfg.method, model), cfg.method, wd)
     if cfg.max_steps is not None:
@@ -351,6 +351,7 @@ def train_method(
     one continues from ``checkpoints/last.pt``."""
     out_dir = Path(out_dir)
     version = str(version)
+    cfg = cfg.for_kind(get_method(cfg.method.name).segmenter_kind)  # the segmenter of the kind the method needs
     if resume and (done := _finished(out_dir, cfg, version)) is not None:
         log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
         return done
