@@ -1,6 +1,6 @@
-"""The ``compare`` flow (``make compare``): train every registered method on one shard version over one frozen
-segmenter (same seed, same step budget), evaluate each and the frozen segmenter's post-hoc scores on the held-in
-split and the configured benchmarks, and write one table. Given several shard versions (with and without weather,
+"""The ``compare`` flow (``make compare``): train every registered method on one shard version over the frozen
+segmenter of the kind it needs (per-pixel or mask-classification; same seed, same step budget), evaluate each and
+every frozen segmenter's post-hoc scores on the held-in split and the configured benchmarks, and write one table. Given several shard versions (with and without weather,
 say), every method is trained on each and the table adds the per-condition difference to the first. Wiring only;
 one Prefect task per training and per evaluated model. Trained models are reused when their config and shards are
 unchanged.
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from models.methods import method_config, method_names
+from models.methods import get_method, method_config, method_names
 from schemas import BenchmarkConfig, EvalConfig, load_compare_config
 from tasks.eval.benchmarks import check_benchmarks
 from tasks.eval.compare import compare_rows, markdown, write_compare
@@ -78,8 +78,15 @@ def compare(
     models = {label: models_dir(label, v, out if out_dir else None, len(trains)) for label, v in trains.items()}
     check_benchmarks(cfg.benchmarks)  # a missing dataset fails now, not after every method has trained
     base = cfg.train.model_copy(update={"max_steps": cfg.max_steps})
-    seg_ckpt = segmenter_task(base, version, models[next(iter(trains))] / "segmenter", True, log.info)
-    base = base.model_copy(update={"segmenter": base.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
+    names = cfg.methods or method_names()
+    kinds = list(dict.fromkeys(get_method(n).segmenter_kind for n in names))
+    # one frozen segmenter per kind the methods need (a demo one is pre-trained on the first version)
+    runs = {}
+    for kind in kinds:
+        run_cfg = base.for_kind(kind)
+        where = models[next(iter(trains))] / ("segmenter" if kind == kinds[0] else f"segmenter-{kind}")
+        ckpt = segmenter_task(run_cfg, version, where, True, log.info)
+        runs[kind] = run_cfg.model_copy(update={"segmenter": run_cfg.segmenter.model_copy(update={"checkpoint": ckpt})})
 
     datasets = list(cfg.benchmarks)
     if cfg.held_in:
@@ -91,27 +98,31 @@ def compare(
 
     rows, trained = [], {}
     for label, train_version in trains.items():
-        for name in cfg.methods or method_names():
+        for name in names:
+            run_cfg = runs[get_method(name).segmenter_kind]
             mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
             result = train_task(
-                base.model_copy(update={"method": mcfg}), train_version, models[label] / name, resume, True, log.info
+                run_cfg.model_copy(update={"method": mcfg}), train_version, models[label] / name, resume, True, log.info
             )
             trained[f"{label}/{name}"] = str(result.model)
             evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
             entry = {"model": name, "kind": "trained", "score": name, "train": label, "steps": result.steps}
-            rows += compare_rows(entry, results)
-    for score in cfg.post_hoc:
-        seg = {"segmenter": base.segmenter.name, "segmenter_options": base.segmenter.options, "score": score}
-        _, results = evaluate_task(EvalConfig(model=seg_ckpt, **seg, **shared))
-        entry = {"model": f"{base.segmenter.name} + {score}", "kind": "post-hoc", "score": score, "train": "–"}
-        rows += compare_rows(entry, results)
+            rows += compare_rows(entry | {"segmenter": run_cfg.segmenter.name}, results)
+    for kind, run_cfg in runs.items():
+        seg = run_cfg.segmenter
+        for score in cfg.post_hoc.get(kind, []):
+            options = {"segmenter": seg.name, "segmenter_options": seg.options, "score": score}
+            _, results = evaluate_task(EvalConfig(model=seg.checkpoint, **options, **shared))
+            entry = {"model": f"{seg.name} + {score}", "kind": "post-hoc", "score": score, "train": "–"}
+            rows += compare_rows(entry | {"segmenter": seg.name}, results)
 
     details = {
         "name": cfg.name,
         "shards": version,
         "trained_on": trains,
-        "segmenter": base.segmenter.name,
-        "segmenter_checkpoint": str(seg_ckpt),
+        "segmenters": {
+            kind: {"name": r.segmenter.name, "checkpoint": str(r.segmenter.checkpoint)} for kind, r in runs.items()
+        },
         "seed": base.seed,
         "max_steps": cfg.max_steps,
         "models": trained,

@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from models.methods import get_method
 from schemas import load_train_config
 from tasks.layout import RunLayout
 from tasks.runtime import configure_process
@@ -66,6 +67,7 @@ def train(
     configure_process()  # a deployment's worker starts the program here
     log = get_run_logger()
     cfg = load_train_config(config_path, overrides, method)
+    cfg = cfg.for_kind(get_method(cfg.method.name).segmenter_kind)  # the segmenter of the kind the method needs
     version = resolve_version(shards)
     out = Path(out_dir or default_out_dir(version, cfg.method.name))
     seg_ckpt = segmenter_task(cfg, version, out, True, log.info)

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from models.scores import energy as free_energy
+from models.scores import entropy as softmax_entropy
 from models.scores import m2a as m2a_score
 from models.scores import rba as rba_score
-from models.scores import entropy as softmax_entropy
 from models.scores import smooth
 from schemas.labels import ANOMALY as ANOMALY_ID
 from schemas.labels import VOID as IGNORE_ID

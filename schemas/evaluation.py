@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -31,7 +31,8 @@ class EvalConfig(Strict):
     """Evaluation of a model + anomaly score over benchmarks (``anomalyforge eval``).
 
     ``model`` is read for what it is: a method checkpoint (``model.pt`` of ``anomalyforge train``: the method's
-    own score by default), a segmenter state dict (with ``segmenter`` naming the network: post-hoc scores), or a
+    own score by default), a segmenter state dict or transformers model directory (with ``segmenter`` naming the
+    network: post-hoc scores), or a
     TorchScript file mapping (B,3,H,W) normalized RGB to (B,C,h,w) logits."""
 
     model: Path
@@ -41,6 +42,10 @@ class EvalConfig(Strict):
     segmenter: str | None = Field(None, description="network of a plain segmenter state dict (a registered name)")
     segmenter_options: dict[str, float | int] = Field(default_factory=dict)
     segmenter_checkpoint: Path | None = Field(None, description="method checkpoints: use this frozen segmenter file")
+    method_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="method checkpoints: inference options over its config's, e.g. {refine: false}",
+    )
     num_classes: int = Field(19, ge=1, description="TorchScript: inlier classes are logits[:, :num_classes]")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # TorchScript input normalization
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)

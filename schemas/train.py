@@ -139,8 +139,10 @@ class TrainConfig(Strict):
         return self.model_copy(update={"segmenter": self.segmenters.get(kind, self.segmenter), "segmenters": {}})
 
     def content_hash(self) -> str:
-        exclude = {"workers", "eval_every", "val_limit", "device"} | (
-            {"min_visibility"} if self.min_visibility is None else set()
-        ) | ({"segmenters"} if not self.segmenters else set())
+        exclude = (
+            {"workers", "eval_every", "val_limit", "device"}
+            | ({"min_visibility"} if self.min_visibility is None else set())
+            | ({"segmenters"} if not self.segmenters else set())
+        )
         keep = self.model_dump(mode="json", exclude=exclude)  # unset new fields keep the hash of older models
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()

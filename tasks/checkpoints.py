@@ -92,7 +92,9 @@ def load_pretrained(directory: Path) -> nn.Module:
         raise BadInputError(f"{directory}: not a loadable transformers segmentation model ({e})") from None
     problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if any(problems.values()):
-        listing = "; ".join(f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:10]))}" for k, v in problems.items() if v)
+        listing = "; ".join(
+            f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:10]))}" for k, v in problems.items() if v
+        )
         raise CheckpointMismatchError(f"{directory} does not match {type(net).__name__}: {listing}")
     return net.float()
 
@@ -196,7 +198,9 @@ def _segmenter_file(path: Path, rec: Mapping, override: str | Path | None) -> Pa
     """The frozen segmenter a method checkpoint was trained over: ``override``, else the recorded relative path,
     else the recorded absolute one; its sha256 must be the recorded one."""
     cands = (
-        [Path(override)] if override else [(path.resolve().parent / rec["relative"]).resolve(), Path(rec["absolute"])]
+        [resolve_segmenter_checkpoint(override)]
+        if override
+        else [(path.resolve().parent / rec["relative"]).resolve(), Path(rec["absolute"])]
     )
     found = next((c for c in cands if c.exists()), None)
     want = rec["sha256"]

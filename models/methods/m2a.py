@@ -32,7 +32,17 @@ from models.methods.registry import register_method
 from models.scores import m2a
 from models.segmenters.mask2former import to_image
 
-STUFF = (2, 3, 4, 5, 6, 7, 8, 9, 10)  # building, wall, fence, pole, traffic light, traffic sign, vegetation, terrain, sky
+STUFF = (
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+)  # building, wall, fence, pole, traffic light, traffic sign, vegetation, terrain, sky
 
 
 class M2AConfig(MaskMethodConfig):

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from tasks.imageio import write_bytes_atomic  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
-COLUMNS = ("model", "kind", "score", "train", "dataset", "condition", "images", *PERCENT, "steps")
+COLUMNS = ("model", "kind", "segmenter", "score", "train", "dataset", "condition", "images", *PERCENT, "steps")
 DELTAS = ("ap", "fpr95", "auroc")
 HEADERS = {
     "ap": "AP",
@@ -38,10 +38,12 @@ def _percent(m: dict) -> dict:
 
 def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
     """One row per dataset of one model (condition ``all``), then one per tagged condition of that dataset;
-    ``entry``: model (name), kind (trained | post-hoc), score, train (the shard version it was trained on), steps."""
+    ``entry``: model (name), kind (trained | post-hoc), segmenter (the frozen network it ran on), score, train (the
+    shard version it was trained on), steps."""
     rows = []
     for r in results:
-        row = {k: entry.get(k) for k in ("model", "kind", "score", "train", "steps")} | {"dataset": r["name"]}
+        row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps")}
+        row["dataset"] = r["name"]
         if "error" in r:  # a dataset that could not be evaluated: a row of dashes, the reason below the table
             rows.append(row | {"condition": "all", "images": None, **dict.fromkeys(PERCENT)} | {"error": r["error"]})
             continue
@@ -80,7 +82,7 @@ def markdown(rows: list[dict]) -> str:
     """The table of every model on every dataset (condition ``all``), then, for each dataset tagged with
     conditions, one table of AP / FPR95 per condition (the rows of every condition are in ``compare.csv``)."""
     head = [HEADERS.get(c, c) for c in COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 6 + "---:|" * (len(COLUMNS) - 6)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 7 + "---:|" * (len(COLUMNS) - 7)]
     for r in rows:
         if r.get("condition", "all") == "all":
             lines.append("| " + " | ".join("–" if r.get(c) is None else str(r[c]) for c in COLUMNS) + " |")
@@ -254,11 +256,13 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
             f"![per-condition difference]({study_png.name})",
             "",
         ]
+    segmenters = "; ".join(
+        f"{kind}: `{s['name']}` (`{s['checkpoint']}`)" for kind, s in details.get("segmenters", {}).items()
+    )
     md = [
         f"# {details.get('name', 'compare')}: methods × datasets",
         "",
-        f"Shards `{details.get('shards')}`; frozen segmenter `{details.get('segmenter')}` "
-        f"(`{details.get('segmenter_checkpoint')}`); seed {details.get('seed')}; "
+        f"Shards `{details.get('shards')}`; frozen segmenters {segmenters or '–'}; seed {details.get('seed')}; "
         f"{details.get('max_steps')} steps per method. Values in %. mIoU: the scored model's closed-set "
         "prediction against the shards' trainIds (held-in split only); agreement: inlier pixels where ŷ keeps "
         "the frozen class (methods only). Condition `all`: every image of the dataset; `adverse`: every "

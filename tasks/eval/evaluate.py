@@ -4,8 +4,9 @@
 
 * a **method checkpoint** (``model.pt`` from ``anomalyforge train``): the method's own score by default (EEL's
   α·H − E with its α, RPL's energy, ...), over the frozen segmenter it names by sha256;
-* a **segmenter state dict** (with ``segmenter`` naming the network): a post-hoc score of the frozen
-  closed-set logits (msp, max_logit, entropy, energy, eel, max_min);
+* a **segmenter state dict** or a **transformers model directory** / hub id in the local cache (with
+  ``segmenter`` naming the network): a post-hoc score of the frozen closed-set logits (msp, max_logit, entropy,
+  energy, eel, max_min) or, of a mask-classification network, of its class scores L_k (also rba, m2a);
 * a **TorchScript** file mapping normalized (B, 3, H, W) RGB to (B, C, h, w) logits.
 """
 
@@ -17,13 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from models.methods.base import Inference, resize_logits
 from models.scores import anomaly_score
-from models.segmenters import build_segmenter, load_segmenter_weights
-from schemas import BenchmarkConfig, EvalConfig
+from schemas import BenchmarkConfig, EvalConfig, SegmenterConfig
 from schemas.registries import SEGMENTERS
-from tasks.checkpoints import is_method_checkpoint, load_method, read_checkpoint
+from tasks.checkpoints import (
+    HUB_ID,
+    frozen_segmenter,
+    is_method_checkpoint,
+    load_method,
+    pretrained_directory,
+    read_checkpoint,
+)
 from tasks.eval.benchmarks import load_benchmark
 from tasks.imageio import BadInputError
 from tasks.scoring import Scorer, TensorScorer, evaluate_samples
@@ -71,7 +79,10 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
     loaded = load_method(path, cfg.segmenter_checkpoint, obj=obj)
     spec, mcfg, model = loaded.spec, loaded.cfg.method, loaded.model.to(cfg.device)
     smoothing = mcfg.smoothing if cfg.smoothing is None else cfg.smoothing
-    mcfg = mcfg.model_copy(update={"smoothing": smoothing})
+    try:
+        mcfg = type(mcfg).model_validate(mcfg.model_dump() | cfg.method_options | {"smoothing": smoothing})
+    except ValidationError as e:
+        raise BadInputError(f"method_options for {path} ({mcfg.name}): {e.errors()[0]['msg']}") from None
     if cfg.score is None:  # the method's own score, with its own parameters
 
         def infer(x, size):
@@ -96,17 +107,16 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
     return EvalModel("method", scorer, score, smoothing, details)
 
 
-def _segmenter(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
-    seg = build_segmenter(cfg.segmenter, **cfg.segmenter_options)
-    heads = load_segmenter_weights(seg, obj, source=str(path))
-    seg = seg.to(cfg.device)
+def _segmenter(path: Path, obj: Mapping | None, cfg: EvalConfig) -> EvalModel:
+    seg_cfg = SegmenterConfig(name=cfg.segmenter, options=cfg.segmenter_options)
+    seg = frozen_segmenter(seg_cfg, path, state=obj).to(cfg.device)
     score, smoothing = cfg.score or DEFAULT_SCORE, True if cfg.smoothing is None else cfg.smoothing
 
     def infer(x, size):
         return post_hoc(seg(x), size, score, smoothing)
 
     scorer = TensorScorer(infer, cfg.device, seg.size_multiple, cfg.input_width, cfg.input_size)
-    details = {"segmenter": cfg.segmenter, "segmenter_checkpoint": str(path), "ignored_head_tensors": len(heads)}
+    details = {"segmenter": cfg.segmenter, "segmenter_kind": seg.kind, "segmenter_checkpoint": str(path)}
     return EvalModel("segmenter", scorer, score, smoothing, details)
 
 
@@ -131,9 +141,17 @@ MODEL_KINDS = {"method": _method, "segmenter": _segmenter, "torchscript": _torch
 
 def read_model_file(path: str | Path, segmenter: str | None = None) -> tuple[str, Mapping | None]:
     """(kind, content) of a ``--model`` file without building anything: ``("torchscript", None)``,
-    ``("method", checkpoint)`` or ``("segmenter", state dict)`` (which needs ``segmenter``, the network's
-    name). A file that is none of them is a ``BadInputError`` naming it and saying what it is."""
+    ``("method", checkpoint)``, ``("segmenter", state dict)`` or, for a model directory, ``("segmenter", None)``
+    (both need ``segmenter``, the network's name). A file that is none of them is a ``BadInputError`` naming it and saying what it is."""
     path = Path(path)
+    if path.is_dir() or (not path.exists() and HUB_ID.fullmatch(str(path))):
+        pretrained_directory(path)  # a directory without config.json, a hub id not in the cache: the message now
+        if segmenter is None:
+            raise BadInputError(
+                f"{path} is a transformers model directory: name its network with --segmenter NAME (one of "
+                f"{', '.join(SEGMENTERS.names())})"
+            )
+        return "segmenter", None
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     if is_torchscript(path):
