@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -99,7 +99,7 @@ compare-weather:
 	@test -e $(WEATHER_DIR)/LATEST || $(MAKE) demo-weather
 	$(MAKE) compare COMPARE_WITH=$(WEATHER_DIR)
 
-bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather
+bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former
 
 # each weather effect on a 2048x1024 frame, against encoding that frame (JPEG, PNG) and the whole shard sample
 WEATHER_BENCH ?=
@@ -108,6 +108,12 @@ bench-weather:
 
 bench-synth:
 	$(BIN)/python bench/synth_throughput.py
+
+# Mask2Former Swin-T / Swin-L vs ESPNetv2 at 1024×512: s/image and peak memory; on a GPU machine:
+# make bench-mask2former MASK2FORMER_BENCH="--device cuda --dtype bfloat16"
+MASK2FORMER_BENCH ?=
+bench-mask2former:
+	$(BIN)/python bench/mask2former_resources.py $(MASK2FORMER_BENCH)
 
 bench-train:
 	$(BIN)/python bench/train_throughput.py

@@ -205,7 +205,9 @@ def methods() -> None:
 
     for _, spec in METHODS.items():
         d = spec.describe()
-        typer.echo(f"{d['name']}: {d['paper']}\n  head:  {d['head']}\n  loss:  {d['loss']}\n  score: {d['score']}")
+        typer.echo(
+            f"{d['name']}: {d['paper']}\n  segmenter: {d['segmenter']}\n  head:  {d['head']}\n  loss:  {d['loss']}\n  score: {d['score']}"
+        )
 
 
 @app.command("list")

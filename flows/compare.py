@@ -84,8 +84,7 @@ def compare(
     runs = {}
     for kind in kinds:
         run_cfg = base.for_kind(kind)
-        where = models[next(iter(trains))] / ("segmenter" if kind == kinds[0] else f"segmenter-{kind}")
-        ckpt = segmenter_task(run_cfg, version, where, True, log.info)
+        ckpt = segmenter_task(run_cfg, version, models[next(iter(trains))] / "segmenter", True, log.info)
         runs[kind] = run_cfg.model_copy(update={"segmenter": run_cfg.segmenter.model_copy(update={"checkpoint": ckpt})})
 
     datasets = list(cfg.benchmarks)

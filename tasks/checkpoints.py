@@ -16,6 +16,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,18 +80,35 @@ def resolve_segmenter_checkpoint(checkpoint: str | Path) -> Path:
     return pretrained_directory(checkpoint) or Path(checkpoint)
 
 
+@contextmanager
+def quiet_transformers():
+    """``transformers``' logging at errors only, for the duration."""
+    from transformers.utils import logging
+
+    before = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
 def load_pretrained(directory: Path) -> nn.Module:
     """``AutoModelForUniversalSegmentation.from_pretrained`` offline, strictly: weights that are missing,
     unexpected or of another shape are an error listing them, naming ``directory``."""
     from transformers import AutoModelForUniversalSegmentation  # ~4 s to import: only when a directory is read
 
     try:
-        net, info = AutoModelForUniversalSegmentation.from_pretrained(
-            directory, local_files_only=True, output_loading_info=True
-        )
+        with quiet_transformers():  # its own report of what did not load: ours below lists it, naming the directory
+            net, info = AutoModelForUniversalSegmentation.from_pretrained(
+                directory, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True
+            )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise BadInputError(f"{directory}: not a loadable transformers segmentation model ({e})") from None
-    problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    shapes = [f"{k}: checkpoint {tuple(a)} vs network {tuple(b)}" for k, a, b in info.get("mismatched_keys") or ()]
+    problems = {k: sorted(info.get(k) or ()) for k in ("missing_keys", "unexpected_keys")} | {
+        "shape mismatches": sorted(shapes)
+    }
     if any(problems.values()):
         listing = "; ".join(
             f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:10]))}" for k, v in problems.items() if v

@@ -136,13 +136,37 @@ def tiny_method(name: str) -> dict:
     return {"name": name} | {k: v for k, v in TINY_METHOD.items() if k in fields}
 
 
+#: a Mask2Former of ~0.3 M parameters (``models.segmenters.mask2former.demo_config``)
+TINY_MASK2FORMER = {"embed_dim": 16, "hidden_dim": 32, "num_queries": 10, "decoder_layers": 2}
+
+
+def tiny_mask2former(seed: int = 0):
+    """A random ``mask2former_demo`` segmenter of ``TINY_MASK2FORMER`` (frozen, eval mode)."""
+    import torch
+
+    from models.segmenters import build_segmenter
+
+    torch.manual_seed(seed)
+    return build_segmenter("mask2former_demo", **TINY_MASK2FORMER)
+
+
+def save_tiny_mask2former(directory: Path, seed: int = 0) -> Path:
+    """A tiny random Mask2Former written with ``save_pretrained`` (config.json + model.safetensors)."""
+    tiny_mask2former(seed).net.save_pretrained(directory)
+    return directory
+
+
 def tiny_train_config(method: str, **kw):
-    """4 closed-set pre-training steps and 4 method steps on 64×128 crops; 30 % held-in validation."""
+    """4 closed-set pre-training steps and 4 method steps on 64×128 crops; 30 % held-in validation. Methods over a
+    mask-classification segmenter train over a tiny Mask2Former (``TINY_MASK2FORMER``), pre-trained the same way."""
     from schemas import TrainConfig
 
+    pretrain = {"steps": 4, "batch_size": 2}
+    mask = {"name": "mask2former_demo", "options": TINY_MASK2FORMER, "pretrain": pretrain}
     return TrainConfig(
         method=tiny_method(method),
-        segmenter={"name": "espnetv2_demo", "pretrain": {"steps": 4, "batch_size": 2}},
+        segmenter={"name": "espnetv2_demo", "pretrain": pretrain},
+        segmenters={"mask-classification": mask},
         crop=(64, 128),
         batch_size=2,
         max_steps=4,

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from models.methods import method_names
+from models.methods import get_method, method_names
 from tasks.eval.compare import compare_rows, markdown
 from tasks.synth.validate import validate_shard_set
 from tasks.train.trainer import train_method
@@ -26,6 +26,7 @@ def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
     assert row == {
         "model": "eel",
         "kind": "trained",
+        "segmenter": None,
         "score": "eel",
         "train": "demo",
         "steps": 10,
@@ -39,13 +40,15 @@ def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
         "miou": None,
         "closed_set_agreement": None,
     }
-    assert "| eel | trained | eel | demo | held-in | all | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown([row])
+    assert "| eel | trained | – | eel | demo | held-in | all | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown(
+        [row]
+    )
 
 
 def test_a_dataset_that_failed_is_a_row_of_dashes_with_its_reason():
     (row,) = compare_rows({"model": "eel", "kind": "trained"}, [{"name": "fs", "kind": "fishyscapes", "error": "boom"}])
     assert row["dataset"] == "fs" and row["error"] == "boom" and row["ap"] is None and row["auroc"] is None
-    assert "| eel | trained | – | – | fs | all | – | – |" in markdown([row])
+    assert "| eel | trained | – | – | – | fs | all | – | – |" in markdown([row])
 
 
 @pytest.mark.slow
@@ -75,18 +78,28 @@ def test_compare_trains_every_method_and_writes_one_table(trained_eel, tmp_path)
     assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
     rows = list(csv.DictReader((out / "compare.csv").open()))
     models = [r["model"] for r in rows]
-    assert models == [*method_names(), "espnetv2_demo + msp", "espnetv2_demo + energy", "espnetv2_demo + max_min"]
+    post_hoc = [
+        f"{seg} + {score}" for seg in ("espnetv2_demo", "mask2former_demo") for score in ("msp", "energy", "max_min")
+    ]
+    assert models == [*method_names(), *post_hoc]
+    # per-pixel and mask-classification rows side by side, each on the segmenter of its kind
+    kinds = {name: get_method(name).segmenter_kind for name in method_names()}
+    assert {"per-pixel", "mask-classification"} <= set(kinds.values())
+    for r in rows:
+        kind = kinds.get(r["model"]) or ("per-pixel" if r["model"].startswith("espnetv2") else "mask-classification")
+        assert r["segmenter"] == {"per-pixel": "espnetv2_demo", "mask-classification": "mask2former_demo"}[kind]
     assert {r["dataset"] for r in rows} == {"held-in"}
     for r in rows:
         assert 0 <= float(r["ap"]) <= 100 and 0 <= float(r["auroc"]) <= 100 and float(r["miou"]) >= 0
     trained = [r for r in rows if r["kind"] == "trained"]
     assert all(r["steps"] == "2" and 0 < float(r["closed_set_agreement"]) <= 100 for r in trained)
     assert all(r["closed_set_agreement"] == "" for r in rows if r["kind"] == "post-hoc")
-    # the post-hoc rows score the frozen network itself: one closed-set prediction, one mIoU for all of them
-    assert len({r["miou"] for r in rows if r["kind"] == "post-hoc"}) == 1
+    # the post-hoc rows score the frozen network itself: one closed-set prediction, one mIoU per segmenter
+    assert len({(r["segmenter"], r["miou"]) for r in rows if r["kind"] == "post-hoc"}) == 2
     md = (out / "compare.md").read_text()
     assert (
-        "| rpl_corocl | trained | rpl_corocl | " in md
+        "| rpl_corocl | trained | espnetv2_demo | rpl_corocl | " in md
+        and "| rba | trained | mask2former_demo | rba | " in md
         and " | held-in | all |" in md
         and "![comparison](compare.png)" in md
     )

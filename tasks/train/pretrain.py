@@ -1,5 +1,6 @@
 """The frozen segmenter a method trains over: the configured checkpoint, or (the demo profile, no weights) a small
-closed-set segmenter trained first on the shards' inlier labels, once per (segmenter, seed, crop, split, version)."""
+closed-set segmenter trained first on the clean scenes the shards were composited on, once per (segmenter, seed,
+crop, split, version)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.segmentation_metrics import ConfusionMatrix
 from tasks.shardset import shard_urls, validation_samples
 from tasks.train.data import check_splits, train_loader
+from tasks.train.extras import AnomalyMix
 from tasks.train.optim import poly_schedule
 
 Log = Callable[[str], None]
@@ -28,7 +30,9 @@ def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, p
     """The configured checkpoint, or (demo profile) one pre-trained on this version's shards."""
     if cfg.segmenter.checkpoint is not None:
         return resolve_segmenter_checkpoint(cfg.segmenter.checkpoint)
-    tag = json.dumps([cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version)])
+    tag = json.dumps(
+        [cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version), "clean scenes"]
+    )
     h = hashlib.sha256(tag.encode()).hexdigest()[:10]
     return pretrain_closed_set(
         cfg, version, out_dir.parent / "segmenters" / f"{cfg.segmenter.name}-{h}.pt", progress, log
@@ -38,9 +42,12 @@ def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, p
 def pretrain_closed_set(
     cfg: TrainConfig, version: str | Path, out_path: Path, progress: bool = True, log: Log = print
 ) -> Path:
-    """Train ``cfg.segmenter`` from scratch on the shards' inlier labels (anomaly pixels are ignored, so the
-    network never learns them) and save its state dict. This is what the demo runs when no real
-    Cityscapes-trained weights are configured: a weak but honest closed-set segmenter to freeze."""
+    """Train ``cfg.segmenter`` from scratch with its own loss (``supervised_loss``) on the clean scenes of the
+    version's scene source, cropped and flipped like the shards, so it never sees a pasted object; and save its
+    state dict. Where those scenes are not at hand (a remote version), on the composites with their anomaly pixels
+    void: a per-pixel network ignores them, but a mask-classification one learns them as "no object" (warned).
+    This is what the demo runs when no real Cityscapes-trained weights are configured: a weak but honest
+    closed-set segmenter to freeze."""
     if out_path.is_file():
         log(f"closed-set segmenter: reusing {out_path}")
         return out_path
@@ -56,11 +63,14 @@ def pretrain_closed_set(
     urls = shard_urls(version)
     check_splits(version, cfg.val_fraction)
     loader = train_loader(urls, cfg.model_copy(update={"batch_size": pc.batch_size}))
+    clean = clean_scenes(str(version), cfg.seed, log)
     bar = tqdm(total=pc.steps, desc=f"pre-train {seg.name} (closed set)", unit="step", disable=not progress)
     losses = []
     for step, (x, y) in enumerate(loader):
         if step >= pc.steps:
             break
+        if clean is not None:
+            x, y = clean.batch(x, y, "cpu")
         loss = seg.supervised_loss(x, y.masked_fill(y == ANOMALY, VOID))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -72,10 +82,29 @@ def pretrain_closed_set(
     bar.close()
     save_atomic({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_path)
     miou = _closed_set_miou(seg, urls, cfg)
-    summary = {"steps": pc.steps, "first_loss": losses[0], "last_loss": float(np.mean(losses[-20:])), "val_miou": miou}
+    summary = {
+        "steps": pc.steps,
+        "data": "composites" if clean is None else "clean scenes",
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-20:])),
+        "val_miou": miou,
+    }
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     log(f"closed-set segmenter: {out_path} (loss {losses[0]:.3f} → {summary['last_loss']:.3f}, val mIoU {miou:.3f})")
     return out_path
+
+
+def clean_scenes(version: str, seed: int, log: Log) -> AnomalyMix | None:
+    """A provider that replaces every sample by a clean scene of the version's scene source (AnomalyMix with
+    probability 0), or None where those scenes cannot be found here."""
+    try:
+        return AnomalyMix(version, seed, probability=0.0)
+    except FileNotFoundError as e:
+        log(
+            f"closed-set pre-training on the composites, anomaly pixels void (a mask-classification network learns "
+            f"them as no object): {e}"
+        )
+        return None
 
 
 @torch.no_grad()
