@@ -248,6 +248,8 @@ def test_rba_and_m2a_train_on_shards_and_evaluate_through_the_cli(trained_eel, t
     from tests.helpers import eval_cli, tiny_train_config
 
     datasets = [{"kind": "shards", "root": trained_eel.version, "name": "held", "val_fraction": 0.3}]
+    for d in ("e1", "e2", "e3", "e4"):
+        (tmp_path / d).mkdir()
     models = {}
     for name in ("rba", "m2a"):
         res = train_method(tiny_train_config(name), trained_eel.version, tmp_path / name, progress=False, log=print)

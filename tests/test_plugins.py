@@ -151,4 +151,4 @@ def test_a_plugin_method_trains_evaluates_and_compares_through_the_unchanged_cli
         "espnetv2_demo + neg_top2_margin",
     ]
     assert all(0 <= float(r["ap"]) <= 100 for r in rows)
-    assert "| toy_plugin | trained | toy_plugin | " in (cmp / "compare.md").read_text()
+    assert "| toy_plugin | trained | espnetv2_demo | toy_plugin | " in (cmp / "compare.md").read_text()

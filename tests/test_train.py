@@ -102,11 +102,14 @@ def demo_shards(tiny_config, tmp_path):
 
 
 # first_loss / last_loss of these runs, recorded with the trainer as it was before methods became specs
-# (one hard-coded branch per method): the move onto the registry changed no number
+# (one hard-coded branch per method): the move onto the registry changed no number. Re-recorded once when the demo's
+# closed-set network moved from the composites (anomaly pixels void) to the clean scenes (issue 24); with the
+# composites the same code still gives the old values (eel 2.8913 / 2.8771, rpl 2.8863 / 2.8360, rpl_corocl
+# 10.0655 / 6.7249, all within the bound below)
 BEFORE_THE_MOVE = {
-    "eel": (2.891580820083618, 2.8776047825813293),
-    "rpl": (2.8866164684295654, 2.8365440368652344),
-    "rpl_corocl": (10.08170223236084, 6.711088418960571),
+    "eel": (2.886728286743164, 2.877735674381256),
+    "rpl": (2.8817594051361084, 2.836669445037842),
+    "rpl_corocl": (9.671172142028809, 6.597512185573578),
 }
 
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from models.segmenters import mask2former  # noqa: F401  (registers mask2former, mask2former_demo)
 from models.segmenters.base import Encoded, FrozenSegmenter, PerPixelSegmenter, SegmenterKindError, check_kind
 from models.segmenters.deeplab import DeepLabV3Plus, DeepResNetV3PlusD, DeepWV3Plus
 from models.segmenters.espnetv2 import ESPNetv2Segmentation
@@ -113,6 +112,10 @@ def deeplabv3plus_resnet50(num_classes: int = 19) -> FrozenSegmenter:
 @SEGMENTERS.register("deeplabv3plus_resnet101")
 def deeplabv3plus_resnet101(num_classes: int = 19) -> FrozenSegmenter:
     return DeepLabV3PlusSegmenter(DeepResNetV3PlusD(101, num_classes), "deeplabv3plus_resnet101")
+
+
+# the mask-classification family registers itself after the per-pixel one (``anomalyforge list segmenters`` order)
+from models.segmenters import mask2former  # noqa: E402, F401, I001
 
 
 def build_segmenter(name: str, **kwargs) -> FrozenSegmenter:
