@@ -60,6 +60,13 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def anomaly_mix_extras(probability: float, scenes: str | None) -> dict[str, dict]:
+    """The ``extras`` of a method trained on AnomalyMix (``tasks.train.extras.AnomalyMix``): a sample keeps its
+    pasted objects with ``probability`` and is otherwise a clean scene of ``scenes`` (None: the version's own);
+    none at probability 1 (every sample keeps its objects)."""
+    return {} if probability >= 1 else {"anomaly_mix": {"probability": probability, "scenes": scenes}}
+
+
 def load_state_strictly(
     model: nn.Module, state: dict[str, torch.Tensor], source: str, optional: tuple[str, ...] = ("segmenter.",)
 ) -> None:

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from models.mask_heads import MaskHeadModel, MaskOutput
-from models.methods.base import Inference, MethodSpec, resize_logits
+from models.methods.base import Inference, MethodSpec, anomaly_mix_extras, resize_logits
 from models.scores import smooth
 from models.segmenters.base import FrozenSegmenter
 from schemas import MethodConfig
@@ -39,9 +39,7 @@ class MaskMethod(MethodSpec):
     def extras(self, cfg: MaskMethodConfig) -> dict[str, dict]:
         """The authors paste an outlier into a sample with a probability; here a sample keeps its shard objects
         with that probability and is otherwise a clean scene (``tasks.train.extras.AnomalyMix``)."""
-        if cfg.mix_probability >= 1:
-            return {}
-        return {"anomaly_mix": {"probability": cfg.mix_probability, "scenes": cfg.scenes}}
+        return anomaly_mix_extras(cfg.mix_probability, cfg.scenes)
 
     def build(self, cfg: MaskMethodConfig, segmenter: FrozenSegmenter, training: bool = True) -> nn.Module:
         return MaskHeadModel(segmenter, self.parts)

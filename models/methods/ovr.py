@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from models.losses import ovr_loss
-from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, anomaly_mix_extras, resize_logits
 from models.methods.registry import register_method
 from models.ovr import FinalClassifierModel
 from models.scores import anomaly_score
@@ -76,9 +76,7 @@ class OvR(MethodSpec):
     score_summary = "max logit (or energy, max-min) of the fine-tuned logits, smoothed"
 
     def extras(self, cfg: OvRConfig) -> dict[str, dict]:
-        if cfg.mix_probability >= 1:
-            return {}
-        return {"anomaly_mix": {"probability": cfg.mix_probability, "scenes": cfg.scenes}}
+        return anomaly_mix_extras(cfg.mix_probability, cfg.scenes)
 
     def build(self, cfg: OvRConfig, segmenter: FrozenSegmenter, training: bool = True) -> FinalClassifierModel:
         return FinalClassifierModel.create(segmenter)

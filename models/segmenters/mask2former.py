@@ -130,13 +130,10 @@ class Mask2FormerSegmenter(FrozenSegmenter):
         classes = (class_head or self.class_head())(hidden)
         return Queries(hidden, pixels.mask_features, classes, masks, size, padded)
 
-    def to_image(self, maps: torch.Tensor, q: Queries) -> torch.Tensor:
-        return to_image(maps, q)
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """L_k at the image size (N×K×H×W)."""
         q = self.queries(images)
-        return self.to_image(class_scores(q.class_logits, q.mask_logits), q)
+        return to_image(class_scores(q.class_logits, q.mask_logits), q)
 
     def supervised_loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mask2Former's own loss (Hungarian matching; classification + mask BCE + dice on sampled points, with the
