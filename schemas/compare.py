@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from schemas.base import Strict
+from schemas.base import PositiveSize, Strict
 from schemas.evaluation import BenchmarkConfig
 from schemas.registries import METHODS, SCORES
 from schemas.train import SegmenterKind, TrainConfig
@@ -36,7 +36,7 @@ class CompareConfig(Strict):
     held_in: bool = Field(True, description="evaluate on the held-in validation split of the shards")
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     input_width: int | None = Field(None, ge=8)
-    input_size: tuple[int, int] | None = None
+    input_size: tuple[PositiveSize, PositiveSize] | None = Field(None, description="(W, H); None = native")
     device: str = "cpu"
     panels: int = Field(0, ge=0)
 

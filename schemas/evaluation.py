@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
-from schemas.base import Strict
+from schemas.base import FileName, PositiveSize, Strict
 from schemas.registries import BENCHMARKS, SCORES, SEGMENTERS
 
 
@@ -16,8 +16,8 @@ class BenchmarkConfig(Strict):
 
     kind: str
     root: Path | str = Field(description="a folder; kind shards: a version or run dir, or an fsspec URL of a version")
-    name: str | None = None
-    split: str = "test"
+    name: FileName | None = Field(None, description="the report's name of it (also a file name); None: the root's")
+    split: FileName = Field("test", description="the split folder of layouts that have one")
     track: Literal["anomaly", "obstacle"] = "anomaly"  # component sizes: 500/100 or 50/10 px
     limit: int | None = Field(None, ge=1)
     val_fraction: float = Field(
@@ -48,9 +48,11 @@ class EvalConfig(Strict):
     )
     num_classes: int = Field(19, ge=1, description="TorchScript: inlier classes are logits[:, :num_classes]")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # TorchScript input normalization
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.229, 0.224, 0.225)
     input_width: int | None = Field(None, ge=8, description="run at this width (aspect kept, rounded to the net)")
-    input_size: tuple[int, int] | None = Field(None, description="(W, H) the model runs at; None = native")
+    input_size: tuple[PositiveSize, PositiveSize] | None = Field(
+        None, description="(W, H) the model runs at; None = native"
+    )
     device: str = "cpu"
     per_image: bool = False
     panels: int = Field(4, ge=0, description="qualitative panels per dataset")

@@ -25,14 +25,47 @@ def validate_config(model: type[BaseModel], data: dict, path: str | Path):
         raise ConfigError(f"{path}: {len(lines)} problem(s) in the config:\n  " + "\n  ".join(lines)) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (still safe: the same constructors) that refuses a mapping with a key twice, at any
+    level; PyYAML would keep the last value silently. Merge keys (``<<: *anchor``) are overridden, not duplicated."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # unhashable keys: PyYAML's own error follows
+                key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path, overrides: dict | None) -> dict:
+    """The mapping of a YAML config file (safe loading); an empty file, one that is no mapping or has a key twice
+    is a ``ConfigError`` naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe loading
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
+    except _DuplicateKey as e:
+        where = f"on line {e.first}" if e.first == e.second else f"(lines {e.first} and {e.second})"
+        raise ConfigError(f"{path}: key {e.key!r} appears twice {where}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the config file is empty (no settings, only comments or null)")
+    if not isinstance(data, dict):
+        what = "a list" if isinstance(data, list) else f"a single value ({str(data)[:40]!r})"
+        raise ConfigError(f"{path}: a config file must be a mapping of settings (key: value lines), not {what}")
     return apply_overrides(data, overrides)
 
 

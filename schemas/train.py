@@ -9,7 +9,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
-from schemas.base import Strict
+from schemas.base import PositiveSize, Strict
 from schemas.registries import METHODS, OPTIMIZERS, SEGMENTERS
 
 
@@ -85,14 +85,14 @@ class TrainConfig(Strict):
 
     name: str = "train"
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: method_config(DEFAULT_METHOD))
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     segmenter: SegmenterConfig = Field(default_factory=SegmenterConfig)
     segmenters: dict[SegmenterKind, SegmenterConfig] = Field(
         default_factory=dict,
         description="per segmenter kind, the frozen segmenter of the methods needing that kind, instead of `segmenter` "
         "(e.g. {mask-classification: {name: mask2former, checkpoint: ...}})",
     )
-    crop: tuple[int, int] = Field((512, 1024), description="(H, W) random training crop")
+    crop: tuple[PositiveSize, PositiveSize] = Field((512, 1024), description="(H, W) random training crop")
     batch_size: int = Field(8, ge=2, description="per process; >= 2: the heads' batch norms need two samples")
     epochs: float = Field(30, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")

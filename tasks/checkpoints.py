@@ -35,16 +35,43 @@ METHOD_FORMAT = "anomalyforge-method/2"
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> Mapping:
-    """``torch.load(weights_only=True)`` on CPU; ``mmap`` maps the tensors instead of reading them (zip files)."""
+    """``torch.load(weights_only=True)`` on CPU; ``mmap`` maps the tensors instead of reading them (zip files).
+    A file with a NaN or inf in a floating tensor is a ``BadInputError`` (``check_finite``): every segmenter and
+    method checkpoint is read here, so a corrupt one is named once, before any image is scored."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4 ..." says nothing a user can act on
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # pickle errors come in many types
         raise ValueError(f"{path}: not a readable weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    check_finite(obj, path)
+    return obj
+
+
+def named_tensors(obj, prefix: str = ""):
+    """``(dotted name, tensor)`` of every tensor in a checkpoint object (nested mappings, lists and tuples)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def check_finite(obj, source: str | Path) -> None:
+    """A ``BadInputError`` naming ``source``, the first floating tensor with a NaN or inf and how many it has."""
+    for name, t in named_tensors(obj):
+        if (t.is_floating_point() or t.is_complex()) and t.layout == torch.strided and not torch.isfinite(t).all():
+            n = int(t.numel() - torch.isfinite(t).sum())
+            raise BadInputError(
+                f"{source}: tensor {name!r} has {n} non-finite value{'s' if n != 1 else ''} (NaN/inf); "
+                "the checkpoint is corrupt"
+            )
 
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # "owner/name" of the Hugging Face hub
@@ -114,6 +141,7 @@ def load_pretrained(directory: Path) -> nn.Module:
             f"{k.replace('_', ' ')} ({len(v)}): {', '.join(map(str, v[:10]))}" for k, v in problems.items() if v
         )
         raise CheckpointMismatchError(f"{directory} does not match {type(net).__name__}: {listing}")
+    check_finite(net.state_dict(), directory)
     return net.float()
 
 
@@ -257,6 +285,9 @@ def load_method(path: str | Path, segmenter_checkpoint: str | Path | None = None
             else ""
         )
         raise BadInputError(f"{path}: not an anomalyforge method checkpoint of {METHOD_FORMAT} (format {fmt!r}){hint}")
+    missing = [k for k in ("config", "segmenter", "head") if k not in obj]
+    if missing:
+        raise BadInputError(f"{path}: a method checkpoint without {', '.join(missing)}; the file is incomplete")
     cfg = TrainConfig.model_validate_json(obj["config"])
     spec = get_method(cfg.method.name)
     seg_file = _segmenter_file(path, obj["segmenter"], segmenter_checkpoint)

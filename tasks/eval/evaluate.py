@@ -12,7 +12,10 @@
 
 from __future__ import annotations
 
+import pickle
+import pickletools
 import zipfile
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,7 @@ from tasks.checkpoints import (
     frozen_segmenter,
     is_method_checkpoint,
     load_method,
+    named_tensors,
     pretrained_directory,
     read_checkpoint,
 )
@@ -56,6 +60,24 @@ def is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as z:
         return any("/code/" in n or n.endswith("/constants.pkl") for n in z.namelist())
+
+
+#: what a legacy (non-zip) ``torch.save`` file starts with: its magic number, pickled
+_LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+
+
+def is_plain_pickle(path: Path) -> bool:
+    """Whether ``path`` is one whole Python pickle (``pickle.dump``), not a ``torch.save`` file. Only the opcodes are
+    parsed (``pickletools.genops``): nothing is constructed, nothing is run."""
+    with path.open("rb") as f:
+        if f.read(len(_LEGACY_TORCH_MAGIC)) == _LEGACY_TORCH_MAGIC:
+            return False
+        f.seek(0)
+        try:
+            last = deque(pickletools.genops(f), maxlen=1)  # only the last opcode is kept
+        except Exception:  # whatever the parser trips on: no opcode stream that ends in STOP
+            return False
+        return bool(last) and last[0][0].name == "STOP" and last[0][2] == path.stat().st_size - 1
 
 
 def post_hoc(logits: torch.Tensor, size: tuple[int, int], score: str, smoothing: bool, **kw) -> Inference:
@@ -158,15 +180,30 @@ def read_model_file(path: str | Path, segmenter: str | None = None) -> tuple[str
         return "torchscript", None
     try:
         obj = read_checkpoint(path, mmap=zipfile.is_zipfile(path))
+    except BadInputError:  # a checkpoint that was read, and is corrupt: its own message
+        raise
     except ValueError as e:
-        head = path.read_bytes()[:16]
-        what = "a text file" if head.isascii() and head.strip() else f"a file starting with {head[:8]!r}"
+        if is_plain_pickle(path):
+            raise BadInputError(
+                f"{path}: a Python pickle, not a torch checkpoint (torch.save / TorchScript / a method model.pt)"
+            ) from None
+        with path.open("rb") as f:
+            head = f.read(16)
+        if zipfile.is_zipfile(path) or head.startswith(_LEGACY_TORCH_MAGIC):
+            what = "a torch.save file holding Python objects that weights-only loading refuses"
+        elif head.isascii() and head.strip():
+            what = "a text file"
+        else:
+            what = f"a file starting with {head[:8]!r}"
         raise BadInputError(
             f"{path}: {what}, neither a method checkpoint (model.pt of `anomalyforge train`), a segmenter state "
             f"dict, nor a TorchScript file (torch.load: {type(e.__cause__ or e).__name__})"
         ) from None
     if is_method_checkpoint(obj):
         return "method", obj
+    if isinstance(obj, Mapping) and next(named_tensors(obj), None) is None:
+        keys = ", ".join(map(str, list(obj)[:10])) + (", …" if len(obj) > 10 else "")
+        raise BadInputError(f"{path}: holds no tensors (keys: {keys}) — not a model state dict or checkpoint")
     if isinstance(obj, Mapping):
         if segmenter is None:
             raise BadInputError(
