@@ -126,9 +126,62 @@ def _shards(root: str | Path, name: str | None, split: str, val_fraction: float)
     return ShardSplit(name or "held-in", "shards", resolve_version(root), val_fraction)
 
 
+# Label namings of the Fishyscapes / SMIYC copies in circulation, as paths relative to the root: the official
+# SMIYC release (``labels_masks/<stem>_labels_semantic.png``), the widely shared validation copies of both
+# (``labels_masks/<stem>.png``) and the Fishyscapes release (``labels/<stem>.png``). All hold 0 / 1 / 255.
+SMIYC_LABELS = ("labels_masks/{stem}_labels_semantic.png", "labels_masks/{stem}.png", "labels/{stem}.png")
+FISHYSCAPES_LABELS = ("labels/{stem}.png", "labels_masks/{stem}.png", "labels_masks/{stem}_labels_semantic.png")
+_LISTED = 8  # unpaired / per-naming images named in an error before "and N more"
+
+
+def _image_folder(root: Path, names: tuple[str, ...]) -> list[Path]:
+    """The images of the first of ``names`` (folders under ``root``) that exists."""
+    for name in names:
+        if (root / name).is_dir():
+            return _images(root / name)
+    raise FileNotFoundError(f"benchmark folder not found: no {' or '.join(n + '/' for n in names)} folder in {root}")
+
+
+def _listed(paths: list[Path], root: Path) -> str:
+    names = [p.relative_to(root).as_posix() for p in paths[:_LISTED]]
+    more = f" and {len(paths) - _LISTED} more" if len(paths) > _LISTED else ""
+    return ", ".join(names) + more
+
+
+def _pair_namings(images: list[Path], namings: tuple[str, ...], root: Path) -> list[EvalItem]:
+    """Pair every image with its label under the first naming (``namings``, e.g. ``labels/{stem}.png``) that has
+    a label for every image. When none does, the error says how many (and which) images each naming pairs and
+    which images have no label under any of them."""
+    found = {n: [img for img in images if (root / n.format(stem=img.stem)).is_file()] for n in namings}
+    for n in namings:
+        if len(found[n]) == len(images):
+            return [EvalItem(img.stem, img, root / n.format(stem=img.stem)) for img in images]
+    shown = {n: n.format(stem="<stem>") for n in namings}
+    paired = {img for n in namings for img in found[n]}
+    unpaired = [img for img in images if img not in paired]
+    used = [n for n in namings if found[n]]
+    parts = []
+    if not used:
+        parts.append(f"0 of {len(images)} images paired with any of {', '.join(shown.values())}")
+    elif len(used) == 1:
+        parts.append(f"{len(found[used[0]])} of {len(images)} images paired with {shown[used[0]]}")
+    else:
+        parts.append(
+            "labels follow more than one naming (rename them to one): "
+            + "; ".join(
+                f"{len(found[n])} of {len(images)} images paired with {shown[n]} ({_listed(found[n], root)})"
+                for n in used
+            )
+        )
+    if unpaired:
+        parts.append(f"no label for {_listed(unpaired, root)}")
+    head = f"{len(unpaired)} images have no label" if unpaired else "every image has a label, but not under one naming"
+    raise FileNotFoundError(f"{root}: {head}: " + "; ".join(parts))
+
+
 @register_layout("fishyscapes")
 def _fishyscapes(root: Path, split: str):
-    return _pair(_images(root / "original"), lambda p: root / "labels" / f"{p.stem}.png", root), _identity
+    return _pair_namings(_image_folder(root, ("original", "images")), FISHYSCAPES_LABELS, root), _identity
 
 
 @register_layout("road_anomaly_pre")
@@ -144,8 +197,7 @@ def _road_anomaly(root: Path, split: str):
 
 @register_layout("smiyc")
 def _smiyc(root: Path, split: str):
-    items = _pair(_images(root / "images"), lambda p: root / "labels_masks" / f"{p.stem}_labels_semantic.png", root)
-    return items, _identity
+    return _pair_namings(_image_folder(root, ("images", "original")), SMIYC_LABELS, root), _identity
 
 
 @register_layout("lost_and_found")
