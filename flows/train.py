@@ -32,6 +32,13 @@ def default_out_dir(version: str, method: str) -> str:
     return str(RunLayout.of_version(version).train(method, Path(version).name))
 
 
+def segmenters_dir(out: Path, explicit: bool) -> Path:
+    """Where the demo profile pre-trains (and reuses) its closed-set segmenter: inside an ``explicit`` out dir
+    (``<out_dir>/segmenters``: a run writes nothing beside the directory it was given), else beside the default
+    out dirs, ``<run_dir>/train/segmenters``, shared by every method trained on that run."""
+    return out / "segmenters" if explicit else out.parent / "segmenters"
+
+
 def train_direct(
     config_path: str, shards: str, out_dir: str | None, method: str | None, overrides: dict | None, resume: bool
 ) -> dict | None:
@@ -42,7 +49,8 @@ def train_direct(
     version = resolve_version(shards)
     out = Path(out_dir or default_out_dir(version, cfg.method.name))
     main = int(os.environ.get("RANK", "0")) == 0
-    result = train_method(cfg, version, out, resume, True, print if main else lambda *_: None)  # one log, not N
+    log = print if main else lambda *_: None  # one log, not N
+    result = train_method(cfg, version, out, resume, True, log, segmenters_dir(out, out_dir is not None))
     return _summary(result, out) if main else None
 
 
@@ -70,7 +78,7 @@ def train(
     cfg = cfg.for_kind(get_method(cfg.method.name).segmenter_kind)  # the segmenter of the kind the method needs
     version = resolve_version(shards)
     out = Path(out_dir or default_out_dir(version, cfg.method.name))
-    seg_ckpt = segmenter_task(cfg, version, out, True, log.info)
+    seg_ckpt = segmenter_task(cfg, version, out, True, log.info, segmenters_dir(out, out_dir is not None))
     cfg = cfg.model_copy(update={"segmenter": cfg.segmenter.model_copy(update={"checkpoint": seg_ckpt})})
     result = train_task(cfg, version, out, resume, True, log.info)
     m = result.metrics

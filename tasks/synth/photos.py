@@ -4,7 +4,10 @@ photo's sidecar or manifest or else the salient-mask model, through the mask-qua
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,13 +62,57 @@ def _read_manifest(cfg: FilesSourceConfig) -> dict[str, dict[str, str]]:
     return {r[cfg.file_column]: r for r in rows}
 
 
-def list_photo_files(cfg: FilesSourceConfig) -> list[Path]:
+def unreadable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a photo (a symbolic link loop, a broken link, not a regular file, no access),
+    or None when it is a readable regular file. Never raises."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        target = _link_target(path)
+        if e.errno == errno.ELOOP:
+            return f"symbolic link loop (points to {target!r}, which never reaches a file)"
+        if target is not None and e.errno == errno.ENOENT:
+            return f"broken symbolic link (points to {target!r}, which does not exist)"
+        return f"cannot read it ({e.strerror or e})"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
+def _link_target(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _photo_candidates(cfg: FilesSourceConfig) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(readable photo files, ``(path, why)`` of those matching the patterns that cannot be read), sorted."""
     if not cfg.root.is_dir():
         raise FileNotFoundError(f"object photo folder not found: {cfg.root}")
-    files = sorted({p for pat in cfg.patterns for p in cfg.root.rglob(pat) if not p.name.endswith(".mask.png")})
-    if not files:
+    found = sorted({p for pat in cfg.patterns for p in cfg.root.rglob(pat) if not p.name.endswith(".mask.png")})
+    if not found:
         raise FileNotFoundError(f"no photos matching {cfg.patterns} under {cfg.root}")
-    return files[: cfg.limit] if cfg.limit else files
+    files, unreadable = [], []
+    for p in found:
+        why = unreadable_reason(p)
+        if why is None:
+            files.append(p)
+        else:
+            unreadable.append((p, why))
+    if not files:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise FileNotFoundError(
+            f"no readable photos matching {cfg.patterns} under {cfg.root}: {len(unreadable)} unreadable ({listed}{more})"
+        )
+    return (files[: cfg.limit] if cfg.limit else files), unreadable
+
+
+def list_photo_files(cfg: FilesSourceConfig) -> list[Path]:
+    """The readable photos of a folder source (what the bank's identity lists); those that cannot be read (link
+    loops, broken links) are left out here and quarantined by ``objects_from_files``."""
+    return _photo_candidates(cfg)[0]
 
 
 def objects_from_files(
@@ -80,14 +127,22 @@ def objects_from_files(
     objects: list[BankObject] = []
     rejects: list[RejectRecord] = []
     first_seen: dict[str, tuple[Path, str]] = {}  # object id (content hash) -> (path, class) that took it
-    for path in list_photo_files(cfg):
+    files, unreadable = _photo_candidates(cfg)
+    for path, why in unreadable:  # one bad link costs its photo, not the run
+        rejects.append(RejectRecord(stage="files", item=str(path), reason="unreadable", detail=f"{path}: {why}"))
+    for path in files:
         row = manifest.get(path.name, {})
         cls = cfg.class_name or row.get(cfg.class_column) or path.parent.name
         cls = cls.strip().lower()
         if cls in excluded_classes:
             rejects.append(RejectRecord(stage="files", item=str(path), reason="overlaps_cityscapes", detail=cls))
             continue
-        oid = _file_object_id(path)
+        try:
+            oid = _file_object_id(path)
+        except OSError as e:  # gone or unreadable since it was listed
+            why = unreadable_reason(path) or f"cannot read it ({e.strerror or e})"
+            rejects.append(RejectRecord(stage="files", item=str(path), reason="unreadable", detail=f"{path}: {why}"))
+            continue
         if oid in first_seen:  # the same bytes twice: one object, of the class it was first found as
             first, first_cls = first_seen[oid]
             detail = f"same photo as {first} (class {first_cls!r}); this copy's class {cls!r} is not used"

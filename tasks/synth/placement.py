@@ -13,6 +13,7 @@ drawn among the valid ones with probability proportional to its score.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -20,11 +21,38 @@ import numpy as np
 from skimage.measure import LineModelND, ransac
 
 from schemas import PlacementConfig, PlacementRecord
+from tasks.imageio import BadInputError
 from tasks.labels import train_ids
 
 
 class NoPlacementError(ValueError):
     """The scene has no place for any object (e.g. no drivable pixels)."""
+
+
+class SceneTooSmallError(NoPlacementError, BadInputError):
+    """The scene is smaller than the smallest object the placement may make (``min_scene_size``): a bad input,
+    quarantined as ``too_small`` (a ``BadInputError``, whose ``reason`` the writer records)."""
+
+    def __init__(self, message: str):
+        BadInputError.__init__(self, message, reason="too_small")
+
+
+def min_scene_size(cfg: PlacementConfig) -> tuple[int, int]:
+    """(W, H) below which no object can be placed: an object is at least ``min_height_px`` tall and at most
+    ``max_height_frac`` of the image height, so the scene needs ``min_height_px / max_height_frac`` rows; and
+    ``min_height_px`` columns, the width of the smallest object were it as wide as tall."""
+    return cfg.min_height_px, math.ceil(cfg.min_height_px / cfg.max_height_frac - 1e-9)
+
+
+def check_scene_size(height: int, width: int, cfg: PlacementConfig) -> None:
+    """``SceneTooSmallError`` naming the size when a ``width`` x ``height`` scene cannot hold any object."""
+    min_w, min_h = min_scene_size(cfg)
+    if width < min_w or height < min_h:
+        raise SceneTooSmallError(
+            f"scene {width}x{height} px is too small to place an object (needs at least {min_w}x{min_h} px: an "
+            f"object is at least placement.min_height_px {cfg.min_height_px} px tall and at most "
+            f"placement.max_height_frac {cfg.max_height_frac} of the scene height)"
+        )
 
 
 @dataclass(frozen=True)
@@ -219,8 +247,10 @@ def place_objects(
 ) -> list[PlacementRecord]:
     """Place several objects ``(object_id, class_name, width, height)`` without overlap.
 
-    Objects with no valid candidate are skipped; NoPlacementError if the scene has no drivable pixel.
+    Objects with no valid candidate are skipped; NoPlacementError if the scene has no drivable pixel,
+    SceneTooSmallError (reason ``too_small``) if it is smaller than any object may be (``min_scene_size``).
     """
+    check_scene_size(*label.shape[:2], cfg)
     grid = PlacementGrid.from_label(label, cfg)
     if not grid.drivable.any():
         raise NoPlacementError(f"no drivable pixels ({', '.join(cfg.drivable_classes)}) in the scene label")

@@ -24,6 +24,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from tasks.imageio import BadInputError
 from tasks.labels import ANOMALY, VOID
 from tasks.sample_format import SAMPLES
 from tasks.seeding import stream_worker_seed
@@ -107,6 +108,37 @@ def check_splits(version: str | Path, fraction: float, need_validation: bool = T
             f"val_fraction, or set it to 0 to evaluate on the training composites"
         )
     return n_train, n_val
+
+
+class CropTooLargeError(BadInputError):
+    """The training ``crop`` is larger than the version's images (``check_crop``)."""
+
+
+def check_crop(version: str | Path, crop: tuple[int, int]) -> None:
+    """A ``CropTooLargeError`` (one line) when the (H, W) ``crop`` is taller or wider than every image of the
+    version (its ``samples.parquet``): each crop would then be the image plus void padding, a slow step that
+    trains on nothing. Images smaller than the crop among larger ones are padded (``random_crop_flip``), as before.
+    Run once before training, from the manifest (no shard is opened)."""
+    ch, cw = (int(c) for c in crop)
+    try:
+        table = Store(version).read_parquet(SAMPLES, ["height", "width"])
+    except ValueError:  # a manifest without image sizes: nothing to check against
+        return
+    heights = [h for h in table.column("height").to_pylist() if h]
+    widths = [w for w in table.column("width").to_pylist() if w]
+    if not heights or not widths:
+        return
+    mh, mw = max(heights), max(widths)
+    if ch <= mh and cw <= mw:
+        return
+    uniform = min(heights) == mh and min(widths) == mw
+    images = f"the shard images {mh}x{mw}" if uniform else f"the largest shard images ({mh}x{mw})"
+    fit_h, fit_w = min(ch, mh), min(cw, mw)
+    raise CropTooLargeError(
+        f"crop {ch}x{cw} (H x W) is larger than {images} in {version}: the rest of every crop would be void "
+        f"padding; set crop to at most {fit_h}x{fit_w} (--set crop=[{fit_h},{fit_w}])",
+        reason="crop_too_large",
+    )
 
 
 def check_rank_splits(version: str | Path, fraction: float, world: int) -> None:

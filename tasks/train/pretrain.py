@@ -19,24 +19,33 @@ from tasks.checkpoints import resolve_segmenter_checkpoint, save_atomic
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
 from tasks.segmentation_metrics import ConfusionMatrix
 from tasks.shardset import shard_urls, validation_samples
-from tasks.train.data import check_splits, train_loader
+from tasks.train.data import check_crop, check_splits, train_loader
 from tasks.train.extras import AnomalyMix
 from tasks.train.optim import poly_schedule
 
 Log = Callable[[str], None]
 
 
-def segmenter_checkpoint(cfg: TrainConfig, version: str | Path, out_dir: Path, progress: bool, log: Log) -> Path:
-    """The configured checkpoint, or (demo profile) one pre-trained on this version's shards."""
+def segmenter_checkpoint(
+    cfg: TrainConfig,
+    version: str | Path,
+    out_dir: Path,
+    progress: bool,
+    log: Log,
+    segmenters_dir: str | Path | None = None,
+) -> Path:
+    """The configured checkpoint, or (demo profile) one pre-trained on this version's shards, saved (and reused)
+    in ``segmenters_dir``: by default ``<out_dir>/../segmenters``, shared by sibling out dirs (the methods of one
+    run, ``<run_dir>/train/<method>-<version>``); the train flow passes ``<out_dir>/segmenters`` for an explicit
+    ``--out-dir``, so nothing is written beside it."""
     if cfg.segmenter.checkpoint is not None:
         return resolve_segmenter_checkpoint(cfg.segmenter.checkpoint)
     tag = json.dumps(
         [cfg.segmenter.model_dump(mode="json"), cfg.seed, cfg.crop, cfg.val_fraction, str(version), "clean scenes"]
     )
     h = hashlib.sha256(tag.encode()).hexdigest()[:10]
-    return pretrain_closed_set(
-        cfg, version, out_dir.parent / "segmenters" / f"{cfg.segmenter.name}-{h}.pt", progress, log
-    )
+    where = Path(segmenters_dir) if segmenters_dir is not None else Path(out_dir).parent / "segmenters"
+    return pretrain_closed_set(cfg, version, where / f"{cfg.segmenter.name}-{h}.pt", progress, log)
 
 
 def pretrain_closed_set(
@@ -51,6 +60,8 @@ def pretrain_closed_set(
     if out_path.is_file():
         log(f"closed-set segmenter: reusing {out_path}")
         return out_path
+    check_splits(version, cfg.val_fraction)
+    check_crop(version, cfg.crop)
     torch.manual_seed(cfg.seed)
     seg = build_segmenter(cfg.segmenter.name, **cfg.segmenter.options)
     net = seg.net
@@ -61,7 +72,6 @@ def pretrain_closed_set(
     opt = torch.optim.Adam(net.parameters(), lr=pc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_schedule(pc.steps, 0.9))
     urls = shard_urls(version)
-    check_splits(version, cfg.val_fraction)
     loader = train_loader(urls, cfg.model_copy(update={"batch_size": pc.batch_size}))
     clean = clean_scenes(str(version), cfg.seed, log)
     bar = tqdm(total=pc.steps, desc=f"pre-train {seg.name} (closed set)", unit="step", disable=not progress)

@@ -43,7 +43,7 @@ from tasks.metrics import MetricsUndefinedError
 from tasks.scoring import TensorScorer, evaluate_samples
 from tasks.seeding import training_seeds
 from tasks.shardset import ShardSplit, shard_urls
-from tasks.train.data import check_rank_splits, check_splits, rank_shards, train_loader
+from tasks.train.data import check_crop, check_rank_splits, check_splits, rank_shards, train_loader
 from tasks.train.extras import ExtraData, build_extras
 from tasks.train.optim import build_optimizer, poly_schedule
 from tasks.train.pretrain import segmenter_checkpoint
@@ -189,16 +189,22 @@ class LoopResult:
     metrics: dict  # the last evaluation (main process), empty when none ran
 
 
-def restore(cfg: TrainConfig, version: str, out_dir: Path, resume: bool, progress: bool, log: Log) -> Session:
-    """The frozen segmenter (pre-trained first in the demo profile), the method's model, optimizer and schedule,
-    restored from ``checkpoints/last.pt`` when it was written by this config on this version."""
+def restore(
+    cfg: TrainConfig, version: str, out_dir: Path, resume: bool, progress: bool, log: Log, segmenters_dir=None
+) -> Session:
+    """The frozen segmenter (pre-trained first in the demo profile, in ``segmenters_dir``: ``segmenter_checkpoint``),
+    the method's model, optimizer and schedule, restored from ``checkpoints/last.pt`` when it was written by this
+    config on this version."""
     spec = get_method(cfg.method.name)
     urls = shard_urls(version)
     n_train, _ = check_splits(version, cfg.val_fraction)
+    check_crop(version, cfg.crop)  # before a step pads a too-large crop with void
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=cfg.device == "cpu")
     check_rank_splits(version, cfg.val_fraction, accelerator.num_processes)  # before any process waits for another
     with accelerator.main_process_first():  # the demo profile's closed-set network is trained once, then shared
-        seg_ckpt = segmenter_checkpoint(cfg, version, out_dir, progress and accelerator.is_main_process, log)
+        seg_ckpt = segmenter_checkpoint(
+            cfg, version, out_dir, progress and accelerator.is_main_process, log, segmenters_dir
+        )
 
     torch.manual_seed(cfg.seed)
     model = method_model(spec, cfg.method, cfg.segmenter, seg_ckpt)
@@ -345,15 +351,17 @@ def train_method(
     resume: bool = True,
     progress: bool = True,
     log: Log = print,
+    segmenters_dir: str | Path | None = None,
 ) -> TrainResult:
     """Train ``cfg.method`` on ``version``; outputs under ``out_dir`` (module docstring). With ``resume``, a run
     whose model was already trained with this config on this version is returned as it is, and an interrupted
-    one continues from ``checkpoints/last.pt``."""
+    one continues from ``checkpoints/last.pt``. ``segmenters_dir``: where a demo closed-set segmenter is
+    pre-trained and reused (default ``<out_dir>/../segmenters``, shared by sibling out dirs)."""
     out_dir = Path(out_dir)
     version = str(version)
     cfg = cfg.for_kind(get_method(cfg.method.name).segmenter_kind)  # the segmenter of the kind the method needs
     if resume and (done := _finished(out_dir, cfg, version)) is not None:
         log(f"{cfg.method.name}: reusing {done.model} (same config and shards)")
         return done
-    run = restore(cfg, version, out_dir, resume, progress, log)
+    run = restore(cfg, version, out_dir, resume, progress, log, segmenters_dir)
     return finish(run, loop(run, progress))
