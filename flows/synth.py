@@ -32,6 +32,7 @@ from tqdm import tqdm
 from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.layout import RunLayout
+from tasks.runlock import run_lock
 from tasks.runtime import configure_process
 from tasks.synth.pipeline import select_sources
 from tasks.synth.version import StageRunner, make_version
@@ -152,11 +153,12 @@ def synth(
     cfg: SynthConfig = select_sources(load_config(config_path, overrides, scenes), sources)
     timings: dict[str, float] = {}
     generation = None
-    if cfg.objects.diffusion is not None:
-        t = time.perf_counter()
-        generation = _generate(cfg, RunLayout.of(run_dir, work_dir).generated, generation_deployment)
-        timings["generate objects"] = time.perf_counter() - t
-    res = make_version(cfg, run_dir, work_dir, keep_versions, generation, PrefectStages(), timings)
+    with run_lock(run_dir):  # one writer per run directory, from the generation on
+        if cfg.objects.diffusion is not None:
+            t = time.perf_counter()
+            generation = _generate(cfg, RunLayout.of(run_dir, work_dir).generated, generation_deployment)
+            timings["generate objects"] = time.perf_counter() - t
+        res = make_version(cfg, run_dir, work_dir, keep_versions, generation, PrefectStages(), timings)
     _artifacts(res.summary, res.bank, res.rejects, res.timings, res.summary["report"])
     return res.summary
 

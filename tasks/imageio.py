@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +79,43 @@ def read_gray16(path: str | Path) -> np.ndarray:
     return img.astype(np.int32)
 
 
+#: the most pixels an input image may have (``ANOMALYFORGE_MAX_IMAGE_PIXELS``): 100 MP takes 8K video (33 MP) and
+#: large photos; a 20000x20000 PNG of 1 MB (a decompression bomb) is refused before it is decoded
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def max_image_pixels() -> int:
+    value = os.environ.get("ANOMALYFORGE_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(value) if value else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"ANOMALYFORGE_MAX_IMAGE_PIXELS={value!r} is not a number of pixels") from None
+
+
+def check_pixels(path: str | Path, data: bytes) -> None:
+    """Refuse an image whose header says it has more than ``max_image_pixels()`` pixels, before decoding it
+    (``BadInputError`` with reason ``image_too_large``). A format Pillow cannot parse is left to the decoder."""
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+    except Image.DecompressionBombError as e:  # Pillow's own refusal (over 2 x 89 MP): its message has the size
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        w, h = (int(m.group(1)) if m else limit + 1), 1
+        size = f"{w / 1e6:.0f} MP"
+    except (OSError, UnidentifiedImageError, ValueError):
+        return
+    else:
+        size = f"{w}x{h} pixels ({w * h / 1e6:.0f} MP)"
+    if w * h > limit:
+        raise BadInputError(
+            f"{path}: {size} is over the limit of {limit / 1e6:.0f} MP (ANOMALYFORGE_MAX_IMAGE_PIXELS); not decoded",
+            reason="image_too_large",
+        )
+
+
 def _read(path: str | Path, flags: int) -> np.ndarray:
     path = Path(path)
     try:
@@ -86,6 +126,7 @@ def _read(path: str | Path, flags: int) -> np.ndarray:
         raise BadInputError(f"{path}: cannot read ({e.strerror})") from None
     if not data:
         raise BadInputError(f"{path}: empty file")
+    check_pixels(path, data)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise BadInputError(f"{path}: not a decodable image (corrupt or unsupported format)")

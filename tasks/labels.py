@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
@@ -134,7 +135,7 @@ def looks_like_train_ids(label_ids: np.ndarray) -> float | None:
     """The share of 0 when a "labelIds" image is almost certainly trainIds: every value a trainId or 255 (a
     real labelIds frame nearly always has sky 23, vegetation 21 or car 26) and >= 20 % zeros (road in trainIds,
     "unlabeled" in labelIds, which is never that large); None otherwise."""
-    counts = np.bincount(label_ids.ravel(), minlength=256)
+    counts = cv2.calcHist([label_ids], [0], None, [256], [0, 256]).ravel()  # no int64 copy of the image
     if counts[NUM_TRAIN_CLASSES:VOID].any():
         return None
     zeros = float(counts[0] / label_ids.size)

@@ -16,7 +16,9 @@ validated. A version's ``content_hash`` covers the config, the object bank and t
 depend on.
 A run whose content equals the latest version makes no new version; an interrupted version with the same
 content is resumed in place; anything else starts version n+1 with the latest as its parent. Retention
-keeps the newest ``keep`` complete versions (never the latest, the published one or one being written).
+keeps the newest ``keep`` complete versions (never the latest or the published one) and never touches a version
+that is not complete: it may be another writer's in progress, or a killed run's that the same config resumes
+(``anomalyforge synth`` holds the run directory's lock, ``tasks.runlock``, so only one run writes at a time).
 """
 
 from __future__ import annotations
@@ -142,21 +144,16 @@ def publish_version(run_dir: str | Path, version: Version) -> None:
 
 
 def prune_versions(run_dir: str | Path, keep: int, protect: str | None = None) -> list[str]:
-    """Delete complete versions older than the newest ``keep`` and abandoned incomplete ones older than the
-    latest complete version; never the latest, the one ``LATEST`` names, or ``protect``. Returns the ids removed."""
+    """Delete complete versions older than the newest ``keep``; never the latest, the one ``LATEST`` names,
+    ``protect``, or a version that is not complete. Returns the ids removed."""
     if keep < 1:
         raise ValueError(f"retention must keep at least 1 version, got {keep}")
-    versions = list_versions(run_dir)
-    latest = latest_version(run_dir)
-    complete = [v for v in versions if v.complete]
-    doomed = complete[: max(0, len(complete) - keep)]
-    if latest is not None:
-        doomed += [v for v in versions if not v.complete and v.number < latest.number]
+    complete = [v for v in list_versions(run_dir) if v.complete]
     run = Store(run_dir)
     published = run.read_text(LATEST).strip() if run.isfile(LATEST) else None
     removed = []
-    for v in doomed:
-        if v.id in {latest.id if latest else None, published, protect}:
+    for v in complete[: max(0, len(complete) - keep)]:
+        if v.id in {complete[-1].id, published, protect}:
             continue
         run.rm(f"{VERSIONS}/{v.id}")
         removed.append(v.id)

@@ -23,13 +23,18 @@ def _fit(img: np.ndarray, width: int) -> np.ndarray:
 
 
 def composite_panel(image: np.ndarray, mask: np.ndarray, boxes: list[list[int]], width: int = 512) -> np.ndarray:
-    """Composite with its boxes | the image dimmed with the anomaly mask in red."""
-    left = image.copy()
+    """Composite with its boxes | the image dimmed with the anomaly mask in red; drawn at ``width`` (the image is
+    shrunk first, so a huge composite costs no more memory than a small one)."""
+    f = width / image.shape[1]
+    small = _fit(image, width)
+    size = (small.shape[1], small.shape[0])
+    left = small.copy()
     for x0, y0, x1, y1 in boxes:
-        cv2.rectangle(left, (x0, y0), (x1 - 1, y1 - 1), (255, 220, 0), max(1, image.shape[1] // 512))
-    right = (image * 0.35).astype(np.uint8)
-    right[mask > 0] = (230, 30, 30)
-    return np.hstack([_fit(left, width), _fit(right, width)])
+        p0, p1 = (round(x0 * f), round(y0 * f)), (max(0, round(x1 * f) - 1), max(0, round(y1 * f) - 1))
+        cv2.rectangle(left, p0, p1, (255, 220, 0), max(1, width // 512))
+    right = cv2.convertScaleAbs(small, alpha=0.35)
+    right[cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0] = (230, 30, 30)
+    return np.hstack([left, right])
 
 
 def composite_grid(shard_dir: str | Path, max_samples: int = 6, width: int = 512) -> np.ndarray | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -20,16 +21,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import RejectRecord, SynthConfig
+from schemas import ConfigError, RejectRecord, SynthConfig
+from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
 from tasks.layout import RunLayout
 from tasks.object_bank import BankObject
+from tasks.runlock import run_lock
 from tasks.sample_format import DATASET, REJECTS
-from tasks.scenes import scene_identity
+from tasks.scenes import load_scene, scene_identity
 from tasks.shards import read_rejects
 from tasks.storage import Store
 from tasks.synth.compositor import compositor_for
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.synth.plan import plan_samples, split_into_shards
+from tasks.synth.plan import iter_samples
 from tasks.synth.report import REPORT_FILES, write_report
 from tasks.synth.sheets import scene_sheet, weather_sheet
 from tasks.synth.validate import validate_shard_set
@@ -66,6 +69,59 @@ class VersionResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _fits(cfg: SynthConfig, scenes: list, run_dir: str) -> bool:
+    """Refuse up front (``ConfigError``) a run whose shards cannot fit on the run directory's disk: planned samples
+    times the size of one (the first readable scene and its label, encoded as the shards encode them). Object
+    stores report no free space; they are not checked."""
+    store = Store(run_dir)
+    if not store.local:
+        return True
+    for ref in scenes[:8]:
+        try:
+            scene = load_scene(ref, max_unknown_label_fraction=1.0)
+            break
+        except BadInputError:
+            continue
+    else:
+        return True  # no readable scene: the composite stage quarantines every sample and says why
+    fmt = cfg.shards.image_format
+    per_sample = len(encode_rgb(scene.image, fmt, cfg.shards.jpeg_quality)) + 2 * len(encode_gray_png(scene.label))
+    per_sample += 2048  # meta and tar headers
+    need = cfg.planned_samples() * per_sample * 1.1
+    where = Path(store.path())
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    if need > free:
+        h, w = scene.label.shape
+        raise ConfigError(
+            f"num_samples={cfg.num_samples} needs about {_size(need)} ({cfg.planned_samples()} samples x ~"
+            f"{_size(per_sample)} each at {w}x{h} {fmt}) but {where} has {_size(free)} free; lower num_samples "
+            "or free space"
+        )
+    return True
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.3g} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.3g} PB"
+
+
+def _retention(run_dir: str, keep: int, published: str, runner: StageRunner) -> list[str]:
+    """``prune_versions`` after publishing: a failure to delete is a warning (the new version is out already)."""
+    try:
+        removed = prune_versions(run_dir, keep, protect=published)
+    except OSError as e:
+        runner.log(f"retention (keep {keep}) failed, old versions stay: {e}")
+        return []
+    if removed:
+        runner.log(f"retention (keep {keep}): removed {', '.join(removed)}")
+    return removed
+
+
 def make_version(
     cfg: SynthConfig,
     run_dir: str,
@@ -79,7 +135,21 @@ def make_version(
     the ``run_dir/shards`` symlink name the latest); ``run_dir`` is a local directory or an fsspec URL.
 
     ``generation``: what the diffusion stage (run before, by the flow) reported; its objects are read from
-    ``<work>/generated``. ``keep_versions``: retention of complete versions."""
+    ``<work>/generated``. ``keep_versions``: retention of complete versions. Holds the run directory's lock
+    (``tasks.runlock``) throughout: a second run into the same directory stops with a message naming this one."""
+    with run_lock(run_dir):
+        return _make_version(cfg, run_dir, work_dir, keep_versions, generation, runner, timings)
+
+
+def _make_version(
+    cfg: SynthConfig,
+    run_dir: str,
+    work_dir: str | Path | None,
+    keep_versions: int,
+    generation: dict | None,
+    runner: StageRunner | None,
+    timings: dict[str, float] | None,
+) -> VersionResult:
     runner = runner or StageRunner()
     timings = dict(timings or {})
     remote = not Store(run_dir).local
@@ -102,7 +172,7 @@ def make_version(
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes)  # a fixed or replaced scene file makes a new version
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
-    plan = plan_version(run_dir, content_hash)
+    plan = plan_version(run_dir, content_hash) if _fits(cfg, scenes, run_dir) else None
     shard_dir, shards_at = plan.version.path, Store(plan.version.path)
     stage = run.staging(plan.version.id) if remote else Path(shard_dir)  # manifests and sheets, then uploaded
     runner.log(f"version {plan.version.id} ({plan.status}), parent {plan.parent}")
@@ -111,11 +181,9 @@ def make_version(
     else:
         t = time.perf_counter()
         claim_shard_dir(shard_dir, compositor.config_hash)
-        plans = plan_samples([s.scene_id for s in scenes], cfg.num_samples, cfg.seed, cfg.weather)
-        calls = [
-            (shard_dir, i, part, scenes, cfg, bank_dir)
-            for i, part in enumerate(split_into_shards(plans, cfg.shards.samples_per_shard))
-        ]
+        ids = [s.scene_id for s in scenes]
+        n_shards = -(-cfg.planned_samples() // cfg.shards.samples_per_shard)
+        calls = [(shard_dir, i, scenes, cfg, bank_dir) for i in range(n_shards)]  # each plans its own part
         records = list(runner.shards(plan.version.id, calls))
         timings["composite + shards"] = time.perf_counter() - t
         version = {
@@ -130,7 +198,8 @@ def make_version(
         runner.stage("scenes-sheet", scene_sheet, stage / "scenes.png", scenes, cfg)  # before the manifest
         if cfg.weather is not None:  # before the manifest: a finished version always has its contact sheet
             t = time.perf_counter()
-            runner.stage("weather-contact-sheet", weather_sheet, stage / "weather.png", scenes, plans, compositor)
+            first = list(itertools.islice(iter_samples(ids, cfg.num_samples, cfg.seed, cfg.weather), 256))
+            runner.stage("weather-contact-sheet", weather_sheet, stage / "weather.png", scenes, first, compositor)
             timings["weather contact sheet"] = time.perf_counter() - t
         # dataset.json under a hidden name until validated
         rejects = scene_rejects + bank_rejects
@@ -146,30 +215,28 @@ def make_version(
     timings["validate"] = time.perf_counter() - t
     if problems:
         raise RuntimeError(f"{len(problems)} validation problems in {shard_dir}:\n" + "\n".join(problems[:20]))
-    if plan.status != "unchanged":  # the version is complete from here on
-        if remote:
-            shards_at.put_file(stage / PENDING_DATASET, DATASET)
-            (stage / PENDING_DATASET).unlink()
-        else:
-            os.replace(stage / PENDING_DATASET, stage / DATASET)
-    publish_version(run_dir, plan.version)
-    removed = prune_versions(run_dir, keep_versions, protect=plan.version.id)
-    if removed:
-        runner.log(f"retention (keep {keep_versions}): removed {', '.join(removed)}")
-    for vid in removed if remote else []:  # their staged files on this machine
-        shutil.rmtree(run.staging(vid), ignore_errors=True)
     previews = [store / "previews" / f"{b}.jpg" for b in (generation or {}).get("batches", [])]
     with shards_at.open(REJECTS) as f:
         rejects = read_rejects(f)
     if plan.status == "unchanged":  # a published version keeps the report of the run that made it
         report = shards_at.path("report.md")
-    else:
+    else:  # the report and every sheet before dataset.json: a complete version always has them
         report = runner.stage(
             "write-report", write_report, stage, shard_dir, summary, bank, rejects, timings, generation, previews
         )
         if remote:
             shards_at.upload_dir(stage, only=REPORT_FILES)
             report = shards_at.path(report.name)
+        # the version is complete from here on
+        if remote:
+            shards_at.put_file(stage / PENDING_DATASET, DATASET)
+            (stage / PENDING_DATASET).unlink()
+        else:
+            os.replace(stage / PENDING_DATASET, stage / DATASET)
+    publish_version(run_dir, plan.version)  # LATEST moves last: nothing after it can fail the run
+    removed = _retention(run_dir, keep_versions, plan.version.id, runner)
+    for vid in removed if remote else []:  # their staged files on this machine
+        shutil.rmtree(run.staging(vid), ignore_errors=True)
     summary = summary | {"status": plan.status, "generation": generation, "removed_versions": removed}
     summary |= {"timings": {k: round(v, 3) for k, v in timings.items()}}
     latest = run.latest if remote else run.latest_link

@@ -24,7 +24,7 @@ from tasks.shards import PARTS_DIR, json_bytes, sha256_of, store_tar_shard
 from tasks.storage import Store
 from tasks.synth.compositor import Composite, Compositor, compositor_for
 from tasks.synth.placement import NoPlacementError
-from tasks.synth.plan import SamplePlan
+from tasks.synth.plan import SamplePlan, shard_plans
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +165,13 @@ def synthesize_shard(
     return record
 
 
-def write_shard(
-    out_dir: str | Path, shard_index: int, plans: list[SamplePlan], scenes: list[SceneRef], cfg: SynthConfig, bank_dir
-) -> dict:
-    """``synthesize_or_resume`` from picklable arguments only (the bank is read from ``bank_dir`` by the process
-    that runs it): a shard is a pure function of (config, shard index), so any worker of a cluster writes the same
-    bytes. ``out_dir`` may be an object-store URL that every worker writes to; the worker must see ``bank_dir`` and
-    the scene files (a shared filesystem)."""
+def write_shard(out_dir: str | Path, shard_index: int, scenes: list[SceneRef], cfg: SynthConfig, bank_dir) -> dict:
+    """``synthesize_or_resume`` of shard ``shard_index`` of ``cfg``'s plan, from picklable arguments only (the plan
+    part and the bank are made and read by the process that runs it): a shard is a pure function of (config, shard
+    index), so any worker of a cluster writes the same bytes. ``out_dir`` may be an object-store URL that every
+    worker writes to; the worker must see ``bank_dir`` and the scene files (a shared filesystem)."""
+    ids = [s.scene_id for s in scenes]
+    plans = shard_plans(ids, cfg.num_samples, cfg.seed, cfg.weather, cfg.shards.samples_per_shard, shard_index)
     return synthesize_or_resume(out_dir, shard_index, plans, scenes, compositor_for(cfg, bank_dir))
 
 
