@@ -44,12 +44,14 @@ def synth(
         "~/.cache/anomalyforge, then runs/<url>-<hash>); shared storage when Dask workers run on other machines",
     ),
     set_: list[str] = typer.Option([], "--set", help="override a config field, e.g. --set num_samples=64"),
-    workers: int = typer.Option(0, help="parallel shard tasks (0: the config's value)"),
+    workers: int = typer.Option(0, min=0, help="parallel shard tasks (0: the config's value)"),
     sources: str = typer.Option("", help="object sources to use, e.g. diffusion,coco (default: all configured)"),
     scenes: str = typer.Option(
         None, help="'demo', or a root for the config's scene source (Cityscapes for a demo config)"
     ),
-    task_runner: str = typer.Option("threads", help="threads, or dask: shard tasks on a Dask cluster"),
+    task_runner: str = typer.Option(
+        "threads", callback=lambda v: _task_runner(v), help="threads, or dask: shard tasks on a Dask cluster"
+    ),
     dask_address: str = typer.Option(
         None, help="the Dask scheduler (tcp://host:8786); default: a local cluster of --workers processes"
     ),
@@ -57,6 +59,7 @@ def synth(
     """Run the `synth` Prefect flow locally (no server needed): a new shard-set version under RUN_DIR/versions."""
     from flows.synth import run_synth
 
+    _prepare("synth")
     res = run_synth(
         str(config),
         str(run_dir),
@@ -129,6 +132,7 @@ def eval_(
     over |= {k: str(v) for k, v in named.items() if v is not None}
     cfg = load_eval_config(config, over)
     read_model_file(cfg.model, cfg.segmenter)  # bad input is a message here, before the flow starts
+    _prepare("eval")
     res = run_evaluate(str(config), str(out_dir), over or None)
     from tasks.eval.report import markdown_table
 
@@ -156,6 +160,7 @@ def train(
 
     over = _parse_overrides(set_) or None
     load_train_config(config, over, method)  # config errors as messages, before the flow
+    _prepare("train")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of N processes of a multi-process launch
         from flows.train import train_direct
 
@@ -189,6 +194,7 @@ def compare(
 
     over = _parse_overrides(set_) or None
     load_compare_config(config, over)  # config errors as messages, before the flow
+    _prepare("compare")
     res = compare_flow(str(config), list(shards), str(out_dir) if out_dir else None, over, not fresh)
     typer.echo(markdown(res["rows"]))
     if res["study_rows"]:
@@ -266,22 +272,63 @@ def fetch_weights(model_home: Path = typer.Option(Path(".cache/models"), help="r
     typer.echo(f"u2netp: {install_u2netp(model_home)}")
 
 
+def _task_runner(value: str) -> str:
+    from flows.synth import TASK_RUNNERS
+
+    if value not in TASK_RUNNERS:
+        raise typer.BadParameter(f"{value!r} is not a task runner; one of {', '.join(TASK_RUNNERS)}")
+    return value
+
+
+#: where this command's full log goes (``flows.session.route_logs``), once a flow command has started
+_LOG: list[Path] = []
+
+
+def _prepare(command: str) -> None:
+    """Ctrl-C that stops after the current step, the full log in a file, Prefect's temporary server."""
+    from flows.session import prepare
+
+    _LOG.append(prepare(command, _user_errors()))
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the user's input: printed as one clear message, without a traceback."""
+    """Errors about the user's input or machine: printed as one clear message, without a traceback."""
+    from flows.session import TemporaryServerError
     from models.segmenters import CheckpointMismatchError
     from schemas import ConfigError
     from tasks.imageio import BadInputError
+    from tasks.runlock import RunLockedError
+    from tasks.runtime import Interrupted
     from tasks.synth.pipeline import TooFewSamplesError
 
-    return ConfigError, BadInputError, FileNotFoundError, TooFewSamplesError, CheckpointMismatchError
+    return (
+        ConfigError,
+        BadInputError,
+        FileNotFoundError,
+        TooFewSamplesError,
+        CheckpointMismatchError,
+        RunLockedError,
+        TemporaryServerError,
+        Interrupted,
+    )
 
 
 def main() -> None:
-    """The ``anomalyforge`` entry point: the commands, with input errors as messages (exit 1)."""
+    """The ``anomalyforge`` entry point: the commands, with input errors as messages (exit 1) and a stop asked for
+    with Ctrl-C or SIGTERM as what was kept and how to resume (exit 130)."""
+    from tasks.runtime import Interrupted, StoppedAtOnce
+
+    log = lambda: f" (full log: {_LOG[-1]})" if _LOG else ""  # noqa: E731
     try:
         app()
+    except Interrupted as e:
+        typer.echo(f"stopped: {e}{log()}", err=True)
+        raise SystemExit(130) from None
+    except StoppedAtOnce:
+        typer.echo(f"stopped at once; run the same command again to resume from what was kept{log()}", err=True)
+        raise SystemExit(130) from None
     except _user_errors() as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e}{log()}", err=True)
         raise SystemExit(1) from None
 
 

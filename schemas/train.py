@@ -109,7 +109,10 @@ class TrainConfig(Strict):
         description="weather shards: objects the weather made fainter than this ΔE to their surround are void",
     )
     # running
-    eval_every: int = Field(500, ge=1, description="steps between evaluations (and checkpoints)")
+    eval_every: int = Field(500, ge=1, description="steps between evaluations (each also writes a checkpoint)")
+    checkpoint_minutes: float = Field(
+        5.0, gt=0, description="minutes between checkpoints (checkpoints/last.pt) besides those of the evaluations"
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     device: Literal["auto", "cpu"] = "auto"
 
@@ -140,7 +143,7 @@ class TrainConfig(Strict):
 
     def content_hash(self) -> str:
         exclude = (
-            {"workers", "eval_every", "val_limit", "device"}
+            {"workers", "eval_every", "checkpoint_minutes", "val_limit", "device"}
             | ({"min_visibility"} if self.min_visibility is None else set())
             | ({"segmenters"} if not self.segmenters else set())
         )

@@ -26,6 +26,7 @@ from models.methods.base import Inference
 from tasks.conditions import ADVERSE, CLEAR, condition_order
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError, PixelMetrics
+from tasks.runtime import check_stop
 from tasks.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
 
 
@@ -140,6 +141,7 @@ def evaluate_samples(
     scratch = Path(tempfile.mkdtemp(prefix=f"anomalyforge-eval-{name}-"))
     try:
         for k, s in enumerate(tqdm(samples, desc=name, unit="img", total=total, disable=not progress, leave=False)):
+            check_stop(f"evaluation on {name} after {k} images (it starts over); run the same command again")
             out = scorer(s.image)
             pooled.update(out.score, s.label, name=s.item_id)
             for group in condition_groups(s.condition):

@@ -39,6 +39,7 @@ from schemas import DiffusionConfig, MaskGateConfig, ObjectRecord, RejectRecord
 from schemas.registries import SCHEDULERS
 from tasks.imageio import encode_rgb, write_bytes_atomic
 from tasks.object_bank import OBJECT_MANIFEST, BankObject, bank_sample, manifest_row
+from tasks.runtime import check_stop
 from tasks.sample_format import REJECTS
 from tasks.shards import write_json_atomic, write_rejects, write_table, write_tar_shard
 from tasks.synth.photos import gated_object
@@ -305,6 +306,9 @@ def run_batch(
 ) -> dict:
     """Generate one batch, gate it and write it to the store; returns the batch record."""
     bid = batch_id(specs)
+    check_stop(
+        f"generation before batch {bid}; the batches written to {store.root} are kept; run the same command again to resume"
+    )
     t0 = time.perf_counter()
     images = generate_images(lp, specs, cfg)
     t1 = time.perf_counter()

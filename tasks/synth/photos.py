@@ -24,6 +24,7 @@ from tasks.imageio import (
     read_rgb,
 )
 from tasks.object_bank import BankObject, crop_object
+from tasks.runtime import check_stop
 from tasks.synth.saliency import gate_mask, mask_quality
 
 
@@ -131,6 +132,7 @@ def objects_from_files(
     for path, why in unreadable:  # one bad link costs its photo, not the run
         rejects.append(RejectRecord(stage="files", item=str(path), reason="unreadable", detail=f"{path}: {why}"))
     for path in files:
+        check_stop(f"while masking the photos of {cfg.root}; run the same command again (it starts over)")
         row = manifest.get(path.name, {})
         cls = cfg.class_name or row.get(cfg.class_column) or path.parent.name
         cls = cls.strip().lower()

@@ -18,6 +18,7 @@ from schemas import COCO_CITYSCAPES_OVERLAP, RejectRecord, SynthConfig
 from schemas.registries import OBJECT_SOURCES
 from tasks import CODE_VERSION
 from tasks.object_bank import OBJECT_MANIFEST, BankObject, write_object_bank
+from tasks.runtime import check_stop
 from tasks.sample_format import DATASET, REJECTS, SAMPLES, SHARDS
 from tasks.scenes import SceneRef, index_scenes
 from tasks.shards import PARTIAL_DIR, write_json_atomic, write_rejects, write_table
@@ -111,7 +112,8 @@ def build_object_bank(
     oc = cfg.objects
     objects: list[BankObject] = []
     rejects: list[RejectRecord] = []
-    for _, source in _configured(cfg):
+    for name, source in _configured(cfg):
+        check_stop(f"before the {name} objects of the object bank; run the same command again (it starts over)")
         got, rej = source.extract(ctx)
         objects += got
         rejects += rej

@@ -26,6 +26,7 @@ from tasks.imageio import BadInputError, encode_gray_png, encode_rgb
 from tasks.layout import RunLayout
 from tasks.object_bank import BankObject
 from tasks.runlock import run_lock
+from tasks.runtime import Interrupted, check_stop
 from tasks.sample_format import DATASET, REJECTS
 from tasks.scenes import load_scene, scene_identity
 from tasks.shards import read_rejects
@@ -168,6 +169,7 @@ def _make_version(
     bank_rejects = read_rejects(bank_dir / REJECTS)
     timings["object bank"] = time.perf_counter() - t
     runner.log(f"object bank: {len(bank)} objects, {len(bank_rejects)} rejected")
+    check_stop("after the object bank, before any shard; run the same command again (the bank is kept)")
 
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes)  # a fixed or replaced scene file makes a new version
@@ -184,7 +186,15 @@ def _make_version(
         ids = [s.scene_id for s in scenes]
         n_shards = -(-cfg.planned_samples() // cfg.shards.samples_per_shard)
         calls = [(shard_dir, i, scenes, cfg, bank_dir) for i in range(n_shards)]  # each plans its own part
-        records = list(runner.shards(plan.version.id, calls))
+        records = []
+        try:
+            for rec in runner.shards(plan.version.id, calls):
+                records.append(rec)
+        except Interrupted:
+            raise Interrupted(
+                f"{len(records)} of {len(calls)} shards of {plan.version.id} are written and kept; run the "
+                "same command again to resume"
+            ) from None
         timings["composite + shards"] = time.perf_counter() - t
         version = {
             "version": plan.version.id,

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tasks.imageio import BadInputError
 from tasks.labels import ANOMALY, VOID
+from tasks.runtime import ignore_interrupts
 from tasks.sample_format import SAMPLES
 from tasks.seeding import stream_worker_seed
 from tasks.shardset import (
@@ -176,7 +177,13 @@ def train_loader(urls: list[str], cfg, rank: int = 0, world: int = 1) -> DataLoa
     urls = rank_shards(urls, rank, world)
     workers = max(0, min(cfg.workers, len(urls)))
     stream = TrainStream(urls, cfg.crop, cfg.val_fraction, cfg.shuffle_buffer, cfg.seed, rank, cfg.min_visibility)
-    return DataLoader(stream, batch_size=cfg.batch_size, num_workers=workers, persistent_workers=workers > 0)
+    return DataLoader(
+        stream,
+        batch_size=cfg.batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=ignore_interrupts if workers else None,
+    )
 
 
 # ---- CoroCL's object context ------------------------------------------------------------------------------------

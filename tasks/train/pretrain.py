@@ -17,6 +17,7 @@ from models.segmenters import FrozenSegmenter, build_segmenter
 from schemas import TrainConfig
 from tasks.checkpoints import resolve_segmenter_checkpoint, save_atomic
 from tasks.labels import ANOMALY, NUM_TRAIN_CLASSES, VOID
+from tasks.runtime import Interrupted, stop_requested
 from tasks.segmentation_metrics import ConfusionMatrix
 from tasks.shardset import shard_urls, validation_samples
 from tasks.train.data import check_crop, check_splits, train_loader
@@ -89,6 +90,12 @@ def pretrain_closed_set(
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if stop_requested() and step + 1 < pc.steps:
+            bar.close()
+            raise Interrupted(
+                f"closed-set pre-training of {seg.name} at step {step + 1}/{pc.steps} (it is short and starts "
+                "over); run the same command again"
+            )
     bar.close()
     save_atomic({k: v.detach().cpu() for k, v in net.state_dict().items()}, out_path)
     miou = _closed_set_miou(seg, urls, cfg)

@@ -40,6 +40,7 @@ from models.methods import MethodSpec, TrainingProgress, get_method
 from schemas import TrainConfig
 from tasks.checkpoints import method_model, read_checkpoint, save_atomic, save_method
 from tasks.metrics import MetricsUndefinedError
+from tasks.runtime import Interrupted, stop_requested
 from tasks.scoring import TensorScorer, evaluate_samples
 from tasks.seeding import training_seeds
 from tasks.shardset import ShardSplit, shard_urls
@@ -242,7 +243,9 @@ def restore(
 
 def loop(run: Session, progress: bool) -> LoopResult:
     """Steps ``run.start`` .. ``run.total``: each process streams its own shards; every ``eval_every`` steps the
-    main process evaluates on the held-in split and writes ``checkpoints/last.pt`` (what ``restore`` resumes)."""
+    main process evaluates on the held-in split and writes ``checkpoints/last.pt`` (what ``restore`` resumes), and
+    between evaluations every ``checkpoint_minutes``. A stop (Ctrl-C, SIGTERM: ``tasks.runtime``) writes it after
+    the current step and raises ``Interrupted``."""
     cfg, spec, accelerator = run.cfg, run.spec, run.accelerator
     seeds = training_seeds(cfg.seed, run.start, accelerator.process_index)
     extras = build_extras(spec.extras(cfg.method), run.version, seeds.extras)
@@ -264,6 +267,7 @@ def loop(run: Session, progress: bool) -> LoopResult:
     t_start = t_prev = time.perf_counter()
     step = run.start
     metrics: dict = {}
+    saved_at = time.monotonic()
     for x, y, batch_extras in with_extras(loader, extras, accelerator.device):
         if step >= run.total:
             break
@@ -287,25 +291,52 @@ def loop(run: Session, progress: bool) -> LoopResult:
         if accelerator.is_main_process and (step % 10 == 0 or step == run.total):
             row = {"step": step, "lr": run.scheduler.get_last_lr()[0], "data_wait_s": round(wait, 3)}
             _write_history(history, row | {k: v.item() for k, v in parts.items()})
+        if _agree(accelerator, stop_requested()) and step < run.total:  # every process stops after this step
+            if accelerator.is_main_process:
+                _save_last(run, step)
+            bar.close()
+            raise Interrupted(
+                f"{cfg.method.name} at step {step}/{run.total}; checkpoint {run.last}; run the same "
+                "command again to resume"
+            )
         if step % cfg.eval_every == 0 or step == run.total:
             if accelerator.is_main_process:
                 metrics = evaluate(run.inner, spec, cfg, run.version, accelerator.device)
                 _write_history(history, {"step": step, "eval": metrics})
-                save_atomic(
-                    {
-                        "step": step,
-                        "config_hash": cfg.content_hash(),
-                        "shards": run.version,
-                        "head": {k: v.cpu() for k, v in run.inner.trainable_state_dict().items()},
-                        "optimizer": run.optimizer.state_dict(),
-                        "scheduler": run.scheduler.state_dict(),
-                    },
-                    run.last,
-                )
+                _save_last(run, step)
             accelerator.wait_for_everyone()
+            saved_at = time.monotonic()
+        elif time.monotonic() - saved_at >= cfg.checkpoint_minutes * 60:
+            if accelerator.is_main_process:
+                _save_last(run, step)
+            saved_at = time.monotonic()
         t_prev = time.perf_counter()
     bar.close()
     return LoopResult(step, losses, wait, time.perf_counter() - t_start, metrics)
+
+
+def _save_last(run: Session, step: int) -> None:
+    """``checkpoints/last.pt``: what ``restore`` resumes from (main process only)."""
+    save_atomic(
+        {
+            "step": step,
+            "config_hash": run.cfg.content_hash(),
+            "shards": run.version,
+            "head": {k: v.cpu() for k, v in run.inner.trainable_state_dict().items()},
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+        },
+        run.last,
+    )
+
+
+def _agree(accelerator: Accelerator, flag: bool) -> bool:
+    """``flag`` of any process, on every process (a stop asked of one process stops them all after one step)."""
+    if accelerator.num_processes == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=accelerator.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def finish(run: Session, done: LoopResult) -> TrainResult:
