@@ -58,7 +58,9 @@ def synth(
 ) -> None:
     """Run the `synth` Prefect flow locally (no server needed): a new shard-set version under RUN_DIR/versions."""
     from flows.synth import run_synth
+    from tasks.runlock import check_writable
 
+    check_writable(run_dir)  # a file, read-only, a full disk: one line before Prefect's server starts
     _prepare("synth")
     res = run_synth(
         str(config),

@@ -189,19 +189,30 @@ def encode_gray_png(img: np.ndarray) -> bytes:
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``final``; rename it onto ``final`` only if the block succeeds.
 
-    A crash or Ctrl-C leaves at most a hidden ``.name.*.partial`` file, never a file under the final name.
+    Any error removes the temporary file (only a hard kill can leave a hidden ``.name.*.partial`` file), and never
+    leaves a file under the final name. A write that fails for where it goes (a file in the way, no permission, a
+    read-only file system, a full disk) is a one-line ``tasks.storage.RunDirError`` naming ``final``.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
+        tmp_path = Path(tmp)
+        os.close(fd)
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600
         os.replace(tmp_path, final)
+    except OSError as e:
+        from tasks.storage import write_error  # tasks.storage imports this module
+
+        err = write_error(final, e)
+        if err is None:
+            raise
+        raise err from e
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(final: str | Path, data: bytes) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from tasks.storage import Store
+from tasks.storage import RunDirError, Store, check_run_dir, writing
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +124,29 @@ def run_lock(run_dir: str | Path, wait: float = 0.0, lease_s: float = 120.0) -> 
                 _HELD.pop(key, None)
 
 
+def check_writable(run_dir: str | Path) -> None:
+    """Make the local run directory ``run_dir`` and its lock file, or stop with a one-line ``RunDirError`` naming it:
+    a file (or under one), no permission, a read-only file system, a full disk. What taking the lock does first, so
+    a run directory that cannot be written stops a run before any scene or object-bank work; a caller may do it
+    earlier still (before a flow starts). Nothing to check on an object store."""
+    store = Store(run_dir)
+    if not store.local:
+        return
+    root = Path(store.path())
+    check_run_dir(root)  # a file, or under one
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(root / LOCK, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
 @contextmanager
 def _local_lock(store: Store, wait: float, lease_s: float) -> Iterator[None]:
     root = Path(store.path())
-    if root.exists() and not root.is_dir():
-        raise NotADirectoryError(f"run directory {root} is a file, not a directory")
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root)
     lock = FileLock(root / LOCK, timeout=wait, is_singleton=False)
     try:
-        lock.acquire()
+        with writing(root):
+            lock.acquire()
     except Timeout:
         raise RunLockedError(
             f"{root} is being written by another run ({describe_holder(_read_json(store, HOLDER))}); wait for it "
@@ -146,7 +160,10 @@ def _local_lock(store: Store, wait: float, lease_s: float) -> Iterator[None]:
                 root,
                 describe_holder(previous),
             )
-        store.write_bytes(HOLDER, json.dumps(_me(uuid.uuid4().hex)).encode())
+        try:  # the first file written in the run directory: says whether it can be written at all
+            store.write_bytes(HOLDER, json.dumps(_me(uuid.uuid4().hex)).encode())
+        except RunDirError as e:
+            raise RunDirError(root, e.problem) from e
         yield
     finally:
         (root / HOLDER).unlink(missing_ok=True)

@@ -15,6 +15,7 @@ Shard-set layout::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import webdataset as wds
 from data_manifests.parquet import REJECT_SCHEMA
 from schemas import RejectRecord
 from tasks.imageio import atomic_path
-from tasks.storage import Store
+from tasks.storage import Store, writing
 
 PARTIAL_DIR = ".partial"  # shards being written
 PARTS_DIR = ".parts"  # records of finished shards, what a re-run skips
@@ -51,23 +52,34 @@ def check_key(key: str) -> str:
 def write_tar_shard(final: str | Path, samples: list[dict]) -> tuple[str, int]:
     """Write ``samples`` (dicts with ``__key__`` and bytes values) to ``final`` atomically.
 
-    Returns (sha256, size in bytes).
+    Returns (sha256, size in bytes). Any error removes the ``.partial`` file; one about where it goes (a full disk,
+    no permission, …) is a one-line ``RunDirError`` naming ``final`` (the shards finished before it stay: the same
+    command resumes).
     """
     final = Path(final)
     partial = final.parent / PARTIAL_DIR
-    partial.mkdir(parents=True, exist_ok=True)
     pattern = str(partial / f"{final.name}.%d.partial")
-    writer = wds.ShardWriter(pattern, maxcount=len(samples) + 1, verbose=0, mtime=0, mode=0o444, encoder=False)
-    try:
-        for s in samples:
-            check_key(s["__key__"])
-            writer.write(s)
-    finally:
-        writer.close()
-    tmp = Path(pattern % 0)  # maxcount > len(samples): everything went into the first file
-    digest = sha256_of(tmp)
-    size = tmp.stat().st_size
-    os.replace(tmp, final)
+    tmp = Path(pattern % 0)  # no count or size limit is reached: everything goes into the first file
+    with writing(final):
+        try:
+            partial.mkdir(parents=True, exist_ok=True)
+            writer = wds.ShardWriter(
+                pattern, maxcount=len(samples) + 1, maxsize=float("inf"), verbose=0, mtime=0, mode=0o444, encoder=False
+            )
+            try:
+                for s in samples:
+                    check_key(s["__key__"])
+                    writer.write(s)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the first error is the one to report
+                    writer.close()
+                raise
+            writer.close()
+            digest = sha256_of(tmp)
+            size = tmp.stat().st_size
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
     return digest, size
 
 

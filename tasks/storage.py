@@ -11,9 +11,13 @@ Credentials and endpoints are fsspec's and the cloud SDK's own (``AWS_ENDPOINT_U
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -22,7 +26,104 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.imageio import write_bytes_atomic
+from tasks.imageio import BadInputError, write_bytes_atomic
+
+
+class RunDirError(BadInputError):
+    """A run directory, or a file in it, that cannot be written: a file where a directory must be, no permission, a
+    read-only file system, a full disk or quota. The message (one line, ``<path>: <problem>``) names the path and the
+    problem; as a ``BadInputError`` the command line prints it without a traceback. It stops the run: it is never the
+    fault of one sample, so nothing quarantines it."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}", reason="run_dir")
+        self.path, self.problem = str(path), problem
+
+    def __reduce__(self):  # to and from a Dask worker
+        return type(self), (self.path, self.problem)
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists."""
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing one of ``path`` and its ancestors when it is not a directory (a file, or a link to one)."""
+    found = _existing(path)
+    return None if found.is_dir() else found
+
+
+def _mount(path: Path) -> Path:
+    p = _existing(Path(os.path.abspath(path)))
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _free(path: Path) -> str:
+    where = _existing(Path(os.path.abspath(path)))
+    try:
+        free = f"{shutil.disk_usage(where).free / 1e9:.1f} GB"
+    except OSError:
+        free = "unknown space"
+    return f"{free} free on {_mount(where)}"
+
+
+def check_run_dir(root: str | Path) -> None:
+    """Refuse a local run directory that is a file, or one under a file (it could never be made)."""
+    root = Path(root)
+    blocker = _file_in_the_way(root)
+    if blocker is None:
+        return
+    if blocker.is_symlink() and not blocker.exists():
+        raise RunDirError(root, f"the run directory is a link to {os.readlink(blocker)}, which does not exist")
+    if blocker == root:
+        raise RunDirError(root, "the run directory is a file, not a directory")
+    raise RunDirError(root, f"cannot make the run directory ({blocker} is a file, not a directory)")
+
+
+def _concerns(path: Path, other: Path) -> bool:
+    """Whether an error about ``other`` is one about writing ``path``: the path, a file in it (a directory's), a
+    temporary file beside it, or a folder above it."""
+    return other == path or other.parent in (path, path.parent) or other in path.parents
+
+
+def write_error(path: str | Path, e: OSError) -> RunDirError | None:
+    """What a failed write of ``path`` (a file, or the run directory itself) means for the user, or None when the
+    error is not about where it was written (the caller re-raises it as it is)."""
+    path = Path(path)
+    code = e.errno
+    if e.filename and not _concerns(path, Path(os.fsdecode(e.filename))):
+        return None  # about another file (an input read while writing): not where this one goes
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        return RunDirError(path, f"{what} ({_free(path)}); free space and run the same command again to resume")
+    if code == errno.EROFS:
+        return RunDirError(path, f"cannot write here (read-only file system at {_mount(path)})")
+    if code in (errno.EACCES, errno.EPERM):
+        return RunDirError(path, "cannot write here (permission denied)")
+    if code in (errno.ENOTDIR, errno.EEXIST):
+        blocker = _file_in_the_way(path.parent)
+        if blocker is not None:
+            return RunDirError(path, f"cannot write here ({blocker} is a file, not a directory)")
+    if code == errno.EISDIR and path.is_dir():
+        return RunDirError(path, "cannot write here (a directory of that name is in the way)")
+    return None
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an ``OSError`` of the block that ``write_error`` understands into its ``RunDirError`` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        err = write_error(path, e)
+        if err is None:
+            raise
+        raise err from e
 
 
 def is_url(location: str | Path) -> bool:
@@ -132,13 +233,14 @@ class Store:
         """Copy the local file ``local`` to ``rel``, atomically."""
         if self.local:
             dest = Path(self.path(rel))
-            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
-            try:
-                self.fs.copy(str(local), str(tmp))
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with writing(dest):
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.fs.copy(str(local), str(tmp))
+                    os.replace(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
             return
         tmp = self._tmp_key(rel)
         try:

@@ -23,6 +23,7 @@ that is not complete: it may be another writer's in progress, or a killed run's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from tasks.layout import LATEST, LATEST_LINK, VERSIONS
 from tasks.sample_format import DATASET
-from tasks.storage import Store
+from tasks.storage import Store, writing
 
 _NAME = re.compile(r"^v(\d{4,})-([0-9a-f]{8})$")
 
@@ -114,8 +115,15 @@ def plan_version(run_dir: str | Path, content_hash: str) -> VersionPlan:
     if v.exists():
         raise FileExistsError(f"{v.path()} exists but is not a version (no {DATASET}, no .content); move it away")
     if v.local:
-        Path(v.path()).mkdir(parents=True)
-    v.write_bytes(".content", (content_hash + "\n").encode())
+        with writing(v.path()):
+            Path(v.path()).mkdir(parents=True)
+    try:
+        v.write_bytes(".content", (content_hash + "\n").encode())
+    except BaseException:
+        if v.local:  # no empty version folder left behind to be numbered past
+            with contextlib.suppress(OSError):
+                Path(v.path()).rmdir()
+        raise
     return VersionPlan(Version(vid, n, v.path(), False, content_hash), latest.id if latest else None, "new")
 
 
@@ -136,10 +144,15 @@ def publish_version(run_dir: str | Path, version: Version) -> None:
             raise FileExistsError(
                 f"{link} exists and is not a symlink (a shard set from an older layout?); move it away"
             )
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(Path(VERSIONS) / version.id)
-        os.replace(tmp, link)
+        with writing(link):
+            if tmp.is_symlink() or tmp.exists():
+                tmp.unlink()
+            try:
+                tmp.symlink_to(Path(VERSIONS) / version.id)
+                os.replace(tmp, link)
+            finally:
+                if tmp.is_symlink():
+                    tmp.unlink()
     run.write_bytes(LATEST, (version.id + "\n").encode())
 
 

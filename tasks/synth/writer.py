@@ -14,6 +14,7 @@ from schemas import RejectRecord, SynthConfig
 from tasks.conditions import CLEAR
 from tasks.imageio import BadInputError
 from tasks.object_bank import BankObject
+from tasks.runtime import check_stop
 from tasks.sample_format import SHARD_PATTERN, encode_sample
 from tasks.scenes import (
     Scene,
@@ -21,7 +22,7 @@ from tasks.scenes import (
     load_scene,
 )
 from tasks.shards import PARTS_DIR, json_bytes, sha256_of, store_tar_shard
-from tasks.storage import Store
+from tasks.storage import RunDirError, Store
 from tasks.synth.compositor import Composite, Compositor, compositor_for
 from tasks.synth.placement import NoPlacementError
 from tasks.synth.plan import SamplePlan, shard_plans
@@ -121,6 +122,7 @@ def synthesize_shard(
     cache: dict[int, Scene] = {}
     made: dict[tuple[int, int], Composite | Exception] = {}  # what the conditions of one composite share
     for plan in plans:
+        check_stop(f"{name} before it was written; run the same command again to resume")
         ref = scenes[plan.scene_index]
         try:
             if plan.scene_index not in cache:
@@ -139,6 +141,8 @@ def synthesize_shard(
             if isinstance(comp, Exception):
                 raise comp
             comp = compositor.weathered(comp, scene, plan)
+        except RunDirError:  # a file that cannot be written is not this sample's fault: the run stops
+            raise
         except (BadInputError, NoPlacementError) as e:
             reason = (e.reason or "bad_scene") if isinstance(e, BadInputError) else "no_placement"
             rejects.append(
