@@ -162,8 +162,9 @@ def train(
 
     over = _parse_overrides(set_) or None
     load_train_config(config, over, method)  # config errors as messages, before the flow
-    _prepare("train")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of N processes of a multi-process launch
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
+    _prepare(f"train-rank{os.environ.get('RANK', 0)}" if ranks > 1 else "train", server=ranks == 1)
+    if ranks > 1:  # one of N processes of a multi-process launch
         from flows.train import train_direct
 
         res = train_direct(str(config), shards, str(out_dir) if out_dir else None, method, over, not fresh)
@@ -286,11 +287,11 @@ def _task_runner(value: str) -> str:
 _LOG: list[Path] = []
 
 
-def _prepare(command: str) -> None:
+def _prepare(command: str, server: bool = True) -> None:
     """Ctrl-C that stops after the current step, the full log in a file, Prefect's temporary server."""
     from flows.session import prepare
 
-    _LOG.append(prepare(command, _user_errors()))
+    _LOG.append(prepare(command, _user_errors(), server))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

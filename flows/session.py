@@ -46,9 +46,9 @@ class _UserErrorFilter(logging.Filter):
 
 
 def route_logs(command: str, user_errors: tuple[type[BaseException], ...]) -> Path:
-    """Every log record (Prefect's included, tracebacks and all) also into ``<cache>/logs/<command>-<time>.log``;
-    console handlers leave out the records about ``user_errors``. Call after Prefect is imported (it configures
-    logging then). Returns the log file."""
+    """Prefect's log records (flow and task runs, tracebacks and all) and every warning also into
+    ``<cache>/logs/<command>-<time>-<pid>.log``; console handlers leave out the records about ``user_errors``. Call
+    after Prefect is imported (it configures logging then). Returns the log file."""
     folder = log_dir()
     folder.mkdir(parents=True, exist_ok=True)
     for old in sorted(folder.glob("*.log"), key=lambda p: p.stat().st_mtime)[:-KEEP_LOGS]:
@@ -69,10 +69,12 @@ def route_logs(command: str, user_errors: tuple[type[BaseException], ...]) -> Pa
     return path
 
 
-def start_temporary_server(attempts: int = 2) -> None:
+def start_temporary_server(attempts: int = 2, log: Path | None = None) -> None:
     """Start Prefect's temporary API server now (when no ``PREFECT_API_URL`` is set), the way its client would on
     first use, but in a session of its own, so Ctrl-C in the terminal reaches this program and not the server a
-    stopping run still reports to; with a second try, at twice the wait, when a busy machine was too slow."""
+    stopping run still reports to (closing the terminal is a SIGHUP this program handles like Ctrl-C, and Prefect
+    stops the server at exit); with a second try, at twice the wait, when a busy machine was too slow. The server's
+    own output (its tracebacks when it is stopped with events still in flight) goes to ``log`` when given."""
     from prefect.server.api import server as server_module
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
@@ -85,9 +87,13 @@ def start_temporary_server(attempts: int = 2) -> None:
     popen = subprocess.Popen
 
     def own_session(*args, **kwargs):
+        if log is not None:
+            with open(log, "ab") as f:  # the child keeps its own descriptor
+                return popen(*args, **kwargs, start_new_session=True, stdout=f, stderr=subprocess.STDOUT)
         return popen(*args, **kwargs, start_new_session=True)
 
     for attempt in range(1, attempts + 1):
+        server = server_module.SubprocessASGIServer()  # a stopped one leaves Prefect's table: the next is new
         limit = wait * attempt
         print(f"starting Prefect's temporary server (waiting up to {limit} s)", file=sys.stderr, flush=True)
         t = time.monotonic()
@@ -107,9 +113,11 @@ def start_temporary_server(attempts: int = 2) -> None:
     )
 
 
-def prepare(command: str, user_errors: tuple[type[BaseException], ...]) -> Path:
-    """Everything a long command needs before its flow runs; returns the log file."""
+def prepare(command: str, user_errors: tuple[type[BaseException], ...], server: bool = True) -> Path:
+    """Everything a long command needs before its flow runs; returns the log file. ``server=False``: a process that
+    runs no flow (a rank of a multi-process training launch)."""
     install_stop_handlers()
     path = route_logs(command, user_errors)
-    start_temporary_server()
+    if server:
+        start_temporary_server(log=path)
     return path

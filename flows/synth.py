@@ -23,7 +23,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
-from prefect.futures import as_completed
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -33,7 +33,7 @@ from flows.generate import generate_objects
 from schemas import SynthConfig, load_config
 from tasks.layout import RunLayout
 from tasks.runlock import run_lock
-from tasks.runtime import configure_process
+from tasks.runtime import Interrupted, configure_process, stop_requested
 from tasks.synth.pipeline import select_sources
 from tasks.synth.version import StageRunner, make_version
 from tasks.synth.writer import write_shard
@@ -54,13 +54,25 @@ class PrefectStages(StageRunner):
         return task(fn, name=name, cache_policy=NO_CACHE)(*args, **kwargs)
 
     def shards(self, version_id: str, calls: list[tuple]) -> Iterator[dict]:
+        """As they finish; a stop request (Ctrl-C) is seen here within a second even when the shard tasks run
+        where the flag is not (Dask workers): the shards not started are cancelled."""
         progress = create_progress_artifact(0.0, description=f"{version_id}: {len(calls)} shards")
-        futures = [write_shard_task.submit(*args) for args in calls]
-        for n, fut in enumerate(tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"), 1):
-            rec = fut.result()
-            update_progress_artifact(progress, 100.0 * n / len(futures))
-            self.log(f"{rec['shard']}: {rec['samples']} samples" + (" (already done)" if rec.get("skipped") else ""))
-            yield rec
+        pending = [write_shard_task.submit(*args) for args in calls]
+        with tqdm(total=len(pending), desc="shards", unit="shard") as bar:
+            while pending:
+                done, not_done = wait(pending, timeout=1.0)
+                for fut in done:  # finished shards are counted as kept, also when a stop came meanwhile
+                    rec = fut.result()
+                    bar.update()
+                    update_progress_artifact(progress, 100.0 * bar.n / len(calls))
+                    skipped = " (already done)" if rec.get("skipped") else ""
+                    self.log(f"{rec['shard']}: {rec['samples']} samples{skipped}")
+                    yield rec
+                pending = list(not_done)
+                if stop_requested():
+                    for fut in pending:
+                        fut.wrapped_future.cancel()
+                    raise Interrupted(f"{version_id}: stopped")  # make_version says what was kept
 
     def log(self, message: str) -> None:
         self.logger.info(message)

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from schemas import ConfigError
+
 
 class BadInputError(ValueError):
     """Input that cannot be used; the message names the item and the problem. ``reason`` is the short
@@ -86,10 +88,15 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 def max_image_pixels() -> int:
     value = os.environ.get("ANOMALYFORGE_MAX_IMAGE_PIXELS", "")
+    if not value:
+        return DEFAULT_MAX_PIXELS
     try:
-        return int(value) if value else DEFAULT_MAX_PIXELS
+        n = int(float(value))  # 1e8 and 100000000 alike
     except ValueError:
-        raise ValueError(f"ANOMALYFORGE_MAX_IMAGE_PIXELS={value!r} is not a number of pixels") from None
+        n = 0
+    if n < 1:
+        raise ConfigError(f"ANOMALYFORGE_MAX_IMAGE_PIXELS={value!r} is not a positive number of pixels")
+    return n
 
 
 def check_pixels(path: str | Path, data: bytes) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from tasks.runtime import request_stop
 from tasks.storage import RunDirError, Store, check_run_dir, writing
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ LOCK = ".lock"
 HOLDER = ".lock.json"
 LEASE = ".lease.json"
 
-#: run directories this process holds (path -> depth): the flow and ``make_version`` both ask for the lock
-_HELD: dict[str, int] = {}
+#: run directories held, by (path, thread) -> depth: the flow and ``make_version`` both ask for the lock
+_HELD: dict[tuple[str, int], int] = {}
 _HELD_GUARD = threading.Lock()
 
 
@@ -87,41 +88,38 @@ def _pid_alive(pid: int) -> bool:
 
 def _stale(holder: dict, now: float) -> str | None:
     """Why a lease is stale, or None when it is live."""
-    if holder.get("expires", 0) < now:
-        return f"its lease expired {now - holder.get('expires', 0):.0f} s ago"
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", -1))):
+    expires = holder.get("expires")
+    if not isinstance(expires, int | float):
+        return "it has no expiry"
+    if expires < now:
+        return f"its lease expired {now - expires:.0f} s ago"
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid > 0 and not _pid_alive(pid):
         return "its process no longer exists"
     return None
 
 
 @contextmanager
 def run_lock(run_dir: str | Path, wait: float = 0.0, lease_s: float = 120.0) -> Iterator[None]:
-    """Hold ``run_dir`` for this process (re-entrant: nested holders in one process share it); see the module
-    docstring. Raises ``RunLockedError`` naming the holder when another run holds it for more than ``wait`` s."""
+    """Hold ``run_dir`` for this thread (re-entrant: the flow and ``make_version`` it calls share one hold); see the
+    module docstring. Raises ``RunLockedError`` naming the holder when another run holds it for more than
+    ``wait`` s."""
     store = Store(run_dir)
-    key = str(Path(store.path()).resolve()) if store.local else store.url
+    key = (str(Path(store.path()).resolve()) if store.local else store.url, threading.get_ident())
     with _HELD_GUARD:
-        if _HELD.get(key):
-            _HELD[key] += 1
-            nested = True
+        nested = key in _HELD
+        _HELD[key] = _HELD.get(key, 0) + 1
+    try:
+        if nested:
+            yield
         else:
-            nested = False
-    if nested:
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD[key] -= 1
-        return
-    hold = _local_lock if store.local else _lease
-    with hold(store, wait, lease_s):
+            with (_local_lock if store.local else _lease)(store, wait, lease_s):
+                yield
+    finally:
         with _HELD_GUARD:
-            _HELD[key] = 1
-        try:
-            yield
-        finally:
-            with _HELD_GUARD:
-                _HELD.pop(key, None)
+            _HELD[key] -= 1
+            if not _HELD[key]:
+                del _HELD[key]
 
 
 def check_writable(run_dir: str | Path) -> None:
@@ -166,8 +164,10 @@ def _local_lock(store: Store, wait: float, lease_s: float) -> Iterator[None]:
             raise RunDirError(root, e.problem) from e
         yield
     finally:
-        (root / HOLDER).unlink(missing_ok=True)
-        lock.release()
+        try:
+            (root / HOLDER).unlink(missing_ok=True)
+        finally:
+            lock.release()
 
 
 @contextmanager
@@ -200,9 +200,16 @@ def _lease(store: Store, wait: float, lease_s: float) -> Iterator[None]:
 
     def renew() -> None:
         while not done.wait(lease_s / 3):
+            holder = _read_json(store, LEASE)
+            if holder is not None and holder.get("token") != token:  # expired while this run was stalled
+                log.error(
+                    "%s: the lease was taken over by %s; this run stops", store.path(LEASE), describe_holder(holder)
+                )
+                request_stop()
+                return
             try:
                 write_lease()
-            except OSError as e:  # the next renewal may get through; the lease lasts lease_s
+            except Exception as e:  # noqa: BLE001 - the next renewal may get through; the lease lasts lease_s
                 log.warning("%s: could not renew the lease: %s", store.path(LEASE), e)
 
     renewer = threading.Thread(target=renew, name="run-lease", daemon=True)

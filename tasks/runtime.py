@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import cv2
 
@@ -51,6 +52,7 @@ def request_stop() -> None:
 
 def clear_stop() -> None:
     _STOP.clear()
+    _FIRST.clear()
 
 
 def check_stop(message: str) -> None:
@@ -59,9 +61,18 @@ def check_stop(message: str) -> None:
         raise Interrupted(message)
 
 
+#: a repeat within this many seconds is the same request: a launcher (torchrun) forwards the terminal's Ctrl-C to
+#: worker processes that the terminal already reached
+SAME_REQUEST_S = 1.0
+_FIRST: list[float] = []
+
+
 def _on_signal(signum: int, frame) -> None:
-    if _STOP.is_set():  # the second one: stop at once
-        raise StoppedAtOnce
+    if _STOP.is_set():
+        if _FIRST and time.monotonic() - _FIRST[0] < SAME_REQUEST_S:
+            return
+        raise StoppedAtOnce  # the second one: stop at once
+    _FIRST[:] = [time.monotonic()]
     _STOP.set()
     name = signal.Signals(signum).name
     print(
@@ -72,13 +83,13 @@ def _on_signal(signum: int, frame) -> None:
 
 
 def install_stop_handlers() -> None:
-    """Ctrl-C (SIGINT) and SIGTERM set the stop flag that ``check_stop`` reads, so a long command finishes its
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP set the stop flag that ``check_stop`` reads, so a long command finishes its
     current step or shard, keeps what it made and exits 130; a second signal stops at once. For the command line
     (a library never installs signal handlers of its own accord); main thread only."""
     global _INSTALLED
     if threading.current_thread() is not threading.main_thread():
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal was closed
         signal.signal(sig, _on_signal)
     _INSTALLED = True
 

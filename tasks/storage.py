@@ -63,13 +63,27 @@ def _mount(path: Path) -> Path:
     return p
 
 
-def _free(path: Path) -> str:
+def human_bytes(n: float) -> str:
+    """``n`` bytes in decimal units (kB, MB, GB, TB, as disks are sold)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"
+
+
+def free_space(path: str | Path) -> tuple[int, Path]:
+    """Free bytes on the disk of ``path`` (or of its nearest existing ancestor), and that mount point."""
     where = _existing(Path(os.path.abspath(path)))
+    return shutil.disk_usage(where).free, _mount(where)
+
+
+def _free(path: Path) -> str:
     try:
-        free = f"{shutil.disk_usage(where).free / 1e9:.1f} GB"
+        free, mount = free_space(path)
     except OSError:
-        free = "unknown space"
-    return f"{free} free on {_mount(where)}"
+        return f"unknown space free on {_mount(Path(path))}"
+    return f"{human_bytes(free)} free on {mount}"
 
 
 def check_run_dir(root: str | Path) -> None:

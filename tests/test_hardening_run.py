@@ -3,12 +3,14 @@ scenes, a run too large for the disk, and a failure after the shards are written
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 from PIL import Image
 
 from schemas import ConfigError, DemoScenesConfig, SynthConfig
+from tasks import runtime
 from tasks.imageio import BadInputError, read_gray, read_rgb
 from tasks.labels import looks_like_train_ids
 from tasks.runlock import LEASE, RunLockedError, run_lock
@@ -86,6 +89,21 @@ def test_a_lease_on_object_storage_refuses_a_live_holder_and_takes_over_a_stale_
     assert "lease expired" in caplog.text and not store.isfile(LEASE)
 
 
+def test_a_holder_whose_lease_was_taken_over_stops(caplog):
+    url = f"memory://lease-{os.getpid()}-{time.time_ns()}"
+    runtime.clear_stop()
+    try:
+        with run_lock(url, lease_s=0.3):
+            other = {"host": "elsewhere", "pid": 2, "started": "now", "token": "y", "expires": time.time() + 60}
+            Store(url).write_bytes(LEASE, json.dumps(other).encode())  # this run stalled past its expiry
+            time.sleep(0.4)
+            assert runtime.stop_requested()
+        assert "taken over by pid 2 on elsewhere" in caplog.text
+        assert json.loads(Store(url).read_text(LEASE))["token"] == "y"  # the new holder's lease stays
+    finally:
+        runtime.clear_stop()
+
+
 def test_retention_never_removes_a_version_that_is_not_complete(tmp_path):
     def complete(plan):
         Store(plan.version.path).write_bytes(DATASET, json.dumps({"content_hash": plan.version.content_hash}).encode())
@@ -125,8 +143,11 @@ def test_a_huge_image_is_refused_from_its_header_before_it_is_decoded(tmp_path, 
     with pytest.raises(BadInputError, match=r"big.png: 400x300 pixels \(0 MP\) is over the limit") as e:
         read_rgb(big)
     assert e.value.reason == "image_too_large"
-    monkeypatch.setenv("ANOMALYFORGE_MAX_IMAGE_PIXELS", "120000")
+    monkeypatch.setenv("ANOMALYFORGE_MAX_IMAGE_PIXELS", "1.2e5")
     assert read_rgb(big).shape == (300, 400, 3)
+    monkeypatch.setenv("ANOMALYFORGE_MAX_IMAGE_PIXELS", "0")
+    with pytest.raises(ConfigError, match=r"ANOMALYFORGE_MAX_IMAGE_PIXELS='0' is not a positive number of pixels"):
+        read_rgb(big)
 
 
 def test_the_train_ids_check_makes_no_wide_copy_of_a_label():
@@ -135,13 +156,19 @@ def test_the_train_ids_check_makes_no_wide_copy_of_a_label():
     assert looks_like_train_ids(label) == pytest.approx(44 / 64)
     label[0, 0] = 26  # a labelIds-only value
     assert looks_like_train_ids(label) is None
+    big = np.zeros((2048, 2048), np.uint8)  # 4 MB: an int64 histogram input would be 32 MB
+    tracemalloc.start()
+    looks_like_train_ids(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < big.nbytes
 
 
 @pytest.mark.slow
 def test_a_bomb_among_the_scenes_is_quarantined_and_a_report_failure_leaves_latest_alone(tmp_path, monkeypatch):
     cfg = _cityscapes_config(tmp_path)
     images = sorted((tmp_path / "cs").rglob("*_leftImg8bit.png"))
-    Image.new("RGB", (20000, 20000)).save(images[1])  # a 400 MP frame in well under a megabyte
+    Image.new("1", (20000, 20000)).save(images[1])  # a 400 MP frame in well under a megabyte
     run = tmp_path / "run"
     first = make_version(cfg, str(run)).summary
     rejects = read_rejects(run / "shards" / "rejects.parquet")
@@ -161,12 +188,31 @@ def test_a_bomb_among_the_scenes_is_quarantined_and_a_report_failure_leaves_late
     assert new.number == 2 and not (new.path / DATASET).exists()
 
 
-def test_a_run_that_cannot_fit_on_the_disk_is_refused_before_any_version(tmp_path, monkeypatch):
+def test_a_run_that_cannot_fit_on_the_disk_is_refused_before_any_shard(tmp_path, monkeypatch):
     cfg = _cityscapes_config(tmp_path, n=1).model_copy(update={"num_samples": 1_000_000_000})
     free = version_module.shutil._ntuple_diskusage(2 * 10**12, 10**12, 10**12)  # 1 TB free
     monkeypatch.setattr(version_module.shutil, "disk_usage", lambda p: free)
-    with pytest.raises(
-        ConfigError, match=r"num_samples=1000000000 needs about .* TB \(1000000000 samples x ~.* has 931 GB free"
-    ):
+    with pytest.raises(ConfigError, match=r"num_samples=1000000000 needs about [\d.]+ TB more \(1000000000 samples x ~"
+                       r"[\d.]+ kB each at 256x128 jpg\) but .* has 1 TB free; lower num_samples"):  # fmt: skip
         make_version(cfg, str(tmp_path / "run"))
-    assert list_versions(tmp_path / "run") == []
+    assert not list((tmp_path / "run").glob("versions/*/shard-*")) and not (tmp_path / "run" / "LATEST").exists()
+    small = cfg.model_copy(update={"num_samples": 4})
+    assert make_version(small, str(tmp_path / "run")).summary["samples"] > 0  # what fits is made
+
+
+def test_a_resumed_run_needs_room_only_for_the_shards_it_has_not_written(tmp_path, monkeypatch):
+    cfg = _cityscapes_config(tmp_path, n=1).model_copy(update={"num_samples": 6})
+    shards_left = []
+    monkeypatch.setattr(version_module, "check_space", lambda cfg, scenes, d, missing: shards_left.append(missing))
+    real = version_module.StageRunner.shards
+
+    def two_then_crash(self, version_id, calls):
+        yield from itertools.islice(real(self, version_id, calls), 1)
+        raise OSError("killed")
+
+    monkeypatch.setattr(version_module.StageRunner, "shards", two_then_crash)
+    with pytest.raises(OSError, match="killed"):
+        make_version(cfg, str(tmp_path / "run"))
+    monkeypatch.setattr(version_module.StageRunner, "shards", real)
+    make_version(cfg, str(tmp_path / "run"))
+    assert shards_left == [6, 3]  # 3 samples per shard, one shard kept

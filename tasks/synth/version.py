@@ -29,11 +29,11 @@ from tasks.runlock import run_lock
 from tasks.runtime import Interrupted, check_stop
 from tasks.sample_format import DATASET, REJECTS
 from tasks.scenes import load_scene, scene_identity
-from tasks.shards import read_rejects
-from tasks.storage import Store
+from tasks.shards import PARTS_DIR, read_rejects
+from tasks.storage import Store, free_space, human_bytes
 from tasks.synth.compositor import compositor_for
 from tasks.synth.pipeline import build_object_bank, finalize_shard_set, prepare_scenes
-from tasks.synth.plan import iter_samples
+from tasks.synth.plan import count_shards, iter_samples
 from tasks.synth.report import REPORT_FILES, write_report
 from tasks.synth.sheets import scene_sheet, weather_sheet
 from tasks.synth.validate import validate_shard_set
@@ -70,13 +70,13 @@ class VersionResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _fits(cfg: SynthConfig, scenes: list, run_dir: str) -> bool:
-    """Refuse up front (``ConfigError``) a run whose shards cannot fit on the run directory's disk: planned samples
-    times the size of one (the first readable scene and its label, encoded as the shards encode them). Object
-    stores report no free space; they are not checked."""
-    store = Store(run_dir)
-    if not store.local:
-        return True
+def check_space(cfg: SynthConfig, scenes: list, shard_dir: str | Path, missing: int) -> None:
+    """Refuse (``ConfigError``) to write ``missing`` more samples when they cannot fit on the disk of ``shard_dir``:
+    that many times the size of one (the first readable scene and its label, encoded as the shards encode them).
+    Object stores report no free space; they are not checked."""
+    store = Store(shard_dir)
+    if not store.local or missing <= 0:
+        return
     for ref in scenes[:8]:
         try:
             scene = load_scene(ref, max_unknown_label_fraction=1.0)
@@ -84,31 +84,24 @@ def _fits(cfg: SynthConfig, scenes: list, run_dir: str) -> bool:
         except BadInputError:
             continue
     else:
-        return True  # no readable scene: the composite stage quarantines every sample and says why
+        return  # no readable scene: the composite stage quarantines every sample and says why
     fmt = cfg.shards.image_format
     per_sample = len(encode_rgb(scene.image, fmt, cfg.shards.jpeg_quality)) + 2 * len(encode_gray_png(scene.label))
     per_sample += 2048  # meta and tar headers
-    need = cfg.planned_samples() * per_sample * 1.1
-    where = Path(store.path())
-    while not where.exists():
-        where = where.parent
-    free = shutil.disk_usage(where).free
+    need = missing * per_sample * 1.1
+    free, mount = free_space(store.path())
     if need > free:
         h, w = scene.label.shape
         raise ConfigError(
-            f"num_samples={cfg.num_samples} needs about {_size(need)} ({cfg.planned_samples()} samples x ~"
-            f"{_size(per_sample)} each at {w}x{h} {fmt}) but {where} has {_size(free)} free; lower num_samples "
-            "or free space"
+            f"num_samples={cfg.num_samples} needs about {human_bytes(need)} more ({missing} samples x ~"
+            f"{human_bytes(per_sample)} each at {w}x{h} {fmt}) but {mount} has {human_bytes(free)} free; lower "
+            "num_samples or free space"
         )
-    return True
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.3g} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.3g} PB"
+def _written_shards(shards_at) -> int:
+    """Shards of an unfinished version that are complete on disk (each has its ``.tar.json`` beside it)."""
+    return sum(n.endswith(".tar.json") for n in shards_at.listdir(PARTS_DIR))
 
 
 def _retention(run_dir: str, keep: int, published: str, runner: StageRunner) -> list[str]:
@@ -174,7 +167,7 @@ def _make_version(
     bank_hash = hashlib.sha256("\n".join(o.record.object_id for o in bank).encode()).hexdigest()[:16]
     scenes_hash = scene_identity(scenes)  # a fixed or replaced scene file makes a new version
     content_hash = hashlib.sha256(f"{compositor.config_hash}:{bank_hash}:{scenes_hash}".encode()).hexdigest()
-    plan = plan_version(run_dir, content_hash) if _fits(cfg, scenes, run_dir) else None
+    plan = plan_version(run_dir, content_hash)
     shard_dir, shards_at = plan.version.path, Store(plan.version.path)
     stage = run.staging(plan.version.id) if remote else Path(shard_dir)  # manifests and sheets, then uploaded
     runner.log(f"version {plan.version.id} ({plan.status}), parent {plan.parent}")
@@ -184,15 +177,17 @@ def _make_version(
         t = time.perf_counter()
         claim_shard_dir(shard_dir, compositor.config_hash)
         ids = [s.scene_id for s in scenes]
-        n_shards = -(-cfg.planned_samples() // cfg.shards.samples_per_shard)
+        n_shards = count_shards(cfg.num_samples, cfg.weather, cfg.shards.samples_per_shard)
+        done = _written_shards(shards_at)  # an interrupted run's
+        check_space(cfg, scenes, shard_dir, cfg.planned_samples() - done * cfg.shards.samples_per_shard)
         calls = [(shard_dir, i, scenes, cfg, bank_dir) for i in range(n_shards)]  # each plans its own part
         records = []
         try:
             for rec in runner.shards(plan.version.id, calls):
                 records.append(rec)
         except Interrupted:
-            raise Interrupted(
-                f"{len(records)} of {len(calls)} shards of {plan.version.id} are written and kept; run the "
+            raise Interrupted(  # counted on disk: a worker may have finished one after the stop was seen
+                f"{_written_shards(shards_at)} of {len(calls)} shards of {plan.version.id} are written and kept; run the "
                 "same command again to resume"
             ) from None
         timings["composite + shards"] = time.perf_counter() - t

@@ -292,16 +292,13 @@ def loop(run: Session, progress: bool) -> LoopResult:
             row = {"step": step, "lr": run.scheduler.get_last_lr()[0], "data_wait_s": round(wait, 3)}
             _write_history(history, row | {k: v.item() for k, v in parts.items()})
         if _agree(accelerator, stop_requested()) and step < run.total:  # every process stops after this step
-            if accelerator.is_main_process:
-                _save_last(run, step)
-            bar.close()
-            raise Interrupted(
-                f"{cfg.method.name} at step {step}/{run.total}; checkpoint {run.last}; run the same "
-                "command again to resume"
-            )
+            _stop(run, step, bar, together=True)
         if step % cfg.eval_every == 0 or step == run.total:
             if accelerator.is_main_process:
-                metrics = evaluate(run.inner, spec, cfg, run.version, accelerator.device)
+                try:
+                    metrics = evaluate(run.inner, spec, cfg, run.version, accelerator.device)
+                except Interrupted:  # asked during the evaluation: the step itself is done and kept
+                    _stop(run, step, bar, together=False)
                 _write_history(history, {"step": step, "eval": metrics})
                 _save_last(run, step)
             accelerator.wait_for_everyone()
@@ -327,6 +324,20 @@ def _save_last(run: Session, step: int) -> None:
             "scheduler": run.scheduler.state_dict(),
         },
         run.last,
+    )
+
+
+def _stop(run: Session, step: int, bar, together: bool) -> None:
+    """Checkpoint ``step`` (main process) and raise ``Interrupted`` saying how to resume. ``together``: every process
+    stops here (``_agree``), and they wait for the save, so none exits (and has the launcher kill the rest) before
+    it is written; otherwise (a stop during the main process's evaluation) the launcher stops the others."""
+    if run.accelerator.is_main_process:
+        _save_last(run, step)
+    if together:
+        run.accelerator.wait_for_everyone()
+    bar.close()
+    raise Interrupted(
+        f"{run.cfg.method.name} at step {step}/{run.total}; checkpoint {run.last}; run the same command again to resume"
     )
 
 
