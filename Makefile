@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -99,7 +99,7 @@ compare-weather:
 	@test -e $(WEATHER_DIR)/LATEST || $(MAKE) demo-weather
 	$(MAKE) compare COMPARE_WITH=$(WEATHER_DIR)
 
-bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former
+bench: bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval
 
 # each weather effect on a 2048x1024 frame, against encoding that frame (JPEG, PNG) and the whole shard sample
 WEATHER_BENCH ?=
@@ -117,6 +117,12 @@ bench-mask2former:
 
 bench-train:
 	$(BIN)/python bench/train_throughput.py
+
+# the whole evaluation (5 post-hoc scores, one pass) against the bare ESPNetv2 forward at RoadAnomaly's size;
+# e.g. make bench-eval EVAL_BENCH="--old" (also one pass per score) or "--batch-size 4 --device cuda"
+EVAL_BENCH ?=
+bench-eval:
+	$(BIN)/python bench/eval_throughput.py $(EVAL_BENCH)
 
 bench-metrics:
 	$(BIN)/python bench/metrics_throughput.py

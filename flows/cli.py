@@ -121,7 +121,9 @@ def eval_(
     model: Path = typer.Option(None, help="method checkpoint (model.pt), segmenter state dict or TorchScript file"),
     segmenter: str = typer.Option(None, help="the network of a plain segmenter state dict, e.g. espnetv2"),
     segmenter_checkpoint: Path = typer.Option(None, help="method checkpoints: the frozen segmenter file to use"),
-    score: str = typer.Option(None, help="a post-hoc score instead of the method's own (msp, energy, ...)"),
+    score: str = typer.Option(
+        None, help="post-hoc scores, comma-separated, all from one forward (msp,energy,...); a method: besides its own"
+    ),
     set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set input_width=1024"),
 ) -> None:
     """Run the `evaluate` Prefect flow locally: any model kind on the configured benchmarks."""

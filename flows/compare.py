@@ -2,7 +2,8 @@
 segmenter of the kind it needs (per-pixel or mask-classification; same seed, same step budget), evaluate each and
 every frozen segmenter's post-hoc scores on the held-in split and the configured benchmarks, and write one table. Given several shard versions (with and without weather,
 say), every method is trained on each and the table adds the per-condition difference to the first. Wiring only;
-one Prefect task per training and per evaluated model. Trained models are reused when their config and shards are
+one Prefect task per training and per evaluated model (a frozen segmenter's post-hoc scores are one model: one
+forward per image for all of them). Trained models are reused when their config and shards are
 unchanged.
 """
 
@@ -92,7 +93,7 @@ def compare(
         name = "held-in" if base.val_fraction > 0 else "train"  # val_fraction 0: no held-out split
         held_in = {"name": name, "val_fraction": base.val_fraction, "limit": base.val_limit}
         datasets.insert(0, BenchmarkConfig(kind="shards", root=version, **held_in))
-    shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels}
+    shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels, "batch_size": cfg.batch_size}
     shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
 
     rows, trained = [], {}
@@ -107,13 +108,16 @@ def compare(
             evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
             entry = {"model": name, "kind": "trained", "score": name, "train": label, "steps": result.steps}
             rows += compare_rows(entry | {"segmenter": run_cfg.segmenter.name}, results)
-    for kind, run_cfg in runs.items():
-        seg = run_cfg.segmenter
-        for score in cfg.post_hoc.get(kind, []):
-            options = {"segmenter": seg.name, "segmenter_options": seg.options, "score": score}
-            _, results = evaluate_task(EvalConfig(model=seg.checkpoint, **options, **shared))
+    for kind, run_cfg in runs.items():  # every post-hoc score of a segmenter from one pass per dataset
+        seg, scores = run_cfg.segmenter, cfg.post_hoc.get(kind, [])
+        if not scores:
+            continue
+        options = {"segmenter": seg.name, "segmenter_options": seg.options, "score": scores}
+        _, results = evaluate_task(EvalConfig(model=seg.checkpoint, **options, **shared))
+        for score in scores:
             entry = {"model": f"{seg.name} + {score}", "kind": "post-hoc", "score": score, "train": "–"}
-            rows += compare_rows(entry | {"segmenter": seg.name}, results)
+            mine = [r for r in results if r.get("score", score) == score]  # a dataset's error is every score's
+            rows += compare_rows(entry | {"segmenter": seg.name}, mine)
 
     details = {
         "name": cfg.name,

@@ -1,5 +1,6 @@
 """The ``evaluate`` flow: a model (method checkpoint, frozen segmenter + post-hoc score, or TorchScript) over
-benchmarks -> metrics.json, table, curves, panels. One Prefect task per dataset; the table is also published as
+benchmarks -> metrics.json, table, curves, panels. One Prefect task per dataset (every score of the model in that
+one pass); the table is also published as
 a Prefect table artifact. Deployment ``evaluate/benchmarks`` (prefect.yaml).
 """
 
@@ -34,9 +35,10 @@ def evaluate(config_path: str = "configs/eval.yaml", out_dir: str = "runs/eval",
     settings["smoothing"] = model.smoothing
     results = []
     for spec in cfg.datasets:  # the report is rewritten after each dataset: finished results are never lost
-        results.append(evaluate_dataset_task(model, spec, cfg))
-        if "error" in results[-1]:
-            log.error("%s: %s", results[-1]["name"], results[-1]["error"])
+        results += (done := evaluate_dataset_task(model, spec, cfg))  # every score from one pass
+        for r in done:
+            if "error" in r:
+                log.error("%s: %s", r["name"], r["error"])
         files = report_task(results, out_dir, settings)
     rows = table_rows(results)
     create_table_artifact(table=rows, key="anomaly-metrics", description=f"{model.score} on {len(rows)} rows; %")

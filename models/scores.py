@@ -17,9 +17,21 @@ Of a mask-classification segmenter's per-pixel class scores L_k = Σ_q softmax(c
 * ``m2a``         1 − max_k L_k (Rai et al., Mask2Anomaly, ICCV 2023: the score of its inference code)
 
 ``smooth`` applies the Gaussian smoothing RPL and PEBAL use at inference (kernel 7, σ = 1).
+
+**One pass, every score.** The built-in scores read their per-pixel reductions from a ``LogitStats`` (max, min,
+Σ exp(x − max), logsumexp, ...), each computed once however many scores ask for it, so ``anomaly_scores(logits,
+[msp, max_logit, entropy, energy, max_min])`` costs little more than the dearest one. The formulas are the papers'
+in a shared form: with m = max_c x_c, e_c = exp(x_c − m) and s = Σ_c e_c, logsumexp = m + log s, the maximum
+softmax probability is 1/s (so msp = 1 − 1/s) and H = log s − Σ_c e_c (x_c − m) / s (both terms small on confident
+pixels, so H keeps its precision there). A registered score that is a plain function of a logits tensor (a
+plug-in's) is given the tensor.
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import cached_property, wraps
 
 import torch
 import torch.nn.functional as F
@@ -27,48 +39,111 @@ import torch.nn.functional as F
 from schemas.registries import SCORES
 
 
+class LogitStats:
+    """Per-pixel reductions over the classes of ``(B, C, H, W)`` logits, each computed on first use and kept, so
+    scores that share one (msp, entropy, energy and eel all need Σ exp(x − max)) share its cost. Works under
+    autograd (the training losses use the same scores)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.x = logits
+
+    @cached_property
+    def max(self) -> torch.Tensor:
+        return self.x.amax(dim=1)
+
+    @cached_property
+    def min(self) -> torch.Tensor:
+        return self.x.amin(dim=1)
+
+    @cached_property
+    def _shifted(self) -> torch.Tensor:  # x − max ≤ 0
+        return self.x - self.max[:, None]
+
+    @cached_property
+    def _exp(self) -> torch.Tensor:  # e_c = exp(x_c − max)
+        return self._shifted.exp()
+
+    @cached_property
+    def sum_exp(self) -> torch.Tensor:  # s = Σ_c e_c ∈ [1, C]
+        return self._exp.sum(dim=1)
+
+    @cached_property
+    def logsumexp(self) -> torch.Tensor:
+        return self.max + self.sum_exp.log()
+
+    @cached_property
+    def entropy(self) -> torch.Tensor:
+        """H = −Σ p log p = log s − Σ_c e_c (x_c − m) / s."""
+        return self.sum_exp.log() - (self._exp * self._shifted).sum(dim=1) / self.sum_exp
+
+
+def stats_score(fn: Callable) -> Callable:
+    """Mark a score as reading a ``LogitStats``; called with a plain tensor, it wraps it first."""
+
+    @wraps(fn)
+    def score(x, *args, **kw):
+        return fn(x if isinstance(x, LogitStats) else LogitStats(x), *args, **kw)
+
+    score.reads_stats = True
+    return score
+
+
 @SCORES.register("msp")
-def msp(logits: torch.Tensor) -> torch.Tensor:
-    return 1.0 - logits.softmax(dim=1).amax(dim=1)
+@stats_score
+def msp(st: LogitStats) -> torch.Tensor:
+    """1 − max_c softmax(x)_c = 1 − 1/s (Hendrycks & Gimpel, ICLR 2017)."""
+    return 1.0 - 1.0 / st.sum_exp
 
 
 @SCORES.register("max_logit")
-def max_logit(logits: torch.Tensor) -> torch.Tensor:
-    return -logits.amax(dim=1)
+@stats_score
+def max_logit(st: LogitStats) -> torch.Tensor:
+    """−max_c x_c (Hendrycks et al., ICML 2022)."""
+    return -st.max
 
 
 @SCORES.register("entropy")
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = logits.log_softmax(dim=1)
-    return -(logp.exp() * logp).sum(dim=1)
+@stats_score
+def entropy(st: LogitStats) -> torch.Tensor:
+    """H = −Σ_c p_c log p_c of the softmax."""
+    return st.entropy
 
 
 @SCORES.register("energy")
-def energy(logits: torch.Tensor) -> torch.Tensor:
-    return -torch.logsumexp(logits, dim=1)
+@stats_score
+def energy(st: LogitStats) -> torch.Tensor:
+    """−logsumexp_c x_c, the free energy at T = 1 (Liu et al., NeurIPS 2020, Eq. 5 with the sign that makes
+    higher = more anomalous)."""
+    return -st.logsumexp
 
 
 @SCORES.register("eel")
-def eel(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    return alpha * entropy(logits) + energy(logits)
+@stats_score
+def eel(st: LogitStats, alpha: float = 1.0) -> torch.Tensor:
+    """DiffEEL's S = α·H(ŷ) − logsumexp(ŷ) (α = 1 default)."""
+    return alpha * st.entropy - st.logsumexp
 
 
 @SCORES.register("max_min")
-def max_min(logits: torch.Tensor) -> torch.Tensor:
-    return -(logits.amax(dim=1) - logits.amin(dim=1))
+@stats_score
+def max_min(st: LogitStats) -> torch.Tensor:
+    """−(max_c x_c − min_c x_c), the max-min logit margin."""
+    return -(st.max - st.min)
 
 
 @SCORES.register("rba")
-def rba(scores: torch.Tensor) -> torch.Tensor:
+@stats_score
+def rba(st: LogitStats) -> torch.Tensor:
     """RbA: a pixel no class claims (every L_k ≈ 0) scores 0, the maximum; each class claiming it lowers the score
     by up to 1 (tanh saturates, so one confident class is enough to call a pixel an inlier)."""
-    return -torch.tanh(scores).sum(dim=1)
+    return -torch.tanh(st.x).sum(dim=1)
 
 
 @SCORES.register("m2a")
-def m2a(scores: torch.Tensor) -> torch.Tensor:
+@stats_score
+def m2a(st: LogitStats) -> torch.Tensor:
     """Mask2Anomaly: 1 − the largest per-pixel class score."""
-    return 1.0 - scores.amax(dim=1)
+    return 1.0 - st.max
 
 
 def gaussian_kernel1d(size: int = 7, sigma: float = 1.0, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -78,13 +153,52 @@ def gaussian_kernel1d(size: int = 7, sigma: float = 1.0, device=None, dtype=torc
 
 
 def smooth(score: torch.Tensor, size: int = 7, sigma: float = 1.0) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, H, W)`` maps with reflect padding (size odd)."""
-    k = gaussian_kernel1d(size, sigma, score.device, score.dtype)
-    x = score[:, None]
+    """Separable Gaussian blur of ``(B, H, W)`` maps with reflect padding (size odd): a weighted sum of ``size``
+    shifted views per axis, several times faster on a CPU than a 1-channel ``conv2d`` and the same on a GPU."""
+    k = gaussian_kernel1d(size, sigma, score.device, score.dtype).tolist()
     pad = size // 2
-    x = F.conv2d(F.pad(x, (pad, pad, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    x = F.conv2d(F.pad(x, (0, 0, pad, pad), mode="reflect"), k.view(1, 1, -1, 1))
-    return x[:, 0]
+    h, w = score.shape[-2:]
+    x = F.pad(score[:, None], (pad, pad, pad, pad), mode="reflect")[:, 0]
+    rows = k[0] * x[:, :, 0:w]
+    for i in range(1, size):
+        rows = rows + k[i] * x[:, :, i : i + w]
+    out = k[0] * rows[:, 0:h]
+    for i in range(1, size):
+        out = out + k[i] * rows[:, i : i + h]
+    return out
+
+
+#: pixels (× classes) per piece when scores of large CPU logits are computed piecewise: small enough that a piece's
+#: temporaries stay in the cache (2× faster than whole 1280×720 frames on the 2-core machine), large enough to
+#: keep the per-piece overhead small
+CHUNK_ELEMENTS = 1 << 19
+
+
+def anomaly_scores(
+    logits: torch.Tensor, names: Sequence[str], smoothing: bool = False, **kw
+) -> dict[str, torch.Tensor]:
+    """Every score in ``names`` (``SCORES``) of the same logits, sharing their reductions (``LogitStats``), each
+    optionally Gaussian-smoothed; ``kw`` goes to each score that takes it (``alpha`` of eel). On a CPU, without
+    gradients, the built-in (per-pixel) scores are computed a band of rows at a time (``CHUNK_ELEMENTS``): the
+    same values, in a fraction of the time."""
+    fns = {n: SCORES.get(n) for n in names}
+    args = {n: {k: v for k, v in kw.items() if k in inspect.signature(fn).parameters} for n, fn in fns.items()}
+    piecewise = logits.device.type == "cpu" and not (torch.is_grad_enabled() and logits.requires_grad)
+    b, c, h, w = logits.shape
+    rows = max(1, CHUNK_ELEMENTS // max(1, b * c * w)) if piecewise else h
+    out = {}
+    per_pixel = [n for n, fn in fns.items() if getattr(fn, "reads_stats", False)]
+    if per_pixel:
+        pieces = []
+        for i in range(0, h, rows):
+            st = LogitStats(logits[:, :, i : i + rows])
+            pieces.append([fns[n](st, **args[n]) for n in per_pixel])
+        for j, n in enumerate(per_pixel):
+            out[n] = pieces[0][j] if len(pieces) == 1 else torch.cat([p[j] for p in pieces], dim=1)
+    for n, fn in fns.items():
+        if n not in out:  # a plug-in score: the whole tensor, it may look beyond a pixel
+            out[n] = fn(logits, **args[n])
+    return {n: smooth(out[n]) if smoothing else out[n] for n in names}
 
 
 def anomaly_score(logits: torch.Tensor, name: str = "energy", smoothing: bool = False, **kw) -> torch.Tensor:

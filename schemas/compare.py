@@ -39,6 +39,7 @@ class CompareConfig(Strict):
     input_size: tuple[PositiveSize, PositiveSize] | None = Field(None, description="(W, H); None = native")
     device: str = "cpu"
     panels: int = Field(0, ge=0)
+    batch_size: int = Field(1, ge=1, description="evaluation: images of one size per forward")
 
     @field_validator("post_hoc", mode="before")
     @classmethod

@@ -37,7 +37,11 @@ class EvalConfig(Strict):
 
     model: Path
     datasets: list[BenchmarkConfig] = Field(min_length=1)
-    score: str | None = Field(None, description="None: a method's own score, else energy; a name: that post-hoc score")
+    score: list[str] | None = Field(
+        None,
+        description="post-hoc scores, all from one forward (a list, or names joined by commas); None: a method's own "
+        "score, else energy. A method is scored by its own score and these",
+    )
     smoothing: bool | None = Field(None, description="None: the method's setting (True for post-hoc scores)")
     segmenter: str | None = Field(None, description="network of a plain segmenter state dict (a registered name)")
     segmenter_options: dict[str, float | int] = Field(default_factory=dict)
@@ -56,11 +60,20 @@ class EvalConfig(Strict):
     device: str = "cpu"
     per_image: bool = False
     panels: int = Field(4, ge=0, description="qualitative panels per dataset")
+    batch_size: int = Field(1, ge=1, description="images of one size per forward (after input_width / input_size)")
 
-    @field_validator("score")
+    @field_validator("score", mode="before")
     @classmethod
     def _score(cls, v):
-        return None if v is None else SCORES.check_name(v)
+        if v is None:
+            return None
+        names = [n.strip() for n in v.split(",")] if isinstance(v, str) else v
+        if not isinstance(names, list) or not names:
+            raise ValueError("a score name, names joined by commas, or a list of names")
+        names = [SCORES.check_name(n) for n in names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a score is named twice: {', '.join(names)}")
+        return names
 
     @field_validator("segmenter")
     @classmethod

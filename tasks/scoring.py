@@ -1,19 +1,26 @@
 """The one scoring loop: a scorer over a stream of evaluation images → pixel metrics, component metrics, and
-the closed-set numbers. The benchmark evaluation (``anomalyforge eval``, ``make compare``) and the trainer's
-held-in validation both run it.
+the closed-set numbers, for one score or several of the same forward. The benchmark evaluation (``anomalyforge
+eval``, ``make compare``) and the trainer's held-in validation both run it.
 
-Pass 1 scores each image once, feeds ``PixelMetrics`` (pooled, and per condition where tagged), the closed-set
-agreement and mIoU accumulators, and caches the score map and label as ``.npy`` in a scratch folder. A second
-pass over the cache recounts the uncertain bins when an error bound exceeds the tolerance (rare; see
-``tasks.metrics``), and a last one computes the SMIYC component metrics at the best-F1 pixel threshold,
-which is only known after pass 1. Only one image is ever held in memory.
+Pass 1 scores each image once (every score of it from one forward), feeds each score's ``PixelMetrics`` (pooled,
+and per condition where tagged), the closed-set agreement and mIoU accumulators, and caches the score maps and
+the label as ``.npy`` in a scratch folder. A second pass over the cache recounts the uncertain bins when an error
+bound exceeds the tolerance (rare; see ``tasks.metrics``), and a last one computes the SMIYC component metrics at
+the best-F1 pixel threshold, which is only known after pass 1.
+
+Pass 1 is a three-stage pipeline, so the network never waits for files: a thread reads and decodes the next
+images, the calling thread runs the network (``batch_size`` images of one size at a time when the scorer can
+batch), and a thread updates the metrics and writes the cache, in image order. The stages hand over through
+bounded queues: at most ``2 · batch_size + 3`` images are in memory, never a whole benchmark.
 """
 
 from __future__ import annotations
 
+import queue
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models.methods.base import Inference
+from models.methods.base import Inference, classes
 from tasks.conditions import ADVERSE, CLEAR, condition_order
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.runtime import check_stop
-from tasks.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix
+from tasks.segmentation_metrics import DEFAULT_SIZES, ComponentMetrics, ConfusionMatrix, GroundTruthComponents
 
 
 @dataclass
@@ -41,11 +48,16 @@ class EvalSample:
 
 @dataclass
 class ScoredImage:
-    score: np.ndarray  # H×W float32, higher = more anomalous
+    score: np.ndarray | dict[str, np.ndarray]  # H×W float32, higher = more anomalous; or several by score name
     pred: np.ndarray | None = None  # H×W closed-set prediction of the scored model
     frozen_pred: np.ndarray | None = None  # H×W prediction of the frozen segmenter (methods over one)
 
+    def maps(self) -> dict[str, np.ndarray]:
+        """``{score name: H×W map}``; a single unnamed map is ``"score"``."""
+        return dict(self.score) if isinstance(self.score, dict) else {SINGLE: self.score}
 
+
+SINGLE = "score"  # the name of a scorer's only, unnamed map
 Scorer = Callable[[np.ndarray], ScoredImage]
 Infer = Callable[[torch.Tensor, tuple[int, int]], Inference]
 
@@ -68,25 +80,39 @@ def run_size(
 
 class TensorScorer:
     """An ``infer(images in [0, 1], label size) -> Inference`` as a scorer of H×W×3 uint8 images, run at
-    ``run_size`` on ``device``; scores and predictions come back at the image's size."""
+    ``run_size`` on ``device``; scores and predictions come back at the image's size. ``batch`` scores several
+    images of one size in one forward. An ``Inference`` with ``scores`` gives every one of them, by name."""
 
     def __init__(self, infer: Infer, device="cpu", multiple: int = 1, input_width=None, input_size=None):
         self.infer, self.device, self.multiple = infer, torch.device(device), multiple
         self.input_width, self.input_size = input_width, input_size
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray) -> ScoredImage:
-        h, w = image.shape[:2]
-        x = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+        return self.batch([image])[0]
+
+    @torch.inference_mode()
+    def batch(self, images: list[np.ndarray], want_pred: bool = True) -> list[ScoredImage]:
+        """Scores of images of one size; ``want_pred=False``: no closed-set prediction unless the model made one
+        anyway (an argmax over every class at the label's size is not free)."""
+        h, w = images[0].shape[:2]
+        x = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         size = run_size((h, w), self.multiple, self.input_width, self.input_size)
         if size != (h, w):
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         out = self.infer(x, (h, w))
-
-        def arr(t, dtype):
-            return None if t is None else t[0].to("cpu").numpy().astype(dtype)
-
-        return ScoredImage(arr(out.score, np.float32), arr(out.pred, np.uint8), arr(out.frozen_pred, np.uint8))
+        maps = {k: v.float().cpu().numpy() for k, v in out.scores.items()} if out.scores else None
+        score = out.score.float().cpu().numpy() if maps is None else None
+        pred = out.pred if out.pred is not None or not want_pred else classes(out.logits)
+        pred = None if pred is None else pred.cpu().numpy().astype(np.uint8)
+        frozen = None if out.frozen_pred is None else out.frozen_pred.cpu().numpy().astype(np.uint8)
+        return [
+            ScoredImage(
+                score[i] if maps is None else {k: v[i] for k, v in maps.items()},
+                None if pred is None else pred[i],
+                None if frozen is None else frozen[i],
+            )
+            for i in range(len(images))
+        ]
 
 
 def condition_groups(condition: str | None) -> tuple[str, ...]:
@@ -97,22 +123,245 @@ def condition_groups(condition: str | None) -> tuple[str, ...]:
     return (condition,) if condition == CLEAR else (condition, ADVERSE)
 
 
-def _second_pass(pooled: PixelMetrics, by_condition: dict, conditions: list, scratch: Path, name: str, progress):
+class _ScoreMetrics:
+    """The accumulators of one score: pooled and per-condition pixel metrics, its cached maps in ``scratch``."""
+
+    def __init__(self, scratch: Path, per_image: bool):
+        self.pooled = PixelMetrics(per_image=per_image)
+        self.by_condition: dict[str, PixelMetrics] = {}
+        self.scratch = scratch
+        scratch.mkdir()
+        self.shown: list = []
+
+    def update(self, k: int, score: np.ndarray, s: EvalSample) -> None:
+        self.pooled.update(score, s.label, name=s.item_id)
+        for group in condition_groups(s.condition):
+            self.by_condition.setdefault(group, PixelMetrics()).update(score, s.label, name=s.item_id)
+        np.save(self.scratch / f"{k}.npy", score)
+
+    def cached(self, k: int) -> np.ndarray:
+        return np.load(self.scratch / f"{k}.npy")
+
+
+class _Pass1:
+    """Pass 1's bookkeeping: every score's accumulators and the closed-set numbers they share."""
+
+    def __init__(self, scratch: Path, per_image: bool, panels: int):
+        self.scratch, self.per_image, self.panels = scratch, per_image, panels
+        self.scores: dict[str, _ScoreMetrics] = {}
+        self.conditions: list[str | None] = []
+        self.agree = self.agree_total = 0
+        self.confusion = ConfusionMatrix(NUM_TRAIN_CLASSES)
+        self.confusion_by: dict[str, ConfusionMatrix] = {}
+        self.has_miou = False
+
+    def update(self, k: int, s: EvalSample, out: ScoredImage) -> None:
+        maps = out.maps()
+        if not self.scores:  # the first image names the scores
+            for j, name in enumerate(maps):
+                self.scores[name] = _ScoreMetrics(self.scratch / str(j), self.per_image)
+        elif maps.keys() != self.scores.keys():
+            raise ValueError(f"{s.item_id}: scored {sorted(maps)}, the images before {sorted(self.scores)}")
+        for name, score in maps.items():
+            self.scores[name].update(k, score, s)
+        self.conditions.append(s.condition)
+        np.save(self.scratch / f"{k}.label.npy", s.label)
+        if out.pred is not None and out.frozen_pred is not None:
+            inlier = s.label == EVAL_INLIER
+            self.agree += int(np.count_nonzero(out.pred[inlier] == out.frozen_pred[inlier]))
+            self.agree_total += int(np.count_nonzero(inlier))
+        if out.pred is not None and s.train_label is not None:
+            inlier_gt = np.where(s.train_label == ANOMALY, VOID, s.train_label).astype(np.uint8)
+            self.confusion.update(out.pred, inlier_gt)
+            for group in condition_groups(s.condition):
+                self.confusion_by.setdefault(group, ConfusionMatrix(NUM_TRAIN_CLASSES)).update(out.pred, inlier_gt)
+            self.has_miou = True
+        if self.panels and (s.label == EVAL_ANOMALY).any():
+            for name, score in maps.items():
+                if len(self.scores[name].shown) < self.panels:
+                    self.scores[name].shown.append((s.item_id, s.image, s.label, score))
+
+    def label(self, k: int) -> np.ndarray:
+        return np.load(self.scratch / f"{k}.label.npy")
+
+
+_DONE = object()
+
+
+class _Stage(threading.Thread):
+    """A pipeline stage in a thread of its own; its exception is raised again in the caller by ``check``."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
+        self.error: BaseException | None = None
+        self.cancelled = threading.Event()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def put(self, q: queue.Queue, item) -> bool:
+        """``q.put`` that gives up when the stage is cancelled."""
+        while not self.cancelled.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+class _Reader(_Stage):
+    """Reads and decodes the samples ahead of the network, ``depth`` at most."""
+
+    def __init__(self, samples: Iterable[EvalSample], depth: int):
+        super().__init__("anomalyforge-eval-read")
+        self.samples, self.queue = samples, queue.Queue(maxsize=depth)
+
+    def run(self) -> None:
+        try:
+            for s in self.samples:
+                if not self.put(self.queue, s):
+                    return
+        except BaseException as e:  # raised again in the caller, at the position it happened
+            self.error = e
+        self.put(self.queue, _DONE)
+
+    def __iter__(self) -> Iterator[EvalSample]:
+        while (s := self.queue.get()) is not _DONE:
+            yield s
+        self.check()
+
+
+class _Updater(_Stage):
+    """Feeds the scored images to the accumulators, in order, while the network scores the next ones."""
+
+    def __init__(self, acc: _Pass1, depth: int):
+        super().__init__("anomalyforge-eval-update")
+        self.acc, self.queue = acc, queue.Queue(maxsize=depth)
+
+    def run(self) -> None:
+        while (item := self.queue.get()) is not _DONE:
+            if self.error is None:
+                try:
+                    self.acc.update(*item)
+                except BaseException as e:
+                    self.error = e
+
+    def submit(self, k: int, s: EvalSample, out: ScoredImage) -> None:
+        self.check()
+        self.queue.put((k, s, out))
+
+    def finish(self) -> None:
+        self.queue.put(_DONE)
+        self.join()
+        self.check()
+
+
+def _batches(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSample]]:
+    """Consecutive samples whose images share a size, ``size`` at most per batch, in order."""
+    batch: list[EvalSample] = []
+    for s in samples:
+        if batch and (len(batch) == size or s.image.shape != batch[0].image.shape):
+            yield batch
+            batch = []
+        batch.append(s)
+    if batch:
+        yield batch
+
+
+def _score_stream(scorer: Scorer, samples: Iterable[EvalSample], acc: _Pass1, batch_size: int, name: str, bar):
+    """Pass 1 as the three-stage pipeline of the module docstring."""
+    reader, updater = _Reader(samples, batch_size + 1), _Updater(acc, 2)
+    score_batch = getattr(scorer, "batch", None)
+    if score_batch is None:
+        batch_size = 1
+    reader.start()
+    updater.start()
+    k = 0
+    try:
+        for batch in _batches(reader, batch_size):
+            check_stop(f"evaluation on {name} after {k} images (it starts over); run the same command again")
+            if score_batch is not None:  # a prediction only where a trainId label will use it
+                outs = score_batch([s.image for s in batch], want_pred=any(s.train_label is not None for s in batch))
+            else:
+                outs = [scorer(batch[0].image)]
+            for s, out in zip(batch, outs, strict=True):
+                updater.submit(k, s, out)
+                k += 1
+            bar.update(len(batch))
+        updater.finish()
+    finally:
+        reader.cancelled.set()
+        updater.cancelled.set()
+        if updater.is_alive():
+            updater.queue.put(_DONE)
+
+
+def _second_pass(m: _ScoreMetrics, acc: _Pass1, name: str, progress) -> None:
     """Feed the cached scores again to the accumulators whose error bounds exceed their tolerance."""
-    todo = [(None, pooled)] if pooled.needs_second_pass() else []
-    todo += [(cond, m) for cond, m in by_condition.items() if m.needs_second_pass()]
+    todo = [(None, m.pooled)] if m.pooled.needs_second_pass() else []
+    todo += [(cond, pm) for cond, pm in m.by_condition.items() if pm.needs_second_pass()]
     if not todo:
         return
-    for _, m in todo:
-        m.start_second_pass()
-    for k, cond_k in enumerate(tqdm(conditions, desc=f"{name} (2nd pass)", unit="img", disable=not progress)):
-        score, label = np.load(scratch / f"{k}.score.npy"), np.load(scratch / f"{k}.label.npy")
-        for cond, m in todo:
+    for _, pm in todo:
+        pm.start_second_pass()
+    for k, cond_k in enumerate(tqdm(acc.conditions, desc=f"{name} (2nd pass)", unit="img", disable=not progress)):
+        score, label = m.cached(k), acc.label(k)
+        for cond, pm in todo:
             if cond is None or cond in condition_groups(cond_k):
-                m.update(score, label, name=f"{name}#{k}")
+                pm.update(score, label, name=f"{name}#{k}")
 
 
-def evaluate_samples(
+def _results(acc: _Pass1, name: str, track: str, progress: bool) -> dict[str, dict]:
+    """Every score's metrics: the pixel metrics (after a second pass where needed), then one component pass over
+    the images at each score's best-F1 threshold, the ground-truth components of an image made once for all."""
+    pixel = {}
+    for score, m in acc.scores.items():
+        _second_pass(m, acc, name, progress)
+        pixel[score] = m.pooled.compute()
+    min_pred, min_gt = DEFAULT_SIZES[track]
+    # one operating point per dataset and score: its pooled best-F1 threshold, for the conditions too
+    comps = {s: ComponentMetrics(pixel[s]["f1_threshold"], min_pred, min_gt) for s in acc.scores}
+    comps_by = {
+        s: {g: ComponentMetrics(pixel[s]["f1_threshold"], min_pred, min_gt) for g in m.by_condition}
+        for s, m in acc.scores.items()
+    }
+    for k, cond_k in enumerate(acc.conditions):
+        gt = GroundTruthComponents(acc.label(k), min_gt)
+        for score, m in acc.scores.items():
+            cached = m.cached(k)
+            comps[score].update(cached, gt)
+            for group in condition_groups(cond_k):
+                comps_by[score][group].update(cached, gt)
+    return {s: _result(m, acc, pixel[s] | comps[s].compute(), comps_by[s], name) for s, m in acc.scores.items()}
+
+
+def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: str) -> dict:
+    """One score's result: its pixel and component metrics, the shared closed-set numbers, its conditions."""
+    conditions = acc.conditions
+    result["images"] = len(conditions)
+    result["closed_set_agreement"] = acc.agree / acc.agree_total if acc.agree_total else None
+    result["miou"] = float(acc.confusion.compute()["miou"]) if acc.has_miou else None
+    result["conditions"] = {}
+    by_condition = m.by_condition
+    if len(set(by_condition) - {ADVERSE}) < 2:  # one condition only: its row would repeat the pooled one
+        by_condition = {}
+    elif CLEAR not in by_condition:  # nothing clear to set the adverse images against
+        by_condition = {c: pm for c, pm in by_condition.items() if c != ADVERSE}
+    for cond, pm in sorted(by_condition.items(), key=lambda kv: condition_order(kv[0])):
+        try:
+            cm = pm.compute() | comps_by[cond].compute()
+        except ValueError as e:  # a condition without anomalies: say so instead of a number
+            result["conditions"][cond] = {"error": str(e)}
+            continue
+        cm["images"] = sum(cond in condition_groups(c) for c in conditions)
+        cm["miou"] = float(acc.confusion_by[cond].compute()["miou"]) if cond in acc.confusion_by else None
+        result["conditions"][cond] = cm
+    return {"name": name, "metrics": result, "curves": m.pooled.curves(), "panels": m.shown}
+
+
+def evaluate_scores(
     scorer: Scorer,
     samples: Iterable[EvalSample],
     name: str,
@@ -122,76 +371,32 @@ def evaluate_samples(
     panels: int = 0,
     progress: bool = True,
     total: int | None = None,
-) -> dict:
-    """Metrics of one dataset: ``{"name", "metrics", "curves", "panels"}``. ``metrics`` holds AUROC, AP, FPR95,
-    best F1 and its threshold (and their error bounds), the SMIYC component metrics at that threshold, the
-    closed-set agreement (inlier pixels where the scored model keeps the frozen network's class; methods
-    only), the closed-set mIoU (when samples carry trainId labels), the image count, and per tagged condition the
-    same pixel, component (at the dataset's threshold) and mIoU numbers, with ``adverse`` pooling every condition
-    but clear when both are present. A dataset without images, anomaly or inlier pixels raises
+    batch_size: int = 1,
+) -> dict[str, dict]:
+    """Metrics of one dataset for every score the scorer gives (``{score name: result}``, in the scorer's order;
+    a scorer of one unnamed map gives ``{"score": result}``). Each result is ``{"name", "metrics", "curves",
+    "panels"}``: ``metrics`` holds AUROC, AP, FPR95, best F1 and its threshold (and their error bounds), the SMIYC
+    component metrics at that threshold, the closed-set agreement (inlier pixels where the scored model keeps the
+    frozen network's class; methods only), the closed-set mIoU (when samples carry trainId labels), the image
+    count, and per tagged condition the same pixel, component (at the dataset's threshold) and mIoU numbers, with
+    ``adverse`` pooling every condition but clear when both are present. ``batch_size``: images of one size scored
+    in one forward (a scorer with a ``batch`` method). A dataset without images, anomaly or inlier pixels raises
     ``MetricsUndefinedError``."""
-    pooled = PixelMetrics(per_image=per_image)
-    by_condition: dict[str, PixelMetrics] = {}
-    conditions: list[str | None] = []
-    agree = agree_total = 0
-    confusion = ConfusionMatrix(NUM_TRAIN_CLASSES)
-    confusion_by: dict[str, ConfusionMatrix] = {}
-    has_miou = False
-    shown = []
     scratch = Path(tempfile.mkdtemp(prefix=f"anomalyforge-eval-{name}-"))
     try:
-        for k, s in enumerate(tqdm(samples, desc=name, unit="img", total=total, disable=not progress, leave=False)):
-            check_stop(f"evaluation on {name} after {k} images (it starts over); run the same command again")
-            out = scorer(s.image)
-            pooled.update(out.score, s.label, name=s.item_id)
-            for group in condition_groups(s.condition):
-                by_condition.setdefault(group, PixelMetrics()).update(out.score, s.label, name=s.item_id)
-            conditions.append(s.condition)
-            np.save(scratch / f"{k}.score.npy", out.score)
-            np.save(scratch / f"{k}.label.npy", s.label)
-            if out.pred is not None and out.frozen_pred is not None:
-                inlier = s.label == EVAL_INLIER
-                agree += int(np.count_nonzero(out.pred[inlier] == out.frozen_pred[inlier]))
-                agree_total += int(np.count_nonzero(inlier))
-            if out.pred is not None and s.train_label is not None:
-                inlier_gt = np.where(s.train_label == ANOMALY, VOID, s.train_label).astype(np.uint8)
-                confusion.update(out.pred, inlier_gt)
-                for group in condition_groups(s.condition):
-                    confusion_by.setdefault(group, ConfusionMatrix(NUM_TRAIN_CLASSES)).update(out.pred, inlier_gt)
-                has_miou = True
-            if len(shown) < panels and (s.label == EVAL_ANOMALY).any():
-                shown.append((s.item_id, s.image, s.label, out.score))
-        if not conditions:
+        acc = _Pass1(scratch, per_image, panels)
+        with tqdm(desc=name, unit="img", total=total, disable=not progress, leave=False) as bar:
+            _score_stream(scorer, samples, acc, max(1, batch_size), name, bar)
+        if not acc.conditions:
             raise MetricsUndefinedError(f"{name}: no images to evaluate")
-        _second_pass(pooled, by_condition, conditions, scratch, name, progress)
-        result = pooled.compute()
-        min_pred, min_gt = DEFAULT_SIZES[track]
-        # one operating point per dataset: the pooled best-F1 threshold, for the conditions too
-        comps = ComponentMetrics(result["f1_threshold"], min_pred, min_gt)
-        comps_by = {g: ComponentMetrics(result["f1_threshold"], min_pred, min_gt) for g in by_condition}
-        for k, cond_k in enumerate(conditions):
-            score, label = np.load(scratch / f"{k}.score.npy"), np.load(scratch / f"{k}.label.npy")
-            comps.update(score, label)
-            for group in condition_groups(cond_k):
-                comps_by[group].update(score, label)
-        result |= comps.compute()
+        return _results(acc, name, track, progress)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    result["images"] = len(conditions)
-    result["closed_set_agreement"] = agree / agree_total if agree_total else None
-    result["miou"] = float(confusion.compute()["miou"]) if has_miou else None
-    result["conditions"] = {}
-    if len(set(by_condition) - {ADVERSE}) < 2:  # one condition only: its row would repeat the pooled one
-        by_condition = {}
-    elif CLEAR not in by_condition:  # nothing clear to set the adverse images against
-        by_condition.pop(ADVERSE, None)
-    for cond, m in sorted(by_condition.items(), key=lambda kv: condition_order(kv[0])):
-        try:
-            cm = m.compute() | comps_by[cond].compute()
-        except ValueError as e:  # a condition without anomalies: say so instead of a number
-            result["conditions"][cond] = {"error": str(e)}
-            continue
-        cm["images"] = sum(cond in condition_groups(c) for c in conditions)
-        cm["miou"] = float(confusion_by[cond].compute()["miou"]) if cond in confusion_by else None
-        result["conditions"][cond] = cm
-    return {"name": name, "metrics": result, "curves": pooled.curves(), "panels": shown}
+
+
+def evaluate_samples(scorer: Scorer, samples: Iterable[EvalSample], name: str, **kw) -> dict:
+    """``evaluate_scores`` of a scorer of one score: its result."""
+    results = evaluate_scores(scorer, samples, name, **kw)
+    if len(results) != 1:
+        raise ValueError(f"{name}: the scorer gave {len(results)} scores ({', '.join(results)}); use evaluate_scores")
+    return next(iter(results.values()))

@@ -32,25 +32,40 @@ def _components(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, lab, stats[:, cv2.CC_STAT_AREA]
 
 
+class GroundTruthComponents:
+    """The ground-truth side of one image's component metrics, computed once and shared by every score (and
+    threshold) evaluated on it: GT components of at least ``min_gt`` pixels, and the void mask grown by the
+    smaller ones."""
+
+    def __init__(self, labels: np.ndarray, min_gt: int):
+        n, gt, area = _components(np.asarray(labels) == EVAL_ANOMALY)
+        keep = area >= min_gt
+        keep[0] = False
+        void = np.asarray(labels) == EVAL_VOID
+        if not keep[1:].all():  # small GT components become void
+            void |= (gt > 0) & ~keep[gt]
+            gt = np.where(keep[gt], gt, 0)
+        self.n, self.gt, self.valid = n, gt, ~void
+        self.sizes = np.bincount(gt.ravel(), minlength=n)
+
+
 def image_components(
-    pred: np.ndarray, labels: np.ndarray, min_pred: int, min_gt: int
+    pred: np.ndarray, labels: np.ndarray | GroundTruthComponents, min_pred: int, min_gt: int
 ) -> tuple[list[float], list[float]]:
-    """(sIoU per GT component, PPV per predicted component) of one image."""
-    labels = labels.copy()
-    n_gt, gt, gt_area = _components(labels == EVAL_ANOMALY)
-    small = np.flatnonzero(gt_area[1:] < min_gt) + 1
-    if small.size:
-        labels[np.isin(gt, small)] = EVAL_VOID
-        gt[np.isin(gt, small)] = 0
-    pred = pred & (labels != EVAL_VOID)
-    n_pr, pr, pr_area = _components(pred)
+    """(sIoU per GT component, PPV per predicted component) of one image; ``labels`` may be the image's
+    ``GroundTruthComponents`` already (then ``min_gt`` is the one it was made with)."""
+    g = labels if isinstance(labels, GroundTruthComponents) else GroundTruthComponents(labels, min_gt)
+    n_gt, gt = g.n, g.gt
+    n_pr, pr, pr_area = _components(pred & g.valid)
     big = np.flatnonzero(pr_area[1:] >= min_pred) + 1
-    keep = np.isin(pr, big)
-    pr = np.where(keep, pr, 0)
-    # overlap counts between GT components (rows) and predicted components (cols), background at 0
-    inter = np.zeros((n_gt, n_pr), np.int64)
-    np.add.at(inter, (gt.ravel(), pr.ravel()), 1)
-    gt_sizes = np.bincount(gt.ravel(), minlength=n_gt)
+    if big.size < n_pr - 1:  # drop the small predicted components
+        lut = np.zeros(n_pr, np.int32)
+        lut[big] = big
+        pr = lut[pr]
+    # overlap counts between GT components (rows) and predicted components (cols), over the pixels on both
+    both = (gt > 0) & (pr > 0)
+    inter = np.bincount(gt[both].astype(np.int64) * n_pr + pr[both], minlength=n_gt * n_pr).reshape(n_gt, n_pr)
+    gt_sizes = g.sizes
     pr_sizes = np.bincount(pr.ravel(), minlength=n_pr)
     sious = []
     for k in range(1, n_gt):
@@ -77,8 +92,10 @@ class ComponentMetrics:
         self.sious: list[float] = []
         self.ppvs: list[float] = []
 
-    def update(self, scores: np.ndarray, labels: np.ndarray) -> None:
-        s, p = image_components(np.asarray(scores) >= self.threshold, np.asarray(labels), self.min_pred, self.min_gt)
+    def update(self, scores: np.ndarray, labels: np.ndarray | GroundTruthComponents) -> None:
+        """One image; ``labels`` may be its ``GroundTruthComponents`` (made with this ``min_gt``), shared."""
+        labels = labels if isinstance(labels, GroundTruthComponents) else np.asarray(labels)
+        s, p = image_components(np.asarray(scores) >= self.threshold, labels, self.min_pred, self.min_gt)
         self.sious += s
         self.ppvs += p
 

@@ -129,7 +129,8 @@ def test_the_held_in_split_carries_trainids_for_the_closed_set_miou(trained_eel)
     from tasks.eval.evaluate import evaluate_dataset
 
     spec = cfg.datasets[0].model_copy(update={"val_fraction": 0.3})
-    m = evaluate_dataset(load_eval_model(cfg), spec, cfg, progress=False)["metrics"]
+    (res,) = evaluate_dataset(load_eval_model(cfg), spec, cfg, progress=False)
+    m = res["metrics"]
     assert 0 <= m["miou"] <= 1 and 0 < m["closed_set_agreement"] <= 1 and m["images"] == len(list(ds.samples()))
 
 

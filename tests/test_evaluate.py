@@ -61,7 +61,7 @@ def test_evaluate_dataset_finds_the_red_objects(setup):
     cfg = EvalConfig(model=model_path, datasets=[BenchmarkConfig(kind="fishyscapes", root=tmp / "fs")], score="energy")
     model = load_eval_model(cfg)
     assert model.kind == "torchscript"
-    res = evaluate_dataset(model, cfg.datasets[0], cfg)
+    (res,) = evaluate_dataset(model, cfg.datasets[0], cfg)
     m = res["metrics"]
     assert m["auroc"] > 0.99 and m["ap"] > 0.9 and m["fpr95"] < 0.05
     # 144-px objects count as GT (>= min_gt 100) but predictions under 500 px are dropped on the anomaly track
@@ -77,7 +77,7 @@ def test_conditions_components_and_report(setup):
         score="eel",
         smoothing=False,
     )
-    res = evaluate_dataset(load_eval_model(cfg), cfg.datasets[0], cfg)
+    (res,) = evaluate_dataset(load_eval_model(cfg), cfg.datasets[0], cfg)
     m = res["metrics"]
     assert set(m["conditions"]) == {"clear", "fog", "adverse"}  # adverse: every condition but clear (here fog)
     assert m["conditions"]["adverse"]["ap"] == pytest.approx(m["conditions"]["fog"]["ap"])

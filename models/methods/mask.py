@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from models.mask_heads import MaskHeadModel, MaskOutput
-from models.methods.base import Inference, MethodSpec, anomaly_mix_extras, resize_logits
+from models.methods.base import Inference, MethodSpec, anomaly_mix_extras, classes, resize_logits
 from models.scores import smooth
 from models.segmenters.base import FrozenSegmenter
 from schemas import MethodConfig
@@ -66,7 +66,7 @@ class MaskMethod(MethodSpec):
         scores = resize_logits(out.scores.float(), size)
         frozen = resize_logits(model.scores(out.frozen).float(), size)
         score = self.score(cfg, scores, out)
-        return Inference(smooth(score) if cfg.smoothing else score, scores, scores.argmax(1), frozen.argmax(1))
+        return Inference(smooth(score) if cfg.smoothing else score, scores, classes(scores), classes(frozen))
 
     def param_groups(self, cfg: MaskMethodConfig, model: MaskHeadModel) -> list[dict]:
         return [{"params": list(model.parts.parameters()), "lr": cfg.lr}]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from models.losses import ovr_loss
-from models.methods.base import Inference, MethodConfig, MethodSpec, anomaly_mix_extras, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, anomaly_mix_extras, classes, resize_logits
 from models.methods.registry import register_method
 from models.ovr import FinalClassifierModel
 from models.scores import anomaly_score
@@ -93,7 +93,7 @@ class OvR(MethodSpec):
         logits = resize_logits(model.image_logits(out).float(), size)
         with torch.no_grad():
             frozen = resize_logits(model.segmenter.decode(out.enc).float(), size)
-        return Inference(anomaly_score(logits, cfg.score, cfg.smoothing), logits, logits.argmax(1), frozen.argmax(1))
+        return Inference(anomaly_score(logits, cfg.score, cfg.smoothing), logits, classes(logits), classes(frozen))
 
     def param_groups(self, cfg: OvRConfig, model: FinalClassifierModel) -> list[dict]:
         return [{"params": list(model.output_layer.parameters()), "lr": cfg.lr}]

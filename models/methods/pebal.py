@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 
 from models.losses import pebal_loss
-from models.methods.base import Inference, MethodConfig, MethodSpec, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, classes, resize_logits
 from models.methods.registry import register_method
 from models.pebal import PEBALModel
 from models.scores import anomaly_score
@@ -60,7 +60,7 @@ class PEBAL(MethodSpec):
         logits = resize_logits(out.logits[:, :-1].float(), size)  # the class logits; abstention is not scored
         frozen = resize_logits(out.frozen_logits.float(), size)
         score = anomaly_score(logits, "energy", cfg.smoothing)
-        return Inference(score, logits, logits.argmax(1), frozen.argmax(1))
+        return Inference(score, logits, classes(logits), classes(frozen))
 
     def param_groups(self, cfg: PEBALConfig, model: PEBALModel) -> list[dict]:
         return [{"params": list(model.head.parameters()), "lr": cfg.lr}]

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.methods.base import Inference, MethodConfig, MethodSpec, load_state_strictly, resize_logits
+from models.methods.base import Inference, MethodConfig, MethodSpec, classes, load_state_strictly, resize_logits
 from models.rpl import ResidualAnomalyModel
 from models.segmenters.base import FrozenSegmenter
 
@@ -38,7 +38,7 @@ class ResidualMethod(MethodSpec):
         out = model(images)
         logits = resize_logits(out.logits.float(), size)
         frozen = resize_logits(out.frozen_logits.float(), size)
-        return Inference(self.score(cfg, logits), logits, logits.argmax(1), frozen.argmax(1))
+        return Inference(self.score(cfg, logits), logits, classes(logits), classes(frozen))
 
     def param_groups(self, cfg: ResidualConfig, model: ResidualAnomalyModel) -> list[dict]:
         """The residual's ASPP and bottleneck at ``lr``; the newly initialised layers (output projection,

@@ -29,7 +29,7 @@ from pydantic import Field
 
 from models.losses import IGNORE_ID, refine_candidates, sleeg_score, tae_loss, tore_loss
 from models.losses import jem as frozen_jem
-from models.methods.base import Inference, MethodSpec, TrainingProgress, resize_logits
+from models.methods.base import Inference, MethodSpec, TrainingProgress, classes, resize_logits
 from models.methods.registry import register_method
 from models.scores import smooth
 from models.segmenters.base import FrozenSegmenter
@@ -103,7 +103,7 @@ class SLEEG(MethodSpec):
         score = sleeg_score(head, frozen, cfg.lam)
         if cfg.smoothing:
             score = smooth(score)
-        pred = frozen.argmax(1)
+        pred = classes(frozen)
         return Inference(score, frozen, pred, pred)
 
     def param_groups(self, cfg: SLEEGConfig, model: SLEEGModel) -> list[dict]:

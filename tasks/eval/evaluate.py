@@ -8,6 +8,9 @@
   ``segmenter`` naming the network): a post-hoc score of the frozen closed-set logits (msp, max_logit, entropy,
   energy, eel, max_min) or, of a mask-classification network, of its class scores L_k (also rba, m2a);
 * a **TorchScript** file mapping normalized (B, 3, H, W) RGB to (B, C, h, w) logits.
+
+``score`` may name several post-hoc scores (``--score msp,energy,entropy``; a method: besides its own): each image
+goes through the network once and every score of its logits feeds accumulators of its own, one result per score.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from pydantic import ValidationError
 
 from models.methods.base import Inference, resize_logits
-from models.scores import anomaly_score
+from models.scores import anomaly_scores
 from schemas import BenchmarkConfig, EvalConfig, SegmenterConfig
 from schemas.registries import SEGMENTERS
 from tasks.checkpoints import (
@@ -38,7 +41,7 @@ from tasks.checkpoints import (
 )
 from tasks.eval.benchmarks import load_benchmark
 from tasks.imageio import BadInputError
-from tasks.scoring import Scorer, TensorScorer, evaluate_samples
+from tasks.scoring import Scorer, TensorScorer, evaluate_scores
 
 DEFAULT_SCORE = "energy"
 
@@ -80,10 +83,14 @@ def is_plain_pickle(path: Path) -> bool:
         return bool(last) and last[0][0].name == "STOP" and last[0][2] == path.stat().st_size - 1
 
 
-def post_hoc(logits: torch.Tensor, size: tuple[int, int], score: str, smoothing: bool, **kw) -> Inference:
-    """A post-hoc score of closed-set logits, at ``size``."""
+def post_hoc(logits: torch.Tensor, size: tuple[int, int], scores: str | list[str], smoothing: bool, **kw) -> Inference:
+    """Post-hoc scores of closed-set logits, at ``size``: one name, or several from the same logits (their
+    reductions shared, ``models.scores.anomaly_scores``) in ``Inference.scores`` by name."""
+    names = [scores] if isinstance(scores, str) else list(scores)
     logits = resize_logits(logits.float(), size)
-    return Inference(anomaly_score(logits, score, smoothing, **kw), logits, logits.argmax(1))
+    maps = anomaly_scores(logits, names, smoothing, **kw)
+    # the prediction is left to the scorer: it computes it from the logits when the images have labels to use it
+    return Inference(maps[names[0]], logits, None, scores=maps if len(names) > 1 else None)
 
 
 @dataclass
@@ -92,9 +99,14 @@ class EvalModel:
 
     kind: str  # "method" | "segmenter" | "torchscript"
     scorer: Scorer
-    score: str  # what is scored, for the report
+    scores: list[str]  # what is scored, by the names the results carry, from one forward
     smoothing: bool
     details: dict
+
+    @property
+    def score(self) -> str:
+        """The scores in one line, for the report."""
+        return ", ".join(self.scores)
 
 
 def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
@@ -105,19 +117,17 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
         mcfg = type(mcfg).model_validate(mcfg.model_dump() | cfg.method_options | {"smoothing": smoothing})
     except ValidationError as e:
         raise BadInputError(f"method_options for {path} ({mcfg.name}): {e.errors()[0]['msg']}") from None
-    if cfg.score is None:  # the method's own score, with its own parameters
+    own = f"{mcfg.name} ({spec.score_summary})"
+    extra = {f"{n} of {mcfg.name}'s logits": n for n in cfg.score or []}  # post-hoc scores of its re-decoded logits
 
-        def infer(x, size):
-            return spec.infer(mcfg, model, x, size)
+    def infer(x, size):
+        out = spec.infer(mcfg, model, x, size)
+        if not extra:
+            return out
+        maps = anomaly_scores(out.logits, list(extra.values()), smoothing)
+        scores = {own: out.score} | {label: maps[n] for label, n in extra.items()}
+        return Inference(out.score, out.logits, out.pred, out.frozen_pred, scores=scores)
 
-        score = f"{mcfg.name} ({spec.score_summary})"
-    else:  # a post-hoc score of the method's re-decoded logits
-
-        def infer(x, size):
-            out = spec.infer(mcfg, model, x, size)
-            return Inference(anomaly_score(out.logits, cfg.score, smoothing), out.logits, out.pred, out.frozen_pred)
-
-        score = f"{cfg.score} of {mcfg.name}'s logits"
     seg = model.segmenter
     scorer = TensorScorer(infer, cfg.device, seg.size_multiple, cfg.input_width, cfg.input_size)
     details = {
@@ -126,36 +136,36 @@ def _method(path: Path, obj: Mapping, cfg: EvalConfig) -> EvalModel:
         "segmenter": loaded.cfg.segmenter.name,
         "segmenter_checkpoint": str(loaded.segmenter_checkpoint),
     }
-    return EvalModel("method", scorer, score, smoothing, details)
+    return EvalModel("method", scorer, [own, *extra], smoothing, details)
 
 
 def _segmenter(path: Path, obj: Mapping | None, cfg: EvalConfig) -> EvalModel:
     seg_cfg = SegmenterConfig(name=cfg.segmenter, options=cfg.segmenter_options)
     seg = frozen_segmenter(seg_cfg, path, state=obj).to(cfg.device)
-    score, smoothing = cfg.score or DEFAULT_SCORE, True if cfg.smoothing is None else cfg.smoothing
+    scores, smoothing = cfg.score or [DEFAULT_SCORE], True if cfg.smoothing is None else cfg.smoothing
 
     def infer(x, size):
-        return post_hoc(seg(x), size, score, smoothing)
+        return post_hoc(seg(x), size, scores, smoothing)
 
     scorer = TensorScorer(infer, cfg.device, seg.size_multiple, cfg.input_width, cfg.input_size)
     details = {"segmenter": cfg.segmenter, "segmenter_kind": seg.kind, "segmenter_checkpoint": str(path)}
-    return EvalModel("segmenter", scorer, score, smoothing, details)
+    return EvalModel("segmenter", scorer, scores, smoothing, details)
 
 
 def _torchscript(path: Path, obj: None, cfg: EvalConfig) -> EvalModel:
     model = load_torchscript(path, cfg.device)
     mean = torch.tensor(cfg.mean, device=cfg.device).view(1, 3, 1, 1)
     std = torch.tensor(cfg.std, device=cfg.device).view(1, 3, 1, 1)
-    score, smoothing = cfg.score or DEFAULT_SCORE, True if cfg.smoothing is None else cfg.smoothing
+    scores, smoothing = cfg.score or [DEFAULT_SCORE], True if cfg.smoothing is None else cfg.smoothing
 
     def infer(x, size):
         logits = model((x - mean) / std)
         if logits.ndim != 4 or logits.shape[1] < cfg.num_classes:
             raise ValueError(f"{path} returned {tuple(logits.shape)}; expected (1, >= {cfg.num_classes}, h, w) logits")
-        return post_hoc(logits[:, : cfg.num_classes], size, score, smoothing)
+        return post_hoc(logits[:, : cfg.num_classes], size, scores, smoothing)
 
     scorer = TensorScorer(infer, cfg.device, 1, cfg.input_width, cfg.input_size)
-    return EvalModel("torchscript", scorer, score, smoothing, {})
+    return EvalModel("torchscript", scorer, scores, smoothing, {})
 
 
 MODEL_KINDS = {"method": _method, "segmenter": _segmenter, "torchscript": _torchscript}
@@ -221,12 +231,15 @@ def load_eval_model(cfg: EvalConfig) -> EvalModel:
     return MODEL_KINDS[kind](Path(cfg.model), obj, cfg)
 
 
-def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress: bool = True) -> dict:
-    """Metrics of one dataset (``tasks.scoring.evaluate_samples``) plus its kind."""
+def evaluate_dataset(
+    model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress: bool = True
+) -> list[dict]:
+    """Metrics of one dataset for every score of the model, from one pass over it
+    (``tasks.scoring.evaluate_scores``): one result per score, with its ``score`` and the dataset's ``kind``."""
     ds = load_benchmark(spec.kind, spec.root, spec.name, spec.split, spec.val_fraction)
     scorer = model.scorer if isinstance(model, EvalModel) else model
     total = min(len(ds.items), spec.limit or len(ds.items)) if hasattr(ds, "items") else None
-    res = evaluate_samples(
+    results = evaluate_scores(
         scorer,
         ds.samples(spec.limit),
         ds.name,
@@ -235,17 +248,22 @@ def evaluate_dataset(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: Eval
         panels=cfg.panels,
         progress=progress,
         total=total,
+        batch_size=cfg.batch_size,
     )
-    return res | {"kind": ds.kind}
+    if isinstance(model, EvalModel) and len(model.scores) == 1:  # one unnamed map: the model's only score
+        results = {model.scores[0]: next(iter(results.values()))}
+    return [r | {"score": score, "kind": ds.kind} for score, r in results.items()]
 
 
-def evaluate_dataset_or_error(model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress=True) -> dict:
+def evaluate_dataset_or_error(
+    model: EvalModel | Scorer, spec: BenchmarkConfig, cfg: EvalConfig, progress=True
+) -> list[dict]:
     """``evaluate_dataset``, or for a dataset that cannot be evaluated (a bad file, a missing folder, no anomaly
-    pixel) an error result ``{"name", "kind", "error"}``: one bad dataset never loses the others."""
+    pixel) one error result ``{"name", "kind", "error"}``: one bad dataset never loses the others."""
     try:
         return evaluate_dataset(model, spec, cfg, progress)
     except (ValueError, OSError) as e:  # BadInputError is a ValueError; every message names the file
-        return {"name": spec.name or Path(spec.root).name, "kind": spec.kind, "error": f"{type(e).__name__}: {e}"}
+        return [{"name": spec.name or Path(spec.root).name, "kind": spec.kind, "error": f"{type(e).__name__}: {e}"}]
 
 
 class EvaluationError(BadInputError):
@@ -253,6 +271,7 @@ class EvaluationError(BadInputError):
 
 
 def evaluate_model(cfg: EvalConfig, progress: bool = True) -> tuple[EvalModel, list[dict]]:
-    """``cfg.model`` on every dataset of ``cfg`` (a dataset that fails gives an error result, the others go on)."""
+    """``cfg.model`` on every dataset of ``cfg``, every score in the same pass: one result per dataset and score
+    (a dataset that fails gives an error result, the others go on)."""
     model = load_eval_model(cfg)
-    return model, [evaluate_dataset_or_error(model, spec, cfg, progress) for spec in cfg.datasets]
+    return model, [r for spec in cfg.datasets for r in evaluate_dataset_or_error(model, spec, cfg, progress)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -19,25 +20,37 @@ from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
 COLUMNS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
 
 
+def several_scores(results: list[dict]) -> bool:
+    """Whether the results hold more than one score (then every row, curve and panel names its score)."""
+    return len({r.get("score") for r in results if "error" not in r}) > 1
+
+
+def result_label(r: dict, several: bool) -> str:
+    """``dataset``, or ``dataset [score]`` among several scores."""
+    return f"{r['name']} [{r['score']}]" if several and "error" not in r else r["name"]
+
+
 def table_rows(results: list[dict]) -> list[dict]:
-    """One row per dataset and per tagged condition, metrics in percent as papers report them."""
+    """One row per dataset (and score) and per tagged condition, metrics in percent as papers report them."""
     rows = []
     for r in results:
         if "error" in r:
-            rows.append({"dataset": r["name"], "condition": "error"})
+            rows.append({"dataset": r["name"], "score": None, "condition": "error"})
             continue
-        m = r["metrics"]
-        rows.append({"dataset": r["name"], "condition": "all", **{c: round(100 * m[c], 2) for c in COLUMNS if c in m}})
+        m, head = r["metrics"], {"dataset": r["name"], "score": r.get("score")}
+        rows.append(head | {"condition": "all", **{c: round(100 * m[c], 2) for c in COLUMNS if c in m}})
         for cond, cm in m.get("conditions", {}).items():
-            row = {"dataset": r["name"], "condition": cond}
+            row = head | {"condition": cond}
             row |= {c: round(100 * cm[c], 2) for c in COLUMNS if c in cm} if "error" not in cm else {"auroc": None}
             rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["dataset", "condition", *COLUMNS]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * len(COLUMNS)]
+    """The rows as markdown; a ``score`` column when they hold more than one score."""
+    head = ["dataset", *(["score"] if len({r.get("score") for r in rows} - {None}) > 1 else []), "condition"]
+    head += COLUMNS
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - len(COLUMNS)) + "---:|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join("–" if r.get(h) is None else str(r.get(h)) for h in head) + " |")
     return "\n".join(lines)
@@ -50,13 +63,12 @@ def plot_curves(results: list[dict], out: Path) -> tuple[Path, Path]:
         (pr, ("recall", "precision", "recall", "precision")),
     ):
         fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+        several = several_scores(results)
         for r in results:
             if "error" in r:
                 continue
-            m = r["metrics"]
-            label = (
-                f"{r['name']} (AUROC {100 * m['auroc']:.1f})" if x == "fpr" else f"{r['name']} (AP {100 * m['ap']:.1f})"
-            )
+            m, name = r["metrics"], result_label(r, several)
+            label = f"{name} (AUROC {100 * m['auroc']:.1f})" if x == "fpr" else f"{name} (AP {100 * m['ap']:.1f})"
             ax.plot(r["curves"][x], r["curves"][y], label=label)
         ax.set_xlabel(xl)
         ax.set_ylabel(yl)
@@ -89,7 +101,7 @@ def condition_chart(results: list[dict], path: Path, title: str = "") -> Path | 
             ax.set_ylim(0, 105)
             ax.set_ylabel(label, fontsize=8)
             ax.grid(axis="y", alpha=0.3)
-            ax.set_title(f"{r['name']}: {label.split()[0]} per condition", fontsize=9)
+            ax.set_title(f"{result_label(r, several_scores(results))}: {label.split()[0]} per condition", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=9)
     return save_figure(fig, path)
@@ -110,8 +122,8 @@ def panel(image: np.ndarray, label: np.ndarray, score: np.ndarray, width: int = 
 def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> dict[str, Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(results)
-    datasets = {r["name"]: {"error": r["error"]} if "error" in r else r["metrics"] for r in results}
+    rows, several = table_rows(results), several_scores(results)
+    datasets = {result_label(r, several): {"error": r["error"]} if "error" in r else r["metrics"] for r in results}
     metrics = {"settings": settings, "datasets": datasets, "table": rows}
     write_bytes_atomic(out / "metrics.json", json.dumps(metrics, indent=1, default=float).encode())
     roc, pr = plot_curves(results, out)
@@ -121,9 +133,10 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
         files["conditions"] = chart
     for r in results:
         if r.get("panels"):
-            p = out / f"panels_{r['name']}.png"
+            key = f"panels_{r['name']}" + (f"_{re.sub(r'[^A-Za-z0-9_.-]+', '_', r['score'])}" if several else "")
+            p = out / f"{key}.png"
             write_rgb(p, np.vstack([panel(img, lab, sc) for _, img, lab, sc in r["panels"]]))
-            files[f"panels_{r['name']}"] = p
+            files[key] = p
     md = [
         "# anomalyforge evaluation",
         "",
