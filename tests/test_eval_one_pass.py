@@ -219,3 +219,12 @@ def test_component_metrics_equal_their_definition_and_the_shared_ground_truth(se
     for got in (image_components(pred, labels, 5, 4), image_components(pred, GroundTruthComponents(labels, 4), 5, 4)):
         assert got[0] == pytest.approx(ref[0], abs=1e-12) and got[1] == pytest.approx(ref[1], abs=1e-12)
     assert len(ref[0]) > 3 and len(ref[1]) > 3  # the case has components of both kinds
+
+
+def test_score_lists_are_validated_by_name(tmp_path):
+    datasets = [BenchmarkConfig(kind="fishyscapes", root=tmp_path)]
+    assert EvalConfig(model=tmp_path / "m.pt", datasets=datasets, score=" msp, energy").score == ["msp", "energy"]
+    with pytest.raises(ValueError, match="a score is named twice: msp, energy, msp"):
+        EvalConfig(model=tmp_path / "m.pt", datasets=datasets, score="msp,energy,msp")
+    with pytest.raises(ValueError, match="unknown score 'energi'"):
+        EvalConfig(model=tmp_path / "m.pt", datasets=datasets, score=["msp", "energi"])
