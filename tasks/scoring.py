@@ -8,19 +8,24 @@ the label as ``.npy`` in a scratch folder. A second pass over the cache recounts
 bound exceeds the tolerance (rare; see ``tasks.metrics``), and a last one computes the SMIYC component metrics at
 the best-F1 pixel threshold, which is only known after pass 1.
 
-Pass 1 is a three-stage pipeline, so the network never waits for files: a thread reads and decodes the next
-images, the calling thread runs the network (``batch_size`` images of one size at a time when the scorer can
-batch), and a thread updates the metrics and writes the cache, in image order. The stages hand over through
-bounded queues: at most ``2 · batch_size + 3`` images are in memory, never a whole benchmark.
+Pass 1 is a pipeline, so the network never waits for files: a thread reads and decodes the next images, two
+scorer calls run at once (``in_flight``; the network on one batch while the scores of the last are computed at
+the label's size, which keeps both cores of a small machine busy; ``batch_size`` images of one size per call),
+and a thread updates the metrics and writes the cache, in image order. The stages hand over through bounded
+queues: at most ``(2 · in_flight + 1) · batch_size + 5`` images are in memory, never a whole benchmark. A scorer that
+is a plain function (no ``batch`` method), or one on an accelerator (its memory holds one batch), is called once at
+a time.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,28 +275,50 @@ def _batches(samples: Iterable[EvalSample], size: int) -> Iterator[list[EvalSamp
         yield batch
 
 
-def _score_stream(scorer: Scorer, samples: Iterable[EvalSample], acc: _Pass1, batch_size: int, name: str, bar):
-    """Pass 1 as the three-stage pipeline of the module docstring."""
-    reader, updater = _Reader(samples, batch_size + 1), _Updater(acc, 2)
+def _score_stream(
+    scorer: Scorer, samples: Iterable[EvalSample], acc: _Pass1, batch_size: int, name: str, bar, in_flight: int
+) -> None:
+    """Pass 1 as the pipeline of the module docstring: ``in_flight`` scorer calls at once (the network on one
+    batch while the scores of the last are computed), their results handed on in image order."""
     score_batch = getattr(scorer, "batch", None)
-    if score_batch is None:
-        batch_size = 1
+    if score_batch is None:  # a plain callable may keep state between calls: one call at a time, in order
+        batch_size = in_flight = 1
+    if getattr(getattr(scorer, "device", None), "type", "cpu") != "cpu":  # the accelerator's memory: one batch
+        in_flight = 1
+    reader, updater = _Reader(samples, batch_size * in_flight + 1), _Updater(acc, 2)
+
+    def run(batch: list[EvalSample]) -> list[ScoredImage]:
+        if score_batch is not None:  # a prediction only where a trainId label will use it
+            return score_batch([s.image for s in batch], want_pred=any(s.train_label is not None for s in batch))
+        return [scorer(batch[0].image)]
+
     reader.start()
     updater.start()
     k = 0
+    pending: collections.deque = collections.deque()
+    pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="anomalyforge-eval-score")
+
+    def hand_on() -> None:
+        nonlocal k
+        batch, future = pending.popleft()
+        for s, out in zip(batch, future.result(), strict=True):
+            updater.submit(k, s, out)
+            k += 1
+        bar.update(len(batch))
+
     try:
         for batch in _batches(reader, batch_size):
             check_stop(f"evaluation on {name} after {k} images (it starts over); run the same command again")
-            if score_batch is not None:  # a prediction only where a trainId label will use it
-                outs = score_batch([s.image for s in batch], want_pred=any(s.train_label is not None for s in batch))
-            else:
-                outs = [scorer(batch[0].image)]
-            for s, out in zip(batch, outs, strict=True):
-                updater.submit(k, s, out)
-                k += 1
-            bar.update(len(batch))
+            pending.append((batch, pool.submit(run, batch)))
+            if len(pending) >= in_flight:
+                hand_on()
+        while pending:
+            hand_on()
         updater.finish()
     finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
         reader.cancelled.set()
         updater.cancelled.set()
         if updater.is_alive():
@@ -372,6 +399,7 @@ def evaluate_scores(
     progress: bool = True,
     total: int | None = None,
     batch_size: int = 1,
+    in_flight: int = 2,
 ) -> dict[str, dict]:
     """Metrics of one dataset for every score the scorer gives (``{score name: result}``, in the scorer's order;
     a scorer of one unnamed map gives ``{"score": result}``). Each result is ``{"name", "metrics", "curves",
@@ -386,7 +414,7 @@ def evaluate_scores(
     try:
         acc = _Pass1(scratch, per_image, panels)
         with tqdm(desc=name, unit="img", total=total, disable=not progress, leave=False) as bar:
-            _score_stream(scorer, samples, acc, max(1, batch_size), name, bar)
+            _score_stream(scorer, samples, acc, max(1, batch_size), name, bar, in_flight)
         if not acc.conditions:
             raise MetricsUndefinedError(f"{name}: no images to evaluate")
         return _results(acc, name, track, progress)
