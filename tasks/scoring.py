@@ -20,6 +20,7 @@ a time.
 from __future__ import annotations
 
 import collections
+import os
 import queue
 import shutil
 import tempfile
@@ -62,6 +63,7 @@ class ScoredImage:
         return dict(self.score) if isinstance(self.score, dict) else {SINGLE: self.score}
 
 
+COMPONENT_THREADS = min(4, os.cpu_count() or 1)  # images whose component metrics are computed at once
 SINGLE = "score"  # the name of a scorer's only, unnamed map
 Scorer = Callable[[np.ndarray], ScoredImage]
 Infer = Callable[[torch.Tensor, tuple[int, int]], Inference]
@@ -354,13 +356,18 @@ def _results(acc: _Pass1, name: str, track: str, progress: bool) -> dict[str, di
         s: {g: ComponentMetrics(pixel[s]["f1_threshold"], min_pred, min_gt) for g in m.by_condition}
         for s, m in acc.scores.items()
     }
-    for k, cond_k in enumerate(acc.conditions):
+
+    def image(k: int) -> dict[str, tuple[list[float], list[float]]]:
         gt = GroundTruthComponents(acc.label(k), min_gt)
-        for score, m in acc.scores.items():
-            cached = m.cached(k)
-            comps[score].update(cached, gt)
-            for group in condition_groups(cond_k):
-                comps_by[score][group].update(cached, gt)
+        return {score: comps[score].of_image(m.cached(k), gt) for score, m in acc.scores.items()}
+
+    # images in parallel (OpenCV and NumPy release the GIL), added in image order
+    with ThreadPoolExecutor(COMPONENT_THREADS, thread_name_prefix="anomalyforge-eval-components") as pool:
+        for cond_k, by_score in zip(acc.conditions, pool.map(image, range(len(acc.conditions))), strict=True):
+            for score, found in by_score.items():
+                comps[score].add(*found)
+                for group in condition_groups(cond_k):
+                    comps_by[score][group].add(*found)
     return {s: _result(m, acc, pixel[s] | comps[s].compute(), comps_by[s], name) for s, m in acc.scores.items()}
 
 

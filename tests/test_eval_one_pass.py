@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from schemas.registries import SCORES
 from tasks.eval.evaluate import evaluate_dataset, load_eval_model
 from tasks.labels import EVAL_ANOMALY, EVAL_VOID
 from tasks.scoring import EvalSample, ScoredImage, TensorScorer, evaluate_scores
-from tasks.segmentation_metrics import GroundTruthComponents, _components, image_components
+from tasks.segmentation_metrics import GroundTruthComponents, _areas, _components, image_components
 from tests.test_evaluate import setup  # noqa: F401  (the TorchScript model and its benchmark layout)
 
 METRICS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
@@ -187,14 +188,19 @@ def test_a_scorer_that_changes_its_scores_midway_is_named():
         evaluate_scores(lambda img: ScoredImage(next(maps)), samples, "x", progress=False)
 
 
+def _cc(mask):
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    return n, lab, stats[:, cv2.CC_STAT_AREA]
+
+
 def _components_by_definition(pred, labels, min_pred, min_gt):
-    """The SMIYC definition written plainly (np.isin, np.add.at over every pixel): the reference."""
+    """The SMIYC definition written plainly (OpenCV's areas, np.isin, np.add.at over every pixel): the reference."""
     labels = labels.copy()
-    n_gt, gt, gt_area = _components(labels == EVAL_ANOMALY)
+    n_gt, gt, gt_area = _cc(labels == EVAL_ANOMALY)
     small = np.flatnonzero(gt_area[1:] < min_gt) + 1
     labels[np.isin(gt, small)] = EVAL_VOID
     gt[np.isin(gt, small)] = 0
-    n_pr, pr, pr_area = _components(pred & (labels != EVAL_VOID))
+    n_pr, pr, pr_area = _cc(pred & (labels != EVAL_VOID))
     big = np.flatnonzero(pr_area[1:] >= min_pred) + 1
     pr = np.where(np.isin(pr, big), pr, 0)
     inter = np.zeros((n_gt, n_pr), np.int64)
@@ -219,6 +225,8 @@ def test_component_metrics_equal_their_definition_and_the_shared_ground_truth(se
     for got in (image_components(pred, labels, 5, 4), image_components(pred, GroundTruthComponents(labels, 4), 5, 4)):
         assert got[0] == pytest.approx(ref[0], abs=1e-12) and got[1] == pytest.approx(ref[1], abs=1e-12)
     assert len(ref[0]) > 3 and len(ref[1]) > 3  # the case has components of both kinds
+    n, lab, area = _components(pred)
+    assert np.array_equal(area, _cc(pred)[2]) and np.array_equal(_areas(lab, n), np.bincount(lab.ravel()))
 
 
 def test_score_lists_are_validated_by_name(tmp_path):

@@ -43,6 +43,16 @@ def test_smoothing_keeps_constants_and_spreads_a_peak():
     assert out[0, 4, 5].item() == pytest.approx(k0 * k1, rel=1e-5)
 
 
+def test_smoothing_without_gradients_equals_the_differentiable_path():
+    """On a CPU without gradients ``smooth`` runs OpenCV's separable filter; with them, torch's shifted sums."""
+    x = torch.randn(2, 13, 17, generator=torch.Generator().manual_seed(0))
+    fast = smooth(x)
+    slow = smooth(x.clone().requires_grad_()).detach()
+    assert fast.shape == slow.shape == x.shape
+    assert torch.allclose(fast, slow, atol=1e-6)  # the reflect border too
+    assert not torch.equal(fast, x)
+
+
 def test_unknown_score_is_named():
     with pytest.raises(ValueError, match="unknown score 'foo'; registered: msp, max_logit"):
         anomaly_score(_logits(), "foo")
