@@ -32,7 +32,7 @@ from tasks.labels import label_ids_to_train_ids
 from tasks.runtime import configure_process
 from tasks.sample_format import encode_sample
 from tasks.scenes.demo import CAMERA_Z, render_scene
-from tasks.synth.weather import Frame, render
+from tasks.weather import Frame, render
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -38,7 +38,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("sources", pa.list_(pa.string())),
         ("boxes", pa.list_(pa.list_(pa.int32(), 4))),
         ("anomaly_pixels", pa.int64()),
-        ("condition", pa.string()),  # tasks.synth.weather.conditions(): clear unless the run has weather
+        ("condition", pa.string()),  # tasks.weather.conditions(): clear unless the run has weather
         ("severity", pa.float64()),  # of the weather effect, 0 when clear
         ("visibility", pa.list_(pa.float64())),  # per object: ΔE to its surround after the effect (weather runs)
         ("seed", pa.int64()),

@@ -88,7 +88,7 @@ class SampleMeta(BaseModel):
     config_hash: str
     code_version: str
     unknown_label_pixels: int = 0  # scene label pixels with a value that is no id of its encoding (made void)
-    condition: str = "clear"  # tasks.synth.weather.conditions()
+    condition: str = "clear"  # tasks.weather.conditions()
     weather: WeatherRecord | None = None  # the effect's severity and drawn parameters (None: clear)
     scene_condition: str | None = None  # the dataset's own tag of the scene (ACDC: fog, night, rain, snow)
     pseudo_label: PseudoLabelRecord | None = None  # the label is a frozen segmenter's prediction (frames)

@@ -304,7 +304,7 @@ def _default_weather() -> dict[str, float]:
 
 
 class WeatherConfig(Strict):
-    """Adverse conditions over the whole composite (``tasks/synth/weather.py``), after harmonization.
+    """Adverse conditions over the whole composite (``tasks/weather.py``), after harmonization.
 
     ``mode: random``: each sample stays clear with probability ``clear``, else gets one of ``conditions`` (drawn by
     weight) at a severity drawn in ``severity`` (training shards). ``mode: every``: each of ``num_samples``

@@ -1,5 +1,5 @@
 """Weather condition names, shared by synthesis (tagging samples), evaluation (per-condition rows) and the
-benchmark readers: ``clear``, then every entry of ``WEATHER`` in registry order (``tasks/synth/weather.py`` registers
+benchmark readers: ``clear``, then every entry of ``WEATHER`` in registry order (``tasks/weather.py`` registers
 the built-in effects; plug-ins add theirs)."""
 
 from __future__ import annotations

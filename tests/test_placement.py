@@ -2,13 +2,8 @@ import numpy as np
 import pytest
 
 from schemas import PlacementConfig
-from tasks.synth.placement import (
-    NoPlacementError,
-    PlacementGrid,
-    estimate_horizon,
-    place_object,
-    place_objects,
-)
+from tasks.horizon import estimate_horizon
+from tasks.synth.placement import NoPlacementError, PlacementGrid, place_object, place_objects
 
 
 def _road_scene(h=200, w=400, horizon=80):

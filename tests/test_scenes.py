@@ -17,11 +17,11 @@ from PIL import Image
 
 from schemas import SynthConfig
 from schemas.registries import SCENE_SOURCES
+from tasks.horizon import Horizon, estimate_horizon, vanishing_point_row
 from tasks.labels import VOID, train_id
 from tasks.scenes import index_scenes, load_scene
 from tasks.scenes.frames import sample_video, scene_ids, working_size
 from tasks.scenes.pseudo_labels import confident_labels
-from tasks.synth.placement import Horizon, estimate_horizon, vanishing_point_row
 from tests.helpers import shared_or_skip
 
 ESPNET = ("espnetv2", "espnetv2_s_2.0_city_1024x512.pth")

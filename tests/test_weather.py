@@ -20,7 +20,7 @@ from tasks.scenes import Scene
 from tasks.seeding import derive_seed, rng_for
 from tasks.synth.compositor import Compositor
 from tasks.synth.plan import SamplePlan, plan_samples
-from tasks.synth.weather import (
+from tasks.weather import (
     Frame,
     depth_map,
     object_contrast,
@@ -639,7 +639,7 @@ def test_compositor_without_weather_returns_the_composite_as_it_is():
 
 
 def test_sensor_noise_has_the_poisson_gaussian_std_of_each_level():
-    from tasks.synth.weather import _sensor_noise, noise_table
+    from tasks.weather import _sensor_noise, noise_table
 
     photons, read, gamma = 300.0, 0.005, 1.2
     table = noise_table(photons, read, gamma)

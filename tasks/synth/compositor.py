@@ -15,6 +15,7 @@ import numpy as np
 from schemas import PlacementConfig, SampleMeta, SynthConfig, WeatherConfig, WeatherRecord
 from tasks import CODE_VERSION
 from tasks.conditions import CLEAR
+from tasks.horizon import estimate_horizon
 from tasks.object_bank import BankObject, read_object_bank
 from tasks.scenes import (
     CITYSCAPES_SIZE,
@@ -25,9 +26,9 @@ from tasks.scenes import (
 from tasks.seeding import derive_seed
 from tasks.synth.composite import paste, resize_object
 from tasks.synth.harmonize import Harmonizer, make_harmonizer
-from tasks.synth.placement import NoPlacementError, estimate_horizon, place_objects
+from tasks.synth.placement import NoPlacementError, place_objects
 from tasks.synth.plan import SamplePlan
-from tasks.synth.weather import Frame, object_contrast, render
+from tasks.weather import Frame, object_contrast, render
 
 
 def scene_horizon(scene: Scene, placement: PlacementConfig) -> tuple[float, str]:

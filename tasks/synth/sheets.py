@@ -21,7 +21,7 @@ from tasks.seeding import derive_seed
 from tasks.synth.compositor import Compositor, scene_horizon
 from tasks.synth.placement import NoPlacementError
 from tasks.synth.plan import SamplePlan
-from tasks.synth.weather import contact_sheet, render
+from tasks.weather import contact_sheet, render
 
 log = logging.getLogger(__name__)
 
