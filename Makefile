@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather weather-benchmark bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ install:
 	# torch first, from the local CPU wheel: nothing later may pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# the ImageNet-C corruptions (tasks/corruptions.py): without its declared opencv-python (GUI build), which would
+	# shadow opencv-python-headless; what it imports is in our dependencies
+	$(BIN)/pip install --quiet --no-deps imagecorruptions-imaug==1.1.5
 	$(BIN)/anomalyforge fetch-weights --model-home $(MODELS)
 	@echo "installed into $(VENV); rembg weights in $(MODELS)"
 
@@ -93,6 +96,17 @@ compare:
 	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
 	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
 	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach w,$(COMPARE_WITH),--shards $(w)) $(foreach s,$(COMPARE_SET),--set $(s))
+
+# A real benchmark under every condition (physical weather and ImageNet-C), as a new folder-layout benchmark:
+#   make weather-benchmark BENCHMARK=data/road_anomaly KIND=road_anomaly_pre CHECKPOINT=weights/espnetv2_s_2.0_city_1024x512.pth
+# (WEATHERED=<out folder>; WEATHER_SET="families=[weather] severities.weather=[0.5,1.0]" for other choices)
+BENCHMARK ?= data/road_anomaly
+KIND ?= road_anomaly_pre
+WEATHERED ?= runs/weathered/$(notdir $(BENCHMARK))
+WEATHER_SET ?=
+weather-benchmark:
+	$(BIN)/anomalyforge weather-benchmark --config configs/weather_benchmark.yaml --kind $(KIND) --root $(BENCHMARK) \
+		--out $(WEATHERED) --checkpoint $(CHECKPOINT) $(foreach s,$(WEATHER_SET),--set $(s))
 
 # The weather study: the demo shards without and with weather (same seed, budget and frozen segmenter)
 compare-weather:

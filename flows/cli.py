@@ -146,6 +146,44 @@ def eval_(
     typer.echo(f"report:  {res['report']}")
 
 
+@app.command("weather-benchmark")
+def weather_benchmark(
+    config: Path = typer.Option(
+        Path("configs/weather_benchmark.yaml"), help="weathering YAML (source, segmenter, families)"
+    ),
+    kind: str = typer.Option(None, help="the source benchmark's layout (road_anomaly_pre, fishyscapes, smiyc, ...)"),
+    root: Path = typer.Option(None, help="the source benchmark's folder"),
+    out: Path = typer.Option(None, help="the weathered benchmark's folder (a folder-layout benchmark)"),
+    checkpoint: Path = typer.Option(None, help="the frozen segmenter's weights (its pseudo labels give the layout)"),
+    families: str = typer.Option(None, help="comma-separated: weather, corruption"),
+    set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set severities.corruption=[1,3,5]"),
+) -> None:
+    """Render a real benchmark under every condition (the `weather-benchmark` Prefect flow, run locally): a new
+    benchmark in the folder layout with a condition and a severity per image; labels untouched."""
+    from flows.weather_benchmark import weather_benchmark_flow
+    from schemas import load_weathered_config
+
+    over = _parse_overrides(set_)
+    named = {"source.kind": kind, "source.root": root, "out": out, "segmenter.checkpoint": checkpoint}
+    over |= {k: str(v) for k, v in named.items() if v is not None}
+    if families:
+        over["families"] = [f.strip() for f in families.split(",") if f.strip()]
+    load_weathered_config(config, over)  # config errors as messages, before the flow
+    _prepare("weather-benchmark")
+    res = weather_benchmark_flow(str(config), over or None)
+    s = res["seconds"]
+    typer.echo(f"{res['source_images']} images -> {res['images']} ({len(res['counts'])} conditions and severities)")
+    typer.echo(
+        f"seconds: labelling {s['label_s']}, rendering {s['render_s']}, writing {s['write_s']}, total {s['total_s']}"
+    )
+    if res["no_ground"]:
+        typer.echo(f"no ground found (row-only depth): {', '.join(res['no_ground'][:8])}")
+    typer.echo(f"manifest: {res['manifest']}")
+    for fam, path in res["sheets"].items():
+        typer.echo(f"sheet:    {path} ({fam})")
+    typer.echo(f"evaluate it as: {{kind: folder, root: {Path(res['manifest']).parent}}}")
+
+
 @app.command()
 def train(
     method: str = typer.Option(None, help="a registered method (`anomalyforge methods`); default: the config's"),
@@ -207,6 +245,8 @@ def compare(
     for k in ("table", "csv", "chart", "conditions", "study", "study_chart"):
         if k in res:
             typer.echo(f"{k + ':':12s} {res[k]}")
+    for k in sorted(k for k in res if k.startswith("robustness")):
+        typer.echo(f"{k + ':':12s} {res[k]}")
 
 
 @app.command()
@@ -301,6 +341,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from flows.session import TemporaryServerError
     from models.segmenters import CheckpointMismatchError
     from schemas import ConfigError
+    from tasks.eval.weathered import WeatheredBenchmarkError
     from tasks.imageio import BadInputError
     from tasks.runlock import RunLockedError
     from tasks.runtime import Interrupted
@@ -315,6 +356,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RunLockedError,
         TemporaryServerError,
         Interrupted,
+        WeatheredBenchmarkError,
     )
 
 

@@ -12,7 +12,7 @@ Every config serialises to YAML/JSON and is stored beside its output. This packa
 from schemas.base import Strict
 from schemas.compare import CompareConfig
 from schemas.domain import COCO_CITYSCAPES_OVERLAP, DEFAULT_SIZE_PRIOR
-from schemas.evaluation import BenchmarkConfig, EvalConfig
+from schemas.evaluation import BenchmarkConfig, EvalConfig, WeatheredBenchmarkConfig
 from schemas.loading import (
     ConfigError,
     apply_overrides,
@@ -20,6 +20,7 @@ from schemas.loading import (
     load_config,
     load_eval_config,
     load_train_config,
+    load_weathered_config,
 )
 from schemas.records import (
     HarmonizationRecord,
@@ -99,11 +100,13 @@ __all__ = [
     "TrainConfig",
     "UnknownNameError",
     "WeatherConfig",
+    "WeatheredBenchmarkConfig",
     "WeatherRecord",
     "apply_overrides",
     "load_compare_config",
     "load_config",
     "load_eval_config",
+    "load_weathered_config",
     "load_train_config",
     "method_config",
     "replace_scenes",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from schemas.base import FileName, PositiveSize, Strict
-from schemas.registries import BENCHMARKS, SCORES, SEGMENTERS
+from schemas.registries import BENCHMARKS, SCORES, SEGMENTERS, WEATHER
+from schemas.train import SegmenterConfig
 
 
 class BenchmarkConfig(Strict):
@@ -85,3 +88,89 @@ class EvalConfig(Strict):
         if self.input_width is not None and self.input_size is not None:
             raise ValueError("set input_width or input_size, not both")
         return self
+
+
+def _default_severities() -> dict[str, list[float]]:
+    return {"weather": [0.33, 0.67, 1.0], "corruption": [1, 3, 5]}
+
+
+class WeatheredBenchmarkConfig(Strict):
+    """A real benchmark rendered under adverse conditions (``anomalyforge weather-benchmark``): every image of
+    ``source`` in every condition of ``families`` (or the listed ``conditions``) at each of its family's
+    ``severities``, labels untouched, written to ``out`` in the ``folder`` layout (``manifest.csv`` with a
+    ``condition`` and a ``severity`` column). The weather effects' scene layout (ground, sky, horizon) comes from
+    the frozen ``segmenter``'s pseudo labels."""
+
+    source: BenchmarkConfig
+    out: Path = Field(description="the weathered benchmark's folder (manifest.csv, images/, labels/, sheet_*.png)")
+    segmenter: SegmenterConfig = Field(description="the frozen network that labels the scenes: {name, checkpoint}")
+    width: int | None = Field(None, ge=32, description="the segmenter's working width; None: its native width")
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="pseudo labels: softmax confidence below which a pixel is void"
+    )
+    families: list[str] = Field(["weather", "corruption"], min_length=1, description="condition families rendered")
+    conditions: list[str] | None = Field(None, description="these conditions only; None: every one of `families`")
+    severities: dict[str, list[float]] = Field(
+        default_factory=_default_severities, description="per family: [0, 1] for weather, levels 1-5 for corruption"
+    )
+    options: dict[str, dict[str, float | bool | tuple[float, ...]]] = Field(
+        default_factory=dict, description="per-condition effect options, e.g. {night: {glows: false}}"
+    )
+    drivable_classes: list[str] = ["road"]
+    camera_height_m: float = Field(1.22, gt=0)
+    focal_px_per_width: float = Field(1.105, gt=0)
+    max_depth_m: float = Field(1000.0, gt=0)
+    image_format: Literal["png", "jpg"] = Field("png", description="png: lossless; jpg: ~5x smaller on disk")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    seed: int = 0
+    sheet_image: int = Field(0, ge=0, description="the source image shown in every condition in sheet_<family>.png")
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _check(self) -> WeatheredBenchmarkConfig:
+        if self.source.kind == "shards":
+            raise ValueError("source: shards are synthetic and weathered by synthesis (weather:); give a benchmark")
+        if self.segmenter.checkpoint is None:
+            raise ValueError("segmenter.checkpoint: the frozen network that labels the scenes needs its weights")
+        known = {getattr(WEATHER.get(n), "family", "weather") for n in WEATHER.names()}
+        for fam in self.families:
+            if fam not in known:
+                raise ValueError(f"families: unknown family {fam!r}; registered: {', '.join(sorted(known))}")
+        for name in (self.conditions or []) + list(self.options):
+            WEATHER.check_name(name)
+        for name, opts in self.options.items():
+            WEATHER.get(name).check_options(opts)
+        for fam in self.families:
+            levels = self.family_levels(fam)
+            sev = self.severities.get(fam)
+            if not sev:
+                raise ValueError(f"severities: no severities for family {fam!r}")
+            bad = [s for s in sev if (s not in levels if levels else not 0 <= s <= 1)]
+            if bad:
+                allowed = f"one of {list(levels)}" if levels else "in [0, 1]"
+                raise ValueError(f"severities.{fam}: {bad} not {allowed}")
+        return self
+
+    def content_hash(self) -> str:
+        """sha256 (16 hex) of everything that decides the weathered files (not the device, not the source's limit:
+        more images of the same benchmark extend the same copy)."""
+        data = self.model_dump(mode="json", exclude={"device": True, "source": {"limit"}})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @staticmethod
+    def family_levels(family: str) -> tuple[int, ...] | None:
+        for n in WEATHER.names():
+            e = WEATHER.get(n)
+            if getattr(e, "family", "weather") == family:
+                return getattr(e, "levels", None)
+        return None
+
+    def rendered(self) -> list[tuple[str, str, list[float]]]:
+        """(condition, family, severities) of every condition rendered, in registry order."""
+        out = []
+        for n in WEATHER.names():
+            fam = getattr(WEATHER.get(n), "family", "weather")
+            if fam in self.families and (self.conditions is None or n in self.conditions):
+                levels = getattr(WEATHER.get(n), "levels", None)
+                out.append((n, fam, [int(s) if levels else float(s) for s in self.severities[fam]]))
+        return out

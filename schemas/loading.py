@@ -8,7 +8,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from schemas.compare import CompareConfig
-from schemas.evaluation import EvalConfig
+from schemas.evaluation import EvalConfig, WeatheredBenchmarkConfig
 from schemas.synth import SynthConfig, replace_scenes
 from schemas.train import TrainConfig
 
@@ -93,6 +93,10 @@ def load_config(path: str | Path, overrides: dict | None = None, scenes: str | P
 
 def load_eval_config(path: str | Path, overrides: dict | None = None) -> EvalConfig:
     return validate_config(EvalConfig, read_yaml(path, overrides), path)
+
+
+def load_weathered_config(path: str | Path, overrides: dict | None = None) -> WeatheredBenchmarkConfig:
+    return validate_config(WeatheredBenchmarkConfig, read_yaml(path, overrides), path)
 
 
 def load_train_config(path: str | Path, overrides: dict | None = None, method: str | None = None) -> TrainConfig:

@@ -300,7 +300,7 @@ class HarmonizeConfig(Strict):
 
 
 def _default_weather() -> dict[str, float]:
-    return dict.fromkeys(WEATHER.names(), 1.0)
+    return dict.fromkeys((n for n in WEATHER.names() if getattr(WEATHER.get(n), "levels", None) is None), 1.0)
 
 
 class WeatherConfig(Strict):
@@ -327,6 +327,11 @@ class WeatherConfig(Strict):
     def _check(self) -> WeatherConfig:
         for name in sorted(set(self.conditions) | set(self.options)):
             WEATHER.check_name(name)
+            if getattr(WEATHER.get(name), "levels", None) is not None and self.conditions.get(name, 0) > 0:
+                raise ValueError(
+                    f"condition {name} has severity levels {list(WEATHER.get(name).levels)}, not [0, 1]: it weathers "
+                    "benchmarks (anomalyforge weather-benchmark), not synthesis"
+                )
         for name, opts in self.options.items():
             WEATHER.get(name).check_options(opts)
         if not self.conditions or any(w < 0 for w in self.conditions.values()) or not sum(self.conditions.values()):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.methods.base import Inference, classes
-from tasks.conditions import ADVERSE, CLEAR, condition_order
+from tasks.conditions import ADVERSE, CLEAR, condition_order, split_tag
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.runtime import check_stop
@@ -123,11 +123,14 @@ class TensorScorer:
 
 
 def condition_groups(condition: str | None) -> tuple[str, ...]:
-    """The per-condition accumulators an image feeds: its condition and, when that is not clear, ``adverse``
-    (the clear-vs-adverse split of ComsAmy). Untagged images feed none."""
+    """The per-condition accumulators an image feeds: its condition (``fog``; a tag with a severity, ``fog@0.67``,
+    feeds its own and the condition's) and, when that is not clear, ``adverse`` (the clear-vs-adverse split of
+    ComsAmy). Untagged images feed none."""
     if not condition:
         return ()
-    return (condition,) if condition == CLEAR else (condition, ADVERSE)
+    cond, severity = split_tag(condition)
+    groups = (condition,) if severity is None else (condition, cond)
+    return groups if cond == CLEAR else (*groups, ADVERSE)
 
 
 class _ScoreMetrics:

@@ -41,13 +41,29 @@ WET_CLASSES = ("road", "sidewalk")
 SKY_CLASS = "sky"
 
 
+#: the families of conditions: physically modelled weather (severity in [0, 1], over the scene's depth) and the
+#: ImageNet-C corruptions (``tasks.corruptions``: severity levels 1-5, as published)
+WEATHER_FAMILY = "weather"
+
+
 @dataclass(frozen=True)
 class Effect:
-    """One condition of ``WEATHER``: its render function and the keyword options it takes, with their defaults."""
+    """One condition of ``WEATHER``: its render function and the keyword options it takes, with their defaults;
+    its ``family``, and its severity ``levels`` (None: any severity in [0, 1])."""
 
     name: str
     render: Callable[..., tuple[np.ndarray, dict]]
     options: dict  # keyword options and their defaults
+    family: str = WEATHER_FAMILY
+    levels: tuple[int, ...] | None = None
+
+    def severity(self, value: float) -> float | int:
+        """``value`` as this effect's severity: clipped to [0, 1], or one of ``levels`` (else an error)."""
+        if self.levels is None:
+            return float(np.clip(value, 0, 1))
+        if value not in self.levels:
+            raise ValueError(f"{self.name}: severity {value!r} is not one of its levels {list(self.levels)}")
+        return int(value)
 
     def check_options(self, options: dict) -> dict:
         """``options`` checked against the keyword parameters: known names, values shaped like the defaults (a bool,
@@ -65,7 +81,7 @@ class Effect:
         label[12:] = train_ids(["road"])[0]
         frame = Frame(label, horizon=10.0, camera_height=1.2, focal=70.0)
         image = np.full((32, 64, 3), 128, np.uint8)
-        for severity in (0.0, 1.0):
+        for severity in (0.0, 1.0) if self.levels is None else (self.levels[0], self.levels[-1]):
             try:
                 self.render(image, frame, severity, np.random.default_rng(0), **options)
             except (ValueError, ArithmeticError, TypeError) as e:
@@ -73,16 +89,17 @@ class Effect:
         return options
 
 
-def register_weather(name: str):
+def register_weather(name: str, family: str = WEATHER_FAMILY, levels: tuple[int, ...] | None = None):
     """Register ``render(image, frame, severity, rng, **options) -> (image, params)`` as condition ``name`` in
-    ``WEATHER`` (its keyword-only parameters are its options)."""
+    ``WEATHER`` (its keyword-only parameters are its options), of ``family``, with discrete severity ``levels``
+    or (None) any severity in [0, 1]."""
 
     def deco(fn):
         if name in (CLEAR, ADVERSE):
             raise ValueError(f"{name!r} is reserved ({CLEAR}: no effect; {ADVERSE}: every condition but clear)")
         sig = inspect.signature(fn)
         options = {p.name: p.default for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY}
-        WEATHER.register(name, Effect(name, fn, options))
+        WEATHER.register(name, Effect(name, fn, options, family, levels))
         return fn
 
     return deco
@@ -522,13 +539,14 @@ def frost(image, frame: Frame, severity, rng, *, reach=(0.25, 0.65), opacity=(0.
 def render(
     name: str, image: np.ndarray, frame: Frame, severity: float, rng: np.random.Generator, options: dict | None = None
 ) -> tuple[np.ndarray, dict]:
-    """``image`` under condition ``name`` (``clear``: unchanged) and the parameters drawn for it."""
+    """``image`` under condition ``name`` (``clear``: unchanged) and the parameters drawn for it; ``severity`` in
+    [0, 1] (clipped), or one of the effect's levels."""
     if name == CLEAR:
         return image, {}
     eff = WEATHER.get(name)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[:2] != frame.shape:
         raise ValueError(f"weather {name}: expected a {frame.shape} uint8 RGB image, got {image.dtype} {image.shape}")
-    out, params = eff.render(image, frame, float(np.clip(severity, 0, 1)), rng, **(options or {}))
+    out, params = eff.render(image, frame, eff.severity(severity), rng, **(options or {}))
     return out, {k: (round(v, 6) if isinstance(v, float) else v) for k, v in params.items()}
 
 
@@ -564,6 +582,6 @@ def contact_sheet(tiles: dict[tuple[str, float], np.ndarray], width: int = 360) 
         i, j = sevs.index(s), conds.index(c)
         y, x = i * (th + head), j * width
         sheet[y + head : y + head + th, x : x + width] = cv2.resize(img, (width, th), interpolation=cv2.INTER_AREA)
-        text = c if c == CLEAR else f"{c}  severity {s:.2f}"
+        text = c if c == CLEAR else f"{c}  severity {s}" if isinstance(s, int) else f"{c}  severity {s:.2f}"
         cv2.putText(sheet, text, (x + 6, y + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return sheet

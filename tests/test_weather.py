@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from schemas import PlacementConfig, SynthConfig, WeatherConfig, WeatherRecord
 from schemas.records import ObjectRecord
 from schemas.registries import WEATHER
-from tasks.conditions import CLEAR, conditions
+from tasks.conditions import CLEAR, conditions, families
 from tasks.labels import ANOMALY, train_id
 from tasks.object_bank import BankObject
 from tasks.scenes import Scene
@@ -94,8 +94,11 @@ def lab_of(rgb255) -> np.ndarray:
 # ---------------------------------------------------------------- the registry
 
 
-def test_conditions_are_clear_then_the_registered_effects():
+def test_conditions_are_clear_then_the_registered_effects_by_family():
     assert conditions() == (CLEAR, *WEATHER)
+    assert conditions("weather") == (CLEAR, "fog", "sandstorm", "rain", "snow", "night", "frost")
+    assert conditions("corruption")[1:3] == ("c_gaussian_noise", "c_shot_noise") and len(conditions("corruption")) == 20
+    assert list(families()) == ["weather", "corruption"]
     assert conditions()[0] == "clear"
     assert set(ADVERSE) <= set(conditions())
     assert len(set(conditions())) == len(conditions())
@@ -452,8 +455,8 @@ def test_weather_config_rejects_bad_values_by_name(kwargs, bad):
 
 def test_weather_config_defaults_and_rendered_order():
     w = WeatherConfig()
-    assert list(w.conditions) == list(conditions()[1:]) and set(w.conditions.values()) == {1.0}
-    assert w.mode == "random" and w.rendered() == conditions()
+    assert list(w.conditions) == list(conditions("weather")[1:]) and set(w.conditions.values()) == {1.0}
+    assert w.mode == "random" and w.rendered() == conditions("weather")
     # registry order, whatever the order in the config
     w = WeatherConfig(mode="every", conditions={"night": 1.0, "fog": 2.0, "frost": 0.5})
     assert w.rendered() == ("clear", "fog", "night", "frost")
@@ -521,8 +524,8 @@ def test_plans_in_mode_every_are_one_sample_per_condition():
     assert len({p.key for p in plans}) == 21
     for i, b in enumerate(base):
         group = plans[7 * i : 7 * i + 7]
-        assert [p.condition for p in group] == list(conditions())
-        assert [p.key for p in group] == [f"{b.key}__{c}" for c in conditions()]
+        assert [p.condition for p in group] == list(conditions("weather"))
+        assert [p.key for p in group] == [f"{b.key}__{c}" for c in conditions("weather")]
         assert {p.scene_index for p in group} == {b.scene_index}
         assert {p.seed for p in group} == {b.seed}
         assert group[0].severity == 0.0
@@ -557,7 +560,7 @@ def test_plans_in_mode_random_with_a_fixed_severity_and_no_clear():
     plans = plan_samples(SCENES, 300, seed=0, weather=w)
     assert {p.severity for p in plans} == {0.6}
     assert CLEAR not in {p.condition for p in plans}
-    assert {p.condition for p in plans} == set(conditions()[1:])
+    assert {p.condition for p in plans} == set(conditions("weather")[1:])
 
 
 # ---------------------------------------------------------------- the compositor
@@ -605,7 +608,7 @@ def test_compositor_weathered_records_the_condition_and_keeps_labels():
     assert len(c.meta.objects) == 2
     image, label, mask = c.image.copy(), c.label.copy(), c.mask.copy()
     by_cond = {p.condition: comp.weathered(c, scene, p) for p in plans}
-    assert list(by_cond) == list(conditions())
+    assert list(by_cond) == list(conditions("weather"))
     clear = by_cond[CLEAR]
     assert np.array_equal(clear.image, image) and clear.meta.weather is None and clear.meta.condition == "clear"
     assert [o.visibility for o in clear.meta.objects] == [o.visibility_clear for o in clear.meta.objects]

@@ -124,22 +124,22 @@ def every_condition_split(tmp_path_factory):
 def test_every_condition_split_holds_each_composite_in_every_condition(every_condition_split):
     cfg, version = every_condition_split
     checked, problems = validate_shard_set(version)
-    assert problems == [] and checked == 2 * len(conditions())
+    assert problems == [] and checked == 2 * len(conditions("weather"))
     split = load_benchmark("shards", version, val_fraction=0.0)
     samples = list(split.samples())
     assert len(samples) == 14
-    by_cond = {c: [s for s in samples if s.condition == c] for c in conditions()}
+    by_cond = {c: [s for s in samples if s.condition == c] for c in conditions("weather")}
     assert all(len(v) == 2 for v in by_cond.values())
     # one composite in every condition: the same labels, different pixels
     first = [s for s in samples if s.item_id.startswith("0000000_")]
-    assert len(first) == 7 and {s.condition for s in first} == set(conditions())
+    assert len(first) == 7 and {s.condition for s in first} == set(conditions("weather"))
     assert all(np.array_equal(s.label, first[0].label) for s in first)
     clear = next(s for s in first if s.condition == "clear").image.astype(int)
     for s in first:
         if s.condition != "clear":
             assert np.abs(s.image.astype(int) - clear).mean() > 2, s.condition
     summary = json.loads(open(f"{version}/dataset.json").read())
-    assert summary["samples"] == 14 and summary["conditions"] == dict.fromkeys(conditions(), 2)
+    assert summary["samples"] == 14 and summary["conditions"] == dict.fromkeys(conditions("weather"), 2)
 
 
 def test_eval_report_has_rows_and_a_chart_per_condition(every_condition_split, tmp_path):
@@ -150,7 +150,7 @@ def test_eval_report_has_rows_and_a_chart_per_condition(every_condition_split, t
     )
     files = write_eval_report([res], tmp_path, {"score": "brightness", "model": "toy"})
     rows = json.loads(files["metrics"].read_text())["table"]
-    assert [r["condition"] for r in rows] == ["all", *conditions(), "adverse"]
+    assert [r["condition"] for r in rows] == ["all", *conditions("weather"), "adverse"]
     assert "![per condition](conditions.png)" in files["report"].read_text()
     with Image.open(files["conditions"]) as im:
         assert np.asarray(im.convert("L")).std() > 10
@@ -212,9 +212,9 @@ def test_compare_trains_on_two_versions_and_reports_the_per_condition_difference
     rows = list(csv.DictReader((out / "compare.csv").open()))
     trained = [r for r in rows if r["kind"] == "trained"]
     labels = {r["train"] for r in trained}
-    assert len(labels) == 2 and {r["condition"] for r in trained} == {"all", *conditions(), "adverse"}
+    assert len(labels) == 2 and {r["condition"] for r in trained} == {"all", *conditions("weather"), "adverse"}
     study = list(csv.DictReader((out / "study.csv").open()))
-    assert {r["condition"] for r in study} == {"all", *conditions(), "adverse"}
+    assert {r["condition"] for r in study} == {"all", *conditions("weather"), "adverse"}
     for r in study:  # every difference is the other model's value minus the base model's
         assert float(r["d_ap"]) == pytest.approx(float(r["ap"]) - float(r["ap_base"]), abs=0.011)
     assert (out / "models").is_dir() and len(list((out / "models").glob("*/eel/model.pt"))) == 2

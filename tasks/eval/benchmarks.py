@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from schemas.registries import BENCHMARKS
-from tasks.conditions import conditions
+from schemas.registries import BENCHMARKS, WEATHER
+from tasks.conditions import CLEAR, condition_tag, conditions
 from tasks.imageio import BadInputError, read_gray, read_rgb
 from tasks.labels import EVAL_ANOMALY, EVAL_INLIER, EVAL_VOID
 from tasks.scoring import EvalSample
@@ -246,7 +246,8 @@ def check_benchmarks(configs: list) -> None:
 
 
 def _folder_manifest(manifest: Path) -> list[EvalItem]:
-    """A CSV with ``image,label[,condition]`` columns; paths relative to the manifest's folder."""
+    """A CSV with ``image,label[,condition[,severity]]`` columns (others are kept for the reader's eye); paths
+    relative to the manifest's folder. A severity makes the image's tag ``condition@severity``."""
     if manifest.is_dir():
         manifest = manifest / "manifest.csv"
     if not manifest.is_file():
@@ -262,6 +263,19 @@ def _folder_manifest(manifest: Path) -> list[EvalItem]:
             raise ValueError(
                 f"{manifest}: unknown condition {cond!r} for {r['image']} (one of {', '.join(conditions())})"
             )
+        severity = (r.get("severity") or "").strip() or None
+        if severity is not None:
+            if cond is None or cond == CLEAR:
+                raise ValueError(f"{manifest}: {r['image']} has a severity but no adverse condition")
+            levels = WEATHER.get(cond).levels
+            try:
+                ok = float(severity) in levels if levels else 0 <= float(severity) <= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                allowed = f"one of {list(levels)}" if levels else "in [0, 1]"
+                raise ValueError(f"{manifest}: {r['image']}: severity {severity!r} of {cond} is not {allowed}")
         img = manifest.parent / r["image"]
-        items.append(EvalItem(Path(r["image"]).stem, img, manifest.parent / r["label"], cond))
+        tag = None if cond is None else condition_tag(cond, severity)
+        items.append(EvalItem(Path(r["image"]).stem, img, manifest.parent / r["label"], tag))
     return items

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from schemas.registries import WEATHER  # noqa: E402
+from tasks.conditions import ADVERSE, CLEAR, family_of, split_tag  # noqa: E402
 from tasks.imageio import write_bytes_atomic  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
@@ -197,6 +199,109 @@ def study_chart(study: list[dict], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+ROBUSTNESS = ("dataset", "family", "model", "kind", "train", "clear_ap", "clear_fpr95", "adverse_ap", "adverse_fpr95")
+ROBUSTNESS += ("ap_ratio", "conditions")
+
+
+def robustness_rows(rows: list[dict]) -> list[dict]:
+    """The robustness summary: per dataset, condition family and model with a clear row, AP / FPR95 on clear, the
+    mean over the family's conditions of each condition's AP / FPR95 (each condition pooled over its severities),
+    and ``ap_ratio`` = mean adverse AP / clear AP (1: no loss; what to rank methods by). Sorted by that ratio,
+    best first. ``conditions``: {condition: (AP, FPR95)}."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        cond = r.get("condition", "all")
+        if cond in ("all", ADVERSE) or split_tag(cond)[1] is not None or r.get("ap") is None:
+            continue
+        groups.setdefault((r["dataset"], r["model"], r["kind"], r["train"]), {})[cond] = r
+    out = []
+    for (ds, model, kind, train), by in groups.items():
+        clear = by.get(CLEAR)
+        if clear is None:
+            continue
+        fams: dict[str, dict[str, tuple]] = {}
+        for cond, r in by.items():
+            if cond != CLEAR and cond in WEATHER:
+                fams.setdefault(family_of(cond), {})[cond] = (r["ap"], r["fpr95"])
+        for fam, conds in fams.items():
+            ap = float(np.mean([a for a, _ in conds.values()]))
+            fpr = [f for _, f in conds.values() if f is not None]
+            out.append(
+                {"dataset": ds, "family": fam, "model": model, "kind": kind, "train": train}
+                | {"clear_ap": clear["ap"], "clear_fpr95": clear["fpr95"], "adverse_ap": round(ap, 2)}
+                | {"adverse_fpr95": round(float(np.mean(fpr)), 2) if fpr else None}
+                | {"ap_ratio": round(ap / clear["ap"], 3) if clear["ap"] else None, "conditions": conds}
+            )
+    out.sort(key=lambda r: (r["dataset"], r["family"], -(r["ap_ratio"] if r["ap_ratio"] is not None else -1)))
+    return out
+
+
+def robustness_markdown(summary: list[dict], trains: int = 1) -> str:
+    """Per dataset and family: a row per model, best AP ratio first."""
+    lines: list[str] = []
+    fmt = lambda v, d=1: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for ds, fam in dict.fromkeys((r["dataset"], r["family"]) for r in summary):
+        sub = [r for r in summary if (r["dataset"], r["family"]) == (ds, fam)]
+        n = len(sub[0]["conditions"])
+        lines += ["", f"**{ds}, {fam} ({n} conditions): clear vs the mean over the conditions**", ""]
+        lines += ["| model | clear AP | clear FPR95 | mean adverse AP | mean adverse FPR95 | AP adverse / clear |"]
+        lines += ["|---|---:|---:|---:|---:|---:|"]
+        for r in sub:
+            name = _label(r, trains)
+            lines.append(
+                f"| {name} | {fmt(r['clear_ap'])} | {fmt(r['clear_fpr95'])} | {fmt(r['adverse_ap'])} | "
+                f"{fmt(r['adverse_fpr95'])} | {fmt(r['ap_ratio'], 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def robustness_chart(summary: list[dict], family: str, path: Path, trains: int = 1) -> Path | None:
+    """A heat map of AP per model (rows, best AP ratio first) and condition (columns, clear first), one panel per
+    dataset, for one condition family; each cell carries its AP."""
+    sub = [r for r in summary if r["family"] == family]
+    datasets = list(dict.fromkeys(r["dataset"] for r in sub))
+    if not datasets:
+        return None
+    conds = list(dict.fromkeys(c for r in sub for c in r["conditions"]))
+    n_models = max(sum(r["dataset"] == ds for r in sub) for ds in datasets)
+    width = 3.0 + 0.62 * (len(conds) + 2)
+    fig, axes = plt.subplots(
+        len(datasets), 1, figsize=(width, 0.9 + (0.9 + 0.32 * n_models) * len(datasets)), dpi=110, squeeze=False
+    )
+    for i, ds in enumerate(datasets):
+        rs = [r for r in sub if r["dataset"] == ds]
+        grid = np.array(
+            [[r["clear_ap"], *(r["conditions"].get(c, (np.nan,))[0] for c in conds), r["adverse_ap"]] for r in rs],
+            float,
+        )
+        ax = axes[i][0]
+        im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=max(1.0, float(np.nanmax(grid))), aspect="auto")
+        for (y, x), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(
+                    x,
+                    y,
+                    f"{v:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if v < 0.6 * im.norm.vmax else "black",
+                )
+        ax.set_xticks(range(len(conds) + 2), [CLEAR, *conds, "mean"], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(
+            range(len(rs)),
+            [
+                f"{_label(r, trains)} ({r['ap_ratio']:.2f})" if r["ap_ratio"] is not None else _label(r, trains)
+                for r in rs
+            ],
+            fontsize=7,
+        )
+        ax.axvline(len(conds) + 0.5, color="white", lw=1.5)
+        ax.set_title(f"{ds}: AP % per {family} condition (AP adverse / clear in brackets)", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
+    return save_figure(fig, path)
+
+
 def _csv(rows: list[dict], columns, path: Path) -> Path:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns))
@@ -240,6 +345,24 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
     per_condition = condition_chart(rows, out / "conditions.png")
     if per_condition is not None:
         files["conditions"] = per_condition
+    robust = robustness_rows(rows)
+    robust_lines: list[str] = []
+    if robust:
+        flat = [r | {"conditions": json.dumps(r["conditions"])} for r in robust]
+        files["robustness"] = _csv(flat, ROBUSTNESS, out / "robustness.csv")
+        robust_lines = [
+            "## Robustness: clear vs every condition",
+            "",
+            "Per condition family, each model's AP / FPR95 on the clear images and the mean over the family's "
+            "conditions (each condition pooled over its severities); **AP adverse / clear** is the share of its clear "
+            "AP a model keeps (1.00: no loss), the rows sorted by it. Every condition and severity is in `compare.csv`.",
+            robustness_markdown(robust, len(trains)),
+            "",
+        ]
+        for fam in dict.fromkeys(r["family"] for r in robust):
+            chart_path = robustness_chart(robust, fam, out / f"robustness_{fam}.png", len(trains))
+            files[f"robustness_{fam}"] = chart_path
+            robust_lines += [f"![robustness, {fam}]({chart_path.name})", ""]
     study_lines: list[str] = []
     if study:
         files["study"] = _csv(study, list(study[0]), out / "study.csv")
@@ -275,6 +398,7 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
         f"![comparison]({chart.name})",
         "",
         *([f"![per condition]({per_condition.name})", ""] if per_condition is not None else []),
+        *robust_lines,
         *study_lines,
     ]
     write_bytes_atomic(out / "compare.md", "\n".join(md).encode())

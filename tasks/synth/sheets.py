@@ -21,7 +21,7 @@ from tasks.seeding import derive_seed
 from tasks.synth.compositor import Compositor, scene_horizon
 from tasks.synth.placement import NoPlacementError
 from tasks.synth.plan import SamplePlan
-from tasks.weather import contact_sheet, render
+from tasks.weather import WEATHER_FAMILY, contact_sheet, render
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def weather_sheet(path: str | Path, scenes: list[SceneRef], plans: list[SamplePl
     frame = compositor.frame(scene, comp)
     tiles = {}
     for severity in w.contact_sheet:
-        for cond in conditions():
+        for cond in conditions(WEATHER_FAMILY):
             rng = np.random.default_rng(derive_seed(plan.seed, "weather", cond))
             tiles[(cond, severity)] = render(cond, comp.image, frame, severity, rng, w.options.get(cond))[0]
     write_bytes_atomic(Path(path), encode_rgb(contact_sheet(tiles), "png"))
