@@ -282,3 +282,39 @@ def test_the_robustness_summary_ranks_by_the_share_of_clear_ap_kept(tmp_path):
     for fam in ("weather", "corruption"):
         assert cv2.imread(str(files[f"robustness_{fam}"])) is not None
     assert files["robustness"].read_text().splitlines()[0].startswith("dataset,family,model")
+
+
+@pytest.mark.slow
+def test_one_command_weathers_a_road_anomaly_layout_and_eval_reports_it_per_condition(source, tmp_path):
+    from helpers import eval_cli
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    _, root, ckpt = source
+    out = tmp_path / "weathered"
+    args = ["weather-benchmark", "--kind", "road_anomaly_pre", "--root", str(root), "--out", str(out)]
+    args += [
+        "--checkpoint",
+        str(ckpt),
+        "--set",
+        "segmenter={name: espnetv2_demo}",
+        "--set",
+        "conditions=[rain,c_contrast]",
+    ]
+    args += ["--set", "severities={weather: [1.0], corruption: [2, 4]}"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    assert "2 images -> 8" in res.output and f"manifest: {out / MANIFEST}" in res.output
+    assert f"evaluate it as: {{kind: folder, root: {out}}}" in res.output
+    output, metrics = eval_cli(
+        tmp_path,
+        [{"kind": "folder", "root": str(out), "name": "ra-w"}],
+        "--model",
+        str(ckpt),
+        "--segmenter",
+        "espnetv2_demo",
+    )
+    conds = metrics["datasets"]["ra-w"]["conditions"]
+    assert list(conds) == ["clear", "rain", "rain@1", "c_contrast", "c_contrast@2", "c_contrast@4", "adverse"]
+    assert conds["c_contrast"]["images"] == 4 and conds["adverse"]["images"] == 6
