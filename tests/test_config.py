@@ -34,10 +34,11 @@ def test_unknown_fields_and_bad_values_are_rejected(tmp_path):
 
 
 def test_every_shipped_config_is_valid():
-    from schemas import load_compare_config, load_train_config
+    from schemas import load_compare_config, load_train_config, load_weathered_config
 
     paths = sorted((ROOT / "configs").glob("*.yaml"))
     assert {"train.yaml", "compare.yaml", "eval.yaml"} <= {p.name for p in paths}
     loaders = {"eval": load_eval_config, "train": load_train_config, "compare": load_compare_config}
+    loaders["weather"] = load_weathered_config  # weather_benchmark.yaml
     for path in paths:
         loaders.get(path.stem.split("_")[0], load_config)(path)
