@@ -176,6 +176,8 @@ def weather_benchmark(
     typer.echo(
         f"seconds: labelling {s['label_s']}, rendering {s['render_s']}, writing {s['write_s']}, total {s['total_s']}"
     )
+    for q in res["quarantined"]:
+        typer.echo(f"quarantined: {q['image']}: {q['reason']}")
     if res["no_ground"]:
         typer.echo(f"no ground found (row-only depth): {', '.join(res['no_ground'][:8])}")
     typer.echo(f"manifest: {res['manifest']}")

@@ -318,3 +318,17 @@ def test_one_command_weathers_a_road_anomaly_layout_and_eval_reports_it_per_cond
     conds = metrics["datasets"]["ra-w"]["conditions"]
     assert list(conds) == ["clear", "rain", "rain@1", "c_contrast", "c_contrast@2", "c_contrast@4", "adverse"]
     assert conds["c_contrast"]["images"] == 4 and conds["adverse"]["images"] == 6
+
+
+def test_a_broken_image_is_quarantined_and_the_rest_weathered(source, tmp_path):
+    import shutil
+
+    _, root, ckpt = source
+    shutil.copytree(root, tmp_path / "ra")
+    (tmp_path / "ra" / "original" / "f2.jpg").write_bytes(b"not a jpeg")
+    cv2.imwrite(str(tmp_path / "ra" / "labels" / "f2.png"), np.zeros((64, 128), np.uint8))
+    cfg = _config(tmp_path, tmp_path / "ra", ckpt, conditions=["fog"], families=["weather"])
+    summary = weather_benchmark(cfg, progress=False)
+    assert [q["image"].endswith("f2.jpg") for q in summary["quarantined"]] == [True]
+    assert "f2.jpg" in summary["quarantined"][0]["reason"]
+    assert summary["images"] == 2 * 3 and {r["label"] for r in _rows(cfg.out)} == {"labels/f0.png", "labels/f1.png"}

@@ -47,7 +47,7 @@ from tasks.checkpoints import frozen_segmenter
 from tasks.conditions import CLEAR, condition_tag
 from tasks.eval.benchmarks import EvalDataset, load_benchmark
 from tasks.horizon import estimate_horizon
-from tasks.imageio import encode_rgb, write_bytes_atomic, write_gray
+from tasks.imageio import BadInputError, encode_rgb, write_bytes_atomic, write_gray
 from tasks.runtime import check_stop
 from tasks.scenes.frames import working_size
 from tasks.scenes.pseudo_labels import LabelRequest, label_batches
@@ -154,6 +154,7 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
     timing = {"label_s": 0.0, "render_s": 0.0, "write_s": 0.0}
     started = time.perf_counter()
     loaded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    quarantined: list[dict] = []
 
     done: dict[int, list[dict]] = {}
     for k, item in enumerate(items):  # finished by an earlier run of this config
@@ -168,7 +169,12 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
                 bar.update(1)
                 continue
             check_stop(f"weathering {ds.name} after {k} of {len(items)} images (run the same command to resume)")
-            image, label = ds.load(item)
+            try:
+                image, label = ds.load(item)
+            except BadInputError as e:  # one bad image never stops the benchmark: it is listed instead
+                quarantined.append({"image": str(item.image), "reason": str(e)})
+                bar.update(1)
+                continue
             loaded[str(k)] = (image, label)
             h, w = image.shape[:2]
             work = working_size(w, h, net_width)
@@ -202,13 +208,26 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
         timing["write_s"] += time.perf_counter() - t
         mine = [base | {"image": clear_rel, "condition": CLEAR, "severity": "", "params": "{}"}]
         show = k == sheet_k
+        try:
+            mine += _render_all(item.item_id, image, layout, base, show, sheets, timing)
+        except ValueError as e:  # an image an effect cannot take (e.g. under ImageNet-C's 32 px): listed, skipped
+            quarantined.append({"image": str(item.image), "reason": str(e)})
+            bar.update(1)
+            return
+        write_bytes_atomic(out / DONE / f"{item.item_id}.json", json.dumps(mine).encode())
+        done[k] = mine
+        bar.update(1)
+        t_label[0] = time.perf_counter()
+
+    def _render_all(item_id, image, layout, base, show, sheets, timing) -> list[dict]:
+        mine = []
         for cond, fam, severities in plan:
             if show:
                 sheets.setdefault(fam, {})[(CLEAR, severities[0])] = image
             for sev in severities:
-                rel = f"images/{_image_name(item.item_id, cond, sev, ext)}"
+                rel = f"images/{_image_name(item_id, cond, sev, ext)}"
                 rng = np.random.default_rng(
-                    derive_seed(cfg.seed, "weathered-benchmark", item.item_id, cond, _severity_text(sev))
+                    derive_seed(cfg.seed, "weathered-benchmark", item_id, cond, _severity_text(sev))
                 )
                 t = time.perf_counter()
                 weathered, params = render(cond, image, layout.frame, sev, rng, cfg.options.get(cond))
@@ -228,10 +247,7 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
                 )
                 if show:
                     sheets[fam][(cond, sev)] = weathered
-        write_bytes_atomic(out / DONE / f"{item.item_id}.json", json.dumps(mine).encode())
-        done[k] = mine
-        bar.update(1)
-        t_label[0] = time.perf_counter()
+        return mine
 
     try:
         label_batches(lambda: frozen_segmenter(cfg.segmenter), requests(), cfg.threshold, 1, cfg.device, on_label)
@@ -257,6 +273,7 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
         "source_images": len(items),
         "images": len(rows),
         "no_ground": sorted({Path(r["label"]).stem for r in rows if r["layout"] == "no_ground"}),
+        "quarantined": quarantined,
         "counts": counts,
         "seconds": {k: round(v, 1) for k, v in timing.items()} | {"total_s": round(time.perf_counter() - started, 1)},
         "manifest": str(manifest),
