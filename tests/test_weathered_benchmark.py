@@ -265,6 +265,7 @@ def test_the_robustness_summary_ranks_by_the_share_of_clear_ap_kept(tmp_path):
         _row("msp", "night", 32.0, 45.0, "post-hoc"),
     ]
     summary = robustness_rows(rows)
+    assert [r["family"] for r in summary] == ["weather", "weather", "corruption"]  # the registry's family order
     weather = [r for r in summary if r["family"] == "weather"]
     # eel keeps (30 + 45) / 2 / 60 = 0.625 of its clear AP, msp (36 + 32) / 2 / 40 = 0.85: msp ranks first
     assert [(r["model"], r["adverse_ap"], r["ap_ratio"]) for r in weather] == [

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from schemas.registries import WEATHER  # noqa: E402
-from tasks.conditions import ADVERSE, CLEAR, family_of, split_tag  # noqa: E402
+from tasks.conditions import ADVERSE, CLEAR, families, family_of, split_tag  # noqa: E402
 from tasks.imageio import write_bytes_atomic  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
@@ -232,7 +232,15 @@ def robustness_rows(rows: list[dict]) -> list[dict]:
                 | {"adverse_fpr95": round(float(np.mean(fpr)), 2) if fpr else None}
                 | {"ap_ratio": round(ap / clear["ap"], 3) if clear["ap"] else None, "conditions": conds}
             )
-    out.sort(key=lambda r: (r["dataset"], r["family"], -(r["ap_ratio"] if r["ap_ratio"] is not None else -1)))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fams = list(families())  # registry order: weather, then corruption
+    out.sort(
+        key=lambda r: (
+            datasets.index(r["dataset"]),
+            fams.index(r["family"]) if r["family"] in fams else len(fams),
+            -(r["ap_ratio"] if r["ap_ratio"] is not None else -1),
+        )
+    )
     return out
 
 
