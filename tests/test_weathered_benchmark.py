@@ -333,3 +333,20 @@ def test_a_broken_image_is_quarantined_and_the_rest_weathered(source, tmp_path):
     assert [q["image"].endswith("f2.jpg") for q in summary["quarantined"]] == [True]
     assert "f2.jpg" in summary["quarantined"][0]["reason"]
     assert summary["images"] == 2 * 3 and {r["label"] for r in _rows(cfg.out)} == {"labels/f0.png", "labels/f1.png"}
+
+
+def test_the_deployment_points_at_the_flow_and_a_valid_config():
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    from schemas import load_weathered_config
+
+    dep = {d["name"]: d for d in yaml.safe_load(Path("prefect.yaml").read_text())["deployments"]}["road-anomaly"]
+    path, fn = dep["entrypoint"].split(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    assert getattr(importlib.import_module(module), fn).name == "weather-benchmark"
+    cfg = load_weathered_config(dep["parameters"]["config_path"])
+    assert cfg.source.kind == "road_anomaly_pre" and cfg.families == ["weather", "corruption"]
+    assert len(cfg.rendered()) == 6 + 19 and cfg.severities["corruption"] == [1, 3, 5]
