@@ -7,7 +7,7 @@ Timed, median of N after one warm-up, in one process:
 
 - baselines: the image encoded as JPEG q95 and as PNG (``encode_rgb``), and the whole sample as the shard writer
   encodes it (``encode_sample``: JPEG q95 image, PNG label, PNG mask of zeros, a small meta.json);
-- every registered condition's ``render`` at the given severity, each call on a fresh ``Frame`` (a real run
+- every condition of the weather family's ``render`` (the ImageNet-C family weathers benchmarks, not shards) at the given severity, each call on a fresh ``Frame`` (a real run
   builds one per sample, so the depth map it caches is part of the cost) and a fresh rng of the same seed.
 
 The ratios are what we track: an effect's cost against what a sample already pays to be encoded. OpenCV runs
@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 
 from schemas import DemoScenesConfig, WeatherConfig
-from schemas.registries import WEATHER
+from tasks.conditions import adverse_conditions
 from tasks.imageio import encode_rgb
 from tasks.labels import label_ids_to_train_ids
 from tasks.runtime import configure_process
 from tasks.sample_format import encode_sample
 from tasks.scenes.demo import CAMERA_Z, render_scene
-from tasks.weather import Frame, render
+from tasks.weather import WEATHER_FAMILY, Frame, render
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -89,7 +89,7 @@ def main() -> None:
 
     rows: list[tuple[str, float]] = []
     for severity in args.severity:
-        for name in WEATHER:
+        for name in adverse_conditions(WEATHER_FAMILY):  # what synthesis renders (ImageNet-C is for benchmarks)
             options = wcfg.options.get(name)
 
             def call(name=name, severity=severity, options=options):
