@@ -271,3 +271,13 @@ def write_plugin_dist(site: Path, dist: str, entry_points: dict[str, dict[str, s
         "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for g, eps in entry_points.items())
     )
     return info
+
+
+def load_shipped_config(path: Path):
+    """A config of ``configs/`` read by the loader its file name says (``eval*``, ``train*``, ``compare*``,
+    ``weather_benchmark*``; synthesis otherwise)."""
+    from schemas import load_compare_config, load_config, load_eval_config, load_train_config, load_weathered_config
+
+    loaders = {"eval": load_eval_config, "train": load_train_config, "compare": load_compare_config}
+    loader = load_weathered_config if path.stem.startswith("weather_benchmark") else None
+    return (loader or loaders.get(path.stem.split("_")[0], load_config))(path)
