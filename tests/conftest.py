@@ -9,9 +9,10 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 import pytest
+import torch
 
 from schemas import SynthConfig
-from tests.helpers import tiny_synth_config, tiny_train_config
+from tests.helpers import RedIsUnknown, tiny_synth_config, tiny_train_config, write_red_squares_dataset
 
 
 @pytest.fixture
@@ -38,3 +39,13 @@ def trained_eel(tmp_path_factory):
     return SimpleNamespace(
         version=version, model=res.model, segmenter=Path(res.metrics["segmenter_checkpoint"]), root=root
     )
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A TorchScript model that calls red pixels unknown and a 4-image benchmark of red squares (fishyscapes and
+    folder layouts): tests/test_evaluate.py, tests/test_eval_one_pass.py."""
+    model_path = tmp_path / "model.ts.pt"
+    torch.jit.save(torch.jit.script(RedIsUnknown()), str(model_path))
+    write_red_squares_dataset(tmp_path / "fs", conditions=["clear", "fog"])
+    return tmp_path, model_path

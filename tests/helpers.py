@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from typer.testing import CliRunner
@@ -281,3 +282,37 @@ def load_shipped_config(path: Path):
     loaders = {"eval": load_eval_config, "train": load_train_config, "compare": load_compare_config}
     loader = load_weathered_config if path.stem.startswith("weather_benchmark") else None
     return (loader or loaders.get(path.stem.split("_")[0], load_config))(path)
+
+
+# ---- a tiny TorchScript model and its benchmark layout (tests/test_evaluate.py, tests/test_eval_one_pass.py)
+
+
+class RedIsUnknown(torch.nn.Module):
+    """Confident class 0 everywhere except on red pixels, where all 19 logits are equal."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, 0:1] - x[:, 1:2]).clamp(min=0)  # normalized R minus G
+        conf = 8.0 * (1.0 - (red / 2.0).clamp(max=1.0))
+        zeros = torch.zeros_like(conf).repeat(1, 18, 1, 1)
+        return torch.cat([conf, zeros], dim=1)
+
+
+def write_red_squares_dataset(root, n=4, conditions=None):
+    rng = np.random.default_rng(1)
+    (root / "original").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rows = ["image,label,condition"]
+    for i in range(n):
+        img = rng.integers(60, 140, (48, 64, 3)).astype(np.uint8)
+        img[..., 2] = img[..., 1]  # grey-ish (RGB: R=G=B-ish) scene
+        lab = np.zeros((48, 64), np.uint8)
+        y, x = 8 + 4 * i, 10 + 6 * i
+        img[y : y + 12, x : x + 12] = (220, 20, 20)  # RGB red object
+        lab[y : y + 12, x : x + 12] = 1
+        lab[:2] = 255
+        cv2.imwrite(str(root / "original" / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(root / "labels" / f"{i:04d}.png"), lab)
+        rows.append(
+            f"original/{i:04d}.png,labels/{i:04d}.png,{(conditions or ['clear'])[i % len(conditions or ['clear'])]}"
+        )
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")

@@ -18,7 +18,6 @@ from tasks.eval.evaluate import evaluate_dataset, load_eval_model
 from tasks.labels import EVAL_ANOMALY, EVAL_VOID
 from tasks.scoring import EvalSample, ScoredImage, TensorScorer, evaluate_scores
 from tasks.segmentation_metrics import GroundTruthComponents, _areas, _components, image_components
-from tests.test_evaluate import setup  # noqa: F401  (the TorchScript model and its benchmark layout)
 
 METRICS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
 PER_PIXEL = ["msp", "max_logit", "entropy", "energy", "eel", "max_min"]
@@ -73,7 +72,7 @@ def test_scores_keep_their_gradients_for_the_losses():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
-def test_several_scores_in_one_pass_equal_one_pass_per_score_on_a_benchmark_layout(setup, tmp_path):  # noqa: F811
+def test_several_scores_in_one_pass_equal_one_pass_per_score_on_a_benchmark_layout(setup, tmp_path):
     tmp, model_path = setup
     spec = BenchmarkConfig(kind="fishyscapes", root=tmp / "fs")
     names = ["msp", "energy", "entropy", "max_logit"]

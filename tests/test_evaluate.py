@@ -5,55 +5,14 @@ import os
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from schemas import BenchmarkConfig, EvalConfig
 from tasks.eval.evaluate import evaluate_dataset, load_eval_model, load_torchscript
 from tasks.eval.report import write_eval_report
 from tests.helpers import ROOT
-
-
-class RedIsUnknown(torch.nn.Module):
-    """Confident class 0 everywhere except on red pixels, where all 19 logits are equal."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        red = (x[:, 0:1] - x[:, 1:2]).clamp(min=0)  # normalized R minus G
-        conf = 8.0 * (1.0 - (red / 2.0).clamp(max=1.0))
-        zeros = torch.zeros_like(conf).repeat(1, 18, 1, 1)
-        return torch.cat([conf, zeros], dim=1)
-
-
-def _write_dataset(root, n=4, conditions=None):
-    rng = np.random.default_rng(1)
-    (root / "original").mkdir(parents=True)
-    (root / "labels").mkdir()
-    rows = ["image,label,condition"]
-    for i in range(n):
-        img = rng.integers(60, 140, (48, 64, 3)).astype(np.uint8)
-        img[..., 2] = img[..., 1]  # grey-ish (RGB: R=G=B-ish) scene
-        lab = np.zeros((48, 64), np.uint8)
-        y, x = 8 + 4 * i, 10 + 6 * i
-        img[y : y + 12, x : x + 12] = (220, 20, 20)  # RGB red object
-        lab[y : y + 12, x : x + 12] = 1
-        lab[:2] = 255
-        cv2.imwrite(str(root / "original" / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(root / "labels" / f"{i:04d}.png"), lab)
-        rows.append(
-            f"original/{i:04d}.png,labels/{i:04d}.png,{(conditions or ['clear'])[i % len(conditions or ['clear'])]}"
-        )
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-
-
-@pytest.fixture
-def setup(tmp_path):
-    model_path = tmp_path / "model.ts.pt"
-    torch.jit.save(torch.jit.script(RedIsUnknown()), str(model_path))
-    _write_dataset(tmp_path / "fs", conditions=["clear", "fog"])
-    return tmp_path, model_path
 
 
 def test_evaluate_dataset_finds_the_red_objects(setup):
