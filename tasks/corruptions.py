@@ -8,7 +8,8 @@ is Coming", 2019 (Cityscapes-C). The corruptions are rendered by ``imagecorrupti
 benchmark corruptions (noise, blur, weather, digital) and 4 held-out ones, each at the published severities 1-5.
 
 Each is registered in ``WEATHER`` as ``c_<standard name>`` (``c_gaussian_noise``, ``c_fog``, …): the prefix keeps
-ImageNet-C's fog, frost and snow apart from the physical ones, and ``standard_name`` gives the published name back.
+ImageNet-C's fog, frost and snow apart from the physical ones; each rendering's parameters record the published
+name (``corruption``).
 They ignore the scene's layout (as published: a corruption is the same on any image). ``imagecorruptions`` draws
 from NumPy's global generator; each call seeds it from the sample's ``rng`` and restores it afterwards, under a lock,
 so a weathered image depends only on its seed.
@@ -47,11 +48,6 @@ HELD_OUT = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 MIN_SIDE = 32  # imagecorruptions' smallest image
 
 _global_rng = threading.Lock()
-
-
-def standard_name(condition: str) -> str:
-    """``c_gaussian_noise`` -> ``gaussian_noise`` (the name in published corruption tables)."""
-    return condition.removeprefix(PREFIX)
 
 
 def _corruption(name: str):

@@ -209,7 +209,7 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
         mine = [base | {"image": clear_rel, "condition": CLEAR, "severity": "", "params": "{}"}]
         show = k == sheet_k
         try:
-            mine += _render_all(item.item_id, image, layout, base, show, sheets, timing)
+            mine += render_all(item.item_id, image, layout, base, show)
         except ValueError as e:  # an image an effect cannot take (e.g. under ImageNet-C's 32 px): listed, skipped
             quarantined.append({"image": str(item.image), "reason": str(e)})
             bar.update(1)
@@ -219,7 +219,8 @@ def weather_benchmark(cfg: WeatheredBenchmarkConfig, progress: bool = True) -> d
         bar.update(1)
         t_label[0] = time.perf_counter()
 
-    def _render_all(item_id, image, layout, base, show, sheets, timing) -> list[dict]:
+    def render_all(item_id: str, image: np.ndarray, layout: SceneLayout, base: dict, show: bool) -> list[dict]:
+        """Every condition and severity of one image: written, and its manifest rows returned."""
         mine = []
         for cond, fam, severities in plan:
             if show:
