@@ -30,7 +30,7 @@ from tasks.versions import list_versions, plan_version, publish_version
 from tests.helpers import tiny_synth_config
 
 ENOSPC = OSError(errno.ENOSPC, "No space left on device")
-FULL = r"no space left on device \(\d+\.\d GB free on /[^)]*\); free space and run the same command again to resume"
+FULL = r"no space left on device \(\d+(\.\d+)? [kMGT]?B free on /[^)]*\); free space and run the same command again to resume"
 
 
 def _one_line(e: pytest.ExceptionInfo, pattern: str) -> None:
