@@ -64,6 +64,9 @@ class EvalConfig(Strict):
     per_image: bool = False
     panels: int = Field(4, ge=0, description="qualitative panels per dataset")
     batch_size: int = Field(1, ge=1, description="images of one size per forward (after input_width / input_size)")
+    bootstrap: int = Field(
+        1000, ge=0, description="image-level bootstrap resamples for the 95 % intervals of AUROC, AP, FPR95 (0: none)"
+    )
 
     @field_validator("score", mode="before")
     @classmethod

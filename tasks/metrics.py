@@ -55,7 +55,7 @@ _EAGER = 512  # while no more level-2 bins than this are occupied, all are refin
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _monotone_key(bits: np.uint32) -> np.uint32:
+def monotone_key(bits: np.uint32) -> np.uint32:
     """float32 bits -> key whose unsigned order is the float order (-0.0 and +0.0 share a key).
 
     Branch-free (it runs once per pixel): negative floats flip all bits, others only the sign bit; -0.0
@@ -85,7 +85,7 @@ def _scan(bits, labels, known, seen):
             pos += lab == EVAL_ANOMALY
             bad += (lab > EVAL_ANOMALY) & (lab != EVAL_VOID)
             bad += (bits[i] & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)  # NaN
-            prefix = _monotone_key(bits[i]) >> 16
+            prefix = monotone_key(bits[i]) >> 16
             if lab != EVAL_VOID and not known[prefix >> 3] & (1 << (prefix & 7)):
                 mark[prefix] = 1
         out[t, 0] = neg
@@ -110,7 +110,7 @@ def _accumulate_part(bits, labels, slot_of_prefix, l2, refined_bits, block_of_bi
         lab = labels[i]
         if lab == EVAL_VOID:
             continue
-        key = _monotone_key(bits[i])
+        key = monotone_key(bits[i])
         j = slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)
         l2[2 * j + lab] += 1
         if refined and refined_bits[j >> 3] & (1 << (j & 7)):  # a small bitmap first: cache-friendly
@@ -139,7 +139,7 @@ def _count_level3(bits, labels, slot_of_prefix, block_of_bin, level3, first_bloc
             lab = labels[i]
             if lab == EVAL_VOID:
                 continue
-            key = _monotone_key(bits[i])
+            key = monotone_key(bits[i])
             r = block_of_bin[slot_of_prefix[key >> 16] * _SUB2 + ((key >> _SHIFT) & _LOW2)]
             if r >= first_block:
                 l3[2 * (r * _SUB3 + (key & _LOW3)) + lab] += 1

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from models.methods.base import Inference, classes
 from tasks.conditions import ADVERSE, CLEAR, condition_order, split_tag
+from tasks.intervals import RESAMPLES, ImageHistograms, image_histogram
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.runtime import check_stop
@@ -142,6 +143,7 @@ class _ScoreMetrics:
         self.scratch = scratch
         scratch.mkdir()
         self.shown: list = []
+        self.histograms = ImageHistograms()  # per image, for the bootstrap intervals (made in the component pass)
 
     def update(self, k: int, score: np.ndarray, s: EvalSample) -> None:
         self.pooled.update(score, s.label, name=s.item_id)
@@ -345,9 +347,10 @@ def _second_pass(m: _ScoreMetrics, acc: _Pass1, name: str, progress) -> None:
                 pm.update(score, label, name=f"{name}#{k}")
 
 
-def _results(acc: _Pass1, name: str, track: str, progress: bool) -> dict[str, dict]:
-    """Every score's metrics: the pixel metrics (after a second pass where needed), then one component pass over
-    the images at each score's best-F1 threshold, the ground-truth components of an image made once for all."""
+def _results(acc: _Pass1, name: str, track: str, progress: bool, bootstrap: int) -> dict[str, dict]:
+    """Every score's metrics: the pixel metrics (after a second pass where needed), then one pass over the images
+    for the component metrics at each score's best-F1 threshold (the ground-truth components of an image made once
+    for all) and the per-image histograms of the bootstrap intervals (``bootstrap`` resamples; 0: none)."""
     pixel = {}
     for score, m in acc.scores.items():
         _second_pass(m, acc, name, progress)
@@ -360,26 +363,38 @@ def _results(acc: _Pass1, name: str, track: str, progress: bool) -> dict[str, di
         for s, m in acc.scores.items()
     }
 
-    def image(k: int) -> dict[str, tuple[list[float], list[float]]]:
-        gt = GroundTruthComponents(acc.label(k), min_gt)
-        return {score: comps[score].of_image(m.cached(k), gt) for score, m in acc.scores.items()}
+    def image(k: int) -> dict[str, tuple]:
+        label = acc.label(k)
+        gt = GroundTruthComponents(label, min_gt)
+        out = {}
+        for score, m in acc.scores.items():
+            cached = m.cached(k)
+            out[score] = (comps[score].of_image(cached, gt), image_histogram(cached, label) if bootstrap else None)
+        return out
 
-    # images in parallel (OpenCV and NumPy release the GIL), added in image order
+    # images in parallel (OpenCV, NumPy and numba release the GIL), added in image order
     with ThreadPoolExecutor(COMPONENT_THREADS, thread_name_prefix="anomalyforge-eval-components") as pool:
         for cond_k, by_score in zip(acc.conditions, pool.map(image, range(len(acc.conditions))), strict=True):
-            for score, found in by_score.items():
+            for score, (found, histogram) in by_score.items():
                 comps[score].add(*found)
                 for group in condition_groups(cond_k):
                     comps_by[score][group].add(*found)
-    return {s: _result(m, acc, pixel[s] | comps[s].compute(), comps_by[s], name) for s, m in acc.scores.items()}
+                if histogram is not None:
+                    acc.scores[score].histograms.append(*histogram)
+    return {
+        s: _result(m, acc, pixel[s] | comps[s].compute(), comps_by[s], name, bootstrap) for s, m in acc.scores.items()
+    }
 
 
-def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: str) -> dict:
-    """One score's result: its pixel and component metrics, the shared closed-set numbers, its conditions."""
+def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: str, bootstrap: int) -> dict:
+    """One score's result: its pixel and component metrics with their bootstrap intervals, the shared closed-set
+    numbers, its conditions."""
     conditions = acc.conditions
     result["images"] = len(conditions)
     result["closed_set_agreement"] = acc.agree / acc.agree_total if acc.agree_total else None
     result["miou"] = float(acc.confusion.compute()["miou"]) if acc.has_miou else None
+    if bootstrap:
+        result["intervals"] = m.histograms.intervals(result, resamples=bootstrap)
     result["conditions"] = {}
     by_condition = m.by_condition
     if len(set(by_condition) - {ADVERSE}) < 2:  # one condition only: its row would repeat the pooled one
@@ -392,7 +407,10 @@ def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: s
         except ValueError as e:  # a condition without anomalies: say so instead of a number
             result["conditions"][cond] = {"error": str(e)}
             continue
-        cm["images"] = sum(cond in condition_groups(c) for c in conditions)
+        images = [k for k, c in enumerate(conditions) if cond in condition_groups(c)]
+        cm["images"] = len(images)
+        if bootstrap:
+            cm["intervals"] = m.histograms.intervals(cm, images=images, resamples=bootstrap)
         cm["miou"] = float(acc.confusion_by[cond].compute()["miou"]) if cond in acc.confusion_by else None
         result["conditions"][cond] = cm
     return {"name": name, "metrics": result, "curves": m.pooled.curves(), "panels": m.shown}
@@ -410,6 +428,7 @@ def evaluate_scores(
     total: int | None = None,
     batch_size: int = 1,
     in_flight: int = 2,
+    bootstrap: int = RESAMPLES,
 ) -> dict[str, dict]:
     """Metrics of one dataset for every score the scorer gives (``{score name: result}``, in the scorer's order;
     a scorer of one unnamed map gives ``{"score": result}``). Each result is ``{"name", "metrics", "curves",
@@ -418,8 +437,9 @@ def evaluate_scores(
     frozen network's class; methods only), the closed-set mIoU (when samples carry trainId labels), the image
     count, and per tagged condition the same pixel, component (at the dataset's threshold) and mIoU numbers, with
     ``adverse`` pooling every condition but clear when both are present. ``batch_size``: images of one size scored
-    in one forward (a scorer with a ``batch`` method). A dataset without images, anomaly or inlier pixels raises
-    ``MetricsUndefinedError``."""
+    in one forward (a scorer with a ``batch`` method). ``intervals`` (pooled and per condition): 95 % intervals of
+    AUROC, AP and FPR95 from ``bootstrap`` image-level resamples (``tasks.intervals``; 0: none). A dataset without
+    images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
     scratch = Path(tempfile.mkdtemp(prefix=f"anomalyforge-eval-{name}-"))
     try:
         acc = _Pass1(scratch, per_image, panels)
@@ -427,7 +447,7 @@ def evaluate_scores(
             _score_stream(scorer, samples, acc, max(1, batch_size), name, bar, in_flight)
         if not acc.conditions:
             raise MetricsUndefinedError(f"{name}: no images to evaluate")
-        return _results(acc, name, track, progress)
+        return _results(acc, name, track, progress, bootstrap)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

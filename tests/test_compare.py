@@ -39,10 +39,24 @@ def test_rows_are_percent_with_dashes_for_what_a_row_does_not_have():
         "f1_components": None,
         "miou": None,
         "closed_set_agreement": None,
+        **dict.fromkeys(("ap_lo", "ap_hi", "fpr95_lo", "fpr95_hi", "auroc_lo", "auroc_hi")),
     }
     assert "| eel | trained | – | eel | demo | held-in | all | 3 | 50.0 | 25.0 | 87.5 | – | – | – | 10 |" in markdown(
         [row]
     )
+
+
+def test_rows_carry_the_bootstrap_intervals_in_percent_and_the_table_prints_them():
+    ci = {"ap": [0.4125, 0.6], "fpr95": [0.1, 0.5], "auroc": [0.8, 0.9], "level": 0.95, "resamples": 1000}
+    result = {"name": "fs", "metrics": {"ap": 0.5, "fpr95": 0.25, "auroc": 0.875, "images": 30, "intervals": ci}}
+    (row,) = compare_rows({"model": "rpl", "kind": "trained", "steps": 5}, [result])
+    assert (row["ap_lo"], row["ap_hi"], row["fpr95_lo"], row["fpr95_hi"]) == (41.25, 60.0, 10.0, 50.0)
+    assert (row["auroc_lo"], row["auroc_hi"]) == (80.0, 90.0)
+    assert "| 30 | 50.0 [41.2, 60.0] | 25.0 [10.0, 50.0] | 87.5 [80.0, 90.0] | – |" in markdown([row])
+    # an interval the bootstrap could not give (every resample lacked a class): the value alone
+    nan = result | {"metrics": result["metrics"] | {"intervals": ci | {"ap": [float("nan"), float("nan")]}}}
+    (row,) = compare_rows({"model": "rpl", "kind": "trained"}, [nan])
+    assert row["ap_lo"] is None and "| 50.0 | 25.0 [10.0, 50.0] |" in markdown([row])
 
 
 def test_a_dataset_that_failed_is_a_row_of_dashes_with_its_reason():

@@ -22,7 +22,10 @@ from tasks.conditions import ADVERSE, CLEAR, families, family_of, split_tag  # n
 from tasks.imageio import write_bytes_atomic  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
+INTERVALS = ("ap", "fpr95", "auroc")  # the metrics with a bootstrap interval (tasks.intervals)
+BOUNDS = tuple(f"{m}_{end}" for m in INTERVALS for end in ("lo", "hi"))
 COLUMNS = ("model", "kind", "segmenter", "score", "train", "dataset", "condition", "images", *PERCENT, "steps")
+CSV_COLUMNS = (*COLUMNS, *BOUNDS)
 DELTAS = ("ap", "fpr95", "auroc")
 HEADERS = {
     "ap": "AP",
@@ -35,7 +38,23 @@ HEADERS = {
 
 
 def _percent(m: dict) -> dict:
-    return {k: None if m.get(k) is None else round(100 * float(m[k]), 2) for k in PERCENT}
+    """The metrics in percent, with ``<metric>_lo`` / ``_hi``: the 95 % interval where the result has one."""
+    out = {k: None if m.get(k) is None else round(100 * float(m[k]), 2) for k in PERCENT}
+    ci = m.get("intervals") or {}
+    for k in INTERVALS:
+        lo, hi = ci.get(k, (None, None))
+        ok = lo is not None and np.isfinite(lo) and np.isfinite(hi)
+        out[f"{k}_lo"], out[f"{k}_hi"] = (round(100 * lo, 2), round(100 * hi, 2)) if ok else (None, None)
+    return out
+
+
+def cell(r: dict, k: str, digits: int = 2) -> str:
+    """A table cell: ``45.9 [41.2, 50.3]`` with the row's 95 % interval, the value alone without one."""
+    if r.get(k) is None:
+        return "–"
+    if r.get(f"{k}_lo") is None:
+        return str(r[k])
+    return f"{r[k]:.{digits}f} [{r[f'{k}_lo']:.{digits}f}, {r[f'{k}_hi']:.{digits}f}]"
 
 
 def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
@@ -47,13 +66,13 @@ def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
         row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps")}
         row["dataset"] = r["name"]
         if "error" in r:  # a dataset that could not be evaluated: a row of dashes, the reason below the table
-            rows.append(row | {"condition": "all", "images": None, **dict.fromkeys(PERCENT)} | {"error": r["error"]})
+            rows.append(row | {"condition": "all", "images": None, **_percent({})} | {"error": r["error"]})
             continue
         m = r["metrics"]
         rows.append(row | {"condition": "all", "images": m.get("images")} | _percent(m))
         for cond, cm in m.get("conditions", {}).items():
             if "error" in cm:  # e.g. no anomaly pixel in that condition
-                rows.append(row | {"condition": cond, "images": None, **dict.fromkeys(PERCENT)})
+                rows.append(row | {"condition": cond, "images": None, **_percent({})})
             else:
                 rows.append(row | {"condition": cond, "images": cm.get("images")} | _percent(cm))
     return rows
@@ -81,13 +100,14 @@ def study_rows(rows: list[dict], base: str) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The table of every model on every dataset (condition ``all``), then, for each dataset tagged with
-    conditions, one table of AP / FPR95 per condition (the rows of every condition are in ``compare.csv``)."""
+    """The table of every model on every dataset (condition ``all``; AP, FPR95 and AUROC with their 95 %
+    intervals in brackets), then, for each dataset tagged with conditions, one table of AP / FPR95 per condition
+    (the rows of every condition, and the interval bounds, are in ``compare.csv``)."""
     head = [HEADERS.get(c, c) for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 7 + "---:|" * (len(COLUMNS) - 7)]
     for r in rows:
         if r.get("condition", "all") == "all":
-            lines.append("| " + " | ".join("–" if r.get(c) is None else str(r[c]) for c in COLUMNS) + " |")
+            lines.append("| " + " | ".join(cell(r, c, 1) for c in COLUMNS) + " |")
     return "\n".join(lines + condition_markdown(rows))
 
 
@@ -136,7 +156,7 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
         for i, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
             ax = axes[i][j]
             vals = [np.nan if r[metric] is None else r[metric] for r in sub]
-            bars = ax.barh(range(len(sub)), vals, color=colors)
+            bars = ax.barh(range(len(sub)), vals, color=colors, xerr=_errors(sub, metric), error_kw={"lw": 0.8})
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
             ax.set_yticks(range(len(sub)), names if j == 0 else [""] * len(sub), fontsize=8)
             ax.invert_yaxis()
@@ -146,8 +166,20 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
             ax.grid(axis="x", alpha=0.3)
             if i == 0:
                 ax.set_title(ds, fontsize=9)
-    fig.suptitle("trained methods (blue), post-hoc scores of the frozen segmenter (grey)", fontsize=9)
+    fig.suptitle(
+        "trained methods (blue), post-hoc scores of the frozen segmenter (grey); bars: 95 % bootstrap intervals",
+        fontsize=9,
+    )
     return save_figure(fig, path)
+
+
+def _errors(rows: list[dict], metric: str) -> np.ndarray | None:
+    """Error bars (2×n: below, above) from the rows' 95 % intervals; None when no row has one."""
+    if not any(r.get(f"{metric}_lo") is not None for r in rows):
+        return None
+    below = [np.nan if r.get(f"{metric}_lo") is None else max(0.0, r[metric] - r[f"{metric}_lo"]) for r in rows]
+    above = [np.nan if r.get(f"{metric}_hi") is None else max(0.0, r[f"{metric}_hi"] - r[metric]) for r in rows]
+    return np.nan_to_num(np.array([below, above], float))
 
 
 def _grouped_bars(ax, sub: list[dict], series, metric: str, cmap) -> None:
@@ -159,7 +191,9 @@ def _grouped_bars(ax, sub: list[dict], series, metric: str, cmap) -> None:
         vals = {r["condition"]: r[metric] for r in sub if series(r) == name}
         ys = [np.nan if vals.get(c) is None else vals[c] for c in conds]
         x = np.arange(len(conds)) + (k - (len(names) - 1) / 2) * width
-        ax.bar(x, ys, width, label=name, color=cmap(k % cmap.N))
+        mine = {r["condition"]: r for r in sub if series(r) == name}
+        err = _errors([mine.get(c, {metric: None}) for c in conds], metric)
+        ax.bar(x, ys, width, label=name, color=cmap(k % cmap.N), yerr=err, error_kw={"lw": 0.6})
     ax.set_xticks(range(len(conds)), conds, rotation=30, ha="right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
 
@@ -343,7 +377,8 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
     version, ``study.csv`` / ``study.png``. Returns the files and the study rows (empty for one version)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"table": out / "compare.md", "csv": _csv(rows, COLUMNS, out / "compare.csv"), "json": out / "compare.json"}
+    files = {"table": out / "compare.md", "csv": _csv(rows, CSV_COLUMNS, out / "compare.csv")}
+    files["json"] = out / "compare.json"
     trains = list(dict.fromkeys(r["train"] for r in rows if r["kind"] == "trained"))
     study = study_rows(rows, trains[0]) if len(trains) > 1 else []
     write_bytes_atomic(

@@ -249,6 +249,7 @@ def evaluate_dataset(
         progress=progress,
         total=total,
         batch_size=cfg.batch_size,
+        bootstrap=cfg.bootstrap,
     )
     if isinstance(model, EvalModel) and len(model.scores) == 1:  # one unnamed map: the model's only score
         results = {model.scores[0]: next(iter(results.values()))}

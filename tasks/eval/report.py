@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tasks.conditions import ADVERSE, CLEAR  # noqa: E402
-from tasks.eval.compare import save_figure  # noqa: E402
+from tasks.eval.compare import INTERVALS, cell, save_figure  # noqa: E402
 from tasks.imageio import write_bytes_atomic, write_rgb  # noqa: E402
 
 COLUMNS = ("auroc", "ap", "fpr95", "f1_best", "siou", "ppv", "f1_components")
@@ -30,29 +30,41 @@ def result_label(r: dict, several: bool) -> str:
     return f"{r['name']} [{r['score']}]" if several and "error" not in r else r["name"]
 
 
+def _in_percent(m: dict) -> dict:
+    """The table's metrics of one result in percent, with ``<metric>_lo`` / ``_hi``: its 95 % bootstrap interval."""
+    row = {c: round(100 * m[c], 2) for c in COLUMNS if c in m}
+    ci = m.get("intervals") or {}
+    for c in INTERVALS:
+        if c in ci and np.isfinite(ci[c]).all():
+            row[f"{c}_lo"], row[f"{c}_hi"] = (round(100 * v, 2) for v in ci[c])
+    return row
+
+
 def table_rows(results: list[dict]) -> list[dict]:
-    """One row per dataset (and score) and per tagged condition, metrics in percent as papers report them."""
+    """One row per dataset (and score) and per tagged condition, metrics in percent as papers report them (AUROC,
+    AP and FPR95 with the bounds of their 95 % intervals)."""
     rows = []
     for r in results:
         if "error" in r:
             rows.append({"dataset": r["name"], "score": None, "condition": "error"})
             continue
         m, head = r["metrics"], {"dataset": r["name"], "score": r.get("score")}
-        rows.append(head | {"condition": "all", **{c: round(100 * m[c], 2) for c in COLUMNS if c in m}})
+        rows.append(head | {"condition": "all", **_in_percent(m)})
         for cond, cm in m.get("conditions", {}).items():
             row = head | {"condition": cond}
-            row |= {c: round(100 * cm[c], 2) for c in COLUMNS if c in cm} if "error" not in cm else {"auroc": None}
+            row |= _in_percent(cm) if "error" not in cm else {"auroc": None}
             rows.append(row)
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """The rows as markdown; a ``score`` column when they hold more than one score."""
+    """The rows as markdown (AUROC, AP, FPR95 with their 95 % intervals in brackets); a ``score`` column when they
+    hold more than one score."""
     head = ["dataset", *(["score"] if len({r.get("score") for r in rows} - {None}) > 1 else []), "condition"]
     head += COLUMNS
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (len(head) - len(COLUMNS)) + "---:|" * len(COLUMNS)]
     for r in rows:
-        lines.append("| " + " | ".join("–" if r.get(h) is None else str(r.get(h)) for h in head) + " |")
+        lines.append("| " + " | ".join(cell(r, h) for h in head) + " |")
     return "\n".join(lines)
 
 
@@ -141,7 +153,8 @@ def write_eval_report(results: list[dict], out: str | Path, settings: dict) -> d
         "# anomalyforge evaluation",
         "",
         f"score `{settings['score']}`{' (Gaussian-smoothed)' if settings.get('smoothing') else ''}, "
-        f"model `{settings['model']}` ({settings.get('model_kind', 'torchscript')}); values in %.",
+        f"model `{settings['model']}` ({settings.get('model_kind', 'torchscript')}); values in %, "
+        "[95 % interval] from an image-level bootstrap.",
         "",
         markdown_table(rows),
         "",
