@@ -11,7 +11,7 @@ export PREFECT_HOME := $(CURDIR)/.cache/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export U2NET_HOME := $(CURDIR)/$(MODELS)
 
-.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather weather-benchmark bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval clean
+.PHONY: install lint test test-fast demo demo-eval demo-weather frames synth serve eval compare compare-weather weather-benchmark real-data ablation bench bench-synth bench-metrics bench-diffusion bench-train bench-weather bench-mask2former bench-eval clean
 
 install:
 	$(PY) -m venv $(VENV)
@@ -96,6 +96,30 @@ compare:
 	@test -e $(RUN_DIR)/LATEST || $(MAKE) demo RUN_DIR=$(RUN_DIR)
 	@test -e $(EVAL_SPLIT_DIR)/LATEST || $(MAKE) demo-eval
 	$(BIN)/anomalyforge compare --config $(COMPARE_CONFIG) --shards $(RUN_DIR) $(foreach w,$(COMPARE_WITH),--shards $(w)) $(foreach s,$(COMPARE_SET),--set $(s))
+
+# Real-data profile: your footage (a folder or a video), object photos and real segmenter -> shards -> every method
+# compared on real benchmarks, with 95 % intervals. Defaults: the developers' ../shared/data. Your own:
+#   make real-data FOOTAGE=/data/dashcam PHOTOS=/data/objects SEGMENTER=weights/espnetv2_s_2.0_city_1024x512.pth \
+#       REAL_COMPARE=my_compare.yaml
+# (REAL_COMPARE: a copy of configs/real_compare.yaml listing your benchmarks; REAL_SET="max_steps=600 seeds=3")
+REAL_DIR ?= runs/real
+REAL_SYNTH ?= configs/real_synth.yaml
+REAL_COMPARE ?= configs/real_compare.yaml
+REAL_SET ?=
+FOOTAGE_SET = --set scenes.root=$(FOOTAGE) --set 'scenes.patterns=["**/*.jpg","**/*.jpeg","**/*.png"]'
+PHOTOS_SET = --set 'objects.files=[{root: $(PHOTOS)}]'
+real-data:
+	$(BIN)/anomalyforge synth --config $(REAL_SYNTH) --run-dir $(REAL_DIR) $(if $(FOOTAGE),$(FOOTAGE_SET)) \
+		$(if $(PHOTOS),$(PHOTOS_SET)) $(if $(SEGMENTER),--set scenes.segmenter.checkpoint=$(SEGMENTER))
+	$(BIN)/anomalyforge compare --config $(REAL_COMPARE) --shards $(REAL_DIR) \
+		$(if $(SEGMENTER),--set train.segmenter.checkpoint=$(SEGMENTER)) $(foreach s,$(REAL_SET),--set $(s))
+	@echo "real-data: shards $(REAL_DIR)/shards, table $(REAL_DIR)/compare/compare.md"
+
+# One synthesis (or training) choice varied, every method compared on each arm: make ablation STUDY=harmonization
+# (studies: configs/ablations.yaml — harmonization, objects_per_scene, size_prior, objects, weather_share, training_crop)
+STUDY ?= harmonization
+ablation:
+	$(BIN)/anomalyforge ablate --config configs/ablations.yaml --study $(STUDY)
 
 # A real benchmark under every condition (physical weather and ImageNet-C), as a new folder-layout benchmark:
 #   make weather-benchmark BENCHMARK=data/road_anomaly KIND=road_anomaly_pre CHECKPOINT=weights/espnetv2_s_2.0_city_1024x512.pth

@@ -230,6 +230,7 @@ def compare(
     out_dir: Path = typer.Option(None, help="default: <run_dir>/compare (<run_dir>/compare-vs-<other> for two)"),
     set_: list[str] = typer.Option([], "--set", help="override a field, e.g. --set max_steps=200"),
     fresh: bool = typer.Option(False, help="retrain every method instead of reusing finished ones"),
+    seeds: int = typer.Option(None, min=1, help="train every method with this many seeds; rows give mean ± std"),
 ) -> None:
     """Train every registered method on one shard version and compare them with post-hoc baselines (the
     `compare` Prefect flow, run locally)."""
@@ -238,17 +239,42 @@ def compare(
     from tasks.eval.compare import markdown, study_markdown
 
     over = _parse_overrides(set_) or None
+    if seeds is not None:
+        over = (over or {}) | {"seeds": seeds}
     load_compare_config(config, over)  # config errors as messages, before the flow
     _prepare("compare")
     res = compare_flow(str(config), list(shards), str(out_dir) if out_dir else None, over, not fresh)
     typer.echo(markdown(res["rows"]))
     if res["study_rows"]:
         typer.echo(study_markdown(res["study_rows"]))
-    for k in ("table", "csv", "chart", "conditions", "study", "study_chart"):
+    for k in ("table", "csv", "chart", "conditions", "seeds", "study", "study_chart"):
         if k in res:
             typer.echo(f"{k + ':':12s} {res[k]}")
     for k in sorted(k for k in res if k.startswith("robustness")):
         typer.echo(f"{k + ':':12s} {res[k]}")
+
+
+@app.command()
+def ablate(
+    study: str = typer.Option(..., help="a study of the ablation config, e.g. harmonization"),
+    config: Path = typer.Option(Path("configs/ablations.yaml"), help="ablation YAML (configs, run dir, studies)"),
+    out_dir: Path = typer.Option(None, help="default: <run_dir>/<study>/compare"),
+    fresh: bool = typer.Option(False, help="retrain every method instead of reusing finished ones"),
+) -> None:
+    """Shard versions differing in one synthesis (or training) choice, each compared over every method, in one
+    table with 95 % intervals and each arm's difference to the first (the `ablation` Prefect flow, run locally)."""
+    from flows.ablation import ablation, study_arms
+    from tasks.eval.compare import markdown, study_markdown
+
+    study_arms(str(config), study)  # config errors as messages, before the flow
+    _prepare("ablation")
+    res = ablation(str(config), study, str(out_dir) if out_dir else None, not fresh)
+    typer.echo(markdown(res["rows"]))
+    if res["study_rows"]:
+        typer.echo(study_markdown(res["study_rows"]))
+    for k in ("table", "csv", "chart", "study", "study_chart"):
+        if k in res:
+            typer.echo(f"{k + ':':12s} {res[k]}")
 
 
 @app.command()

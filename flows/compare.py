@@ -1,7 +1,9 @@
 """The ``compare`` flow (``make compare``): train every registered method on one shard version over the frozen
-segmenter of the kind it needs (per-pixel or mask-classification; same seed, same step budget), evaluate each and
-every frozen segmenter's post-hoc scores on the held-in split and the configured benchmarks, and write one table. Given several shard versions (with and without weather,
-say), every method is trained on each and the table adds the per-condition difference to the first. Wiring only;
+segmenter of the kind it needs (per-pixel or mask-classification; same seeds, same step budget; with ``lr_sweep``,
+each at the lr multiple its short held-in sweep picks), evaluate each and every frozen segmenter's post-hoc scores
+on the held-in split and the configured benchmarks, with 95 % bootstrap intervals, and write one table (mean ± std
+over ``seeds``; rows no different from a post-hoc score flagged). Given several shard versions (with and without
+weather, say), every method is trained on each and the table adds the per-condition difference to the first. Wiring only;
 one Prefect task per training and per evaluated model (a frozen segmenter's post-hoc scores are one model: one
 forward per image for all of them). Trained models are reused when their config and shards are
 unchanged.
@@ -18,12 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from models.methods import get_method, method_config, method_names
 from schemas import BenchmarkConfig, EvalConfig, load_compare_config
 from tasks.eval.benchmarks import check_benchmarks
-from tasks.eval.compare import compare_rows, markdown, write_compare
+from tasks.eval.compare import aggregate_seeds, compare_rows, flag_untrained, markdown, write_compare
 from tasks.eval.evaluate import EvaluationError, evaluate_model
 from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
 from tasks.train.pretrain import segmenter_checkpoint
+from tasks.train.sweep import pick_multiplier, sweep_record, sweep_steps, swept
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
 
@@ -94,20 +97,41 @@ def compare(
         held_in = {"name": name, "val_fraction": base.val_fraction, "limit": base.val_limit}
         datasets.insert(0, BenchmarkConfig(kind="shards", root=version, **held_in))
     shared = {"datasets": datasets, "device": cfg.device, "panels": cfg.panels, "batch_size": cfg.batch_size}
-    shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size}
+    shared |= {"input_width": cfg.input_width, "input_size": cfg.input_size, "bootstrap": cfg.bootstrap}
 
-    rows, trained = [], {}
+    rows, trained, sweeps, resampled = [], {}, {}, {}
+    seeds = [base.seed + k for k in range(cfg.seeds)]
     for label, train_version in trains.items():
         for name in names:
             run_cfg = runs[get_method(name).segmenter_kind]
             mcfg = method_config({"name": name} | cfg.method_overrides.get(name, {}))
-            result = train_task(
-                run_cfg.model_copy(update={"method": mcfg}), train_version, models[label] / name, resume, True, log.info
-            )
-            trained[f"{label}/{name}"] = str(result.model)
-            evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
-            entry = {"model": name, "kind": "trained", "score": name, "train": label, "steps": result.steps}
-            rows += compare_rows(entry | {"segmenter": run_cfg.segmenter.name}, results)
+            method_cfg = run_cfg.model_copy(update={"method": mcfg})
+            if cfg.lr_sweep:  # short runs at multiples of the lr, scored on the held-in split only
+                steps = sweep_steps(cfg.max_steps, cfg.sweep_steps)
+                trials = {}
+                for mult in cfg.lr_sweep:
+                    where = models[label] / "lr-sweep" / f"{name}-x{mult:g}"
+                    try:
+                        trials[mult] = train_task(
+                            swept(method_cfg, mult, steps), train_version, where, resume, True, log.info
+                        ).metrics
+                    except FloatingPointError as e:  # too high an lr: this multiple loses, the sweep goes on
+                        log.warning("%s at lr ×%g diverged: %s", name, mult, e)
+                        trials[mult] = {"metrics_error": f"diverged: {e}"}
+                mult = pick_multiplier(trials)
+                sweeps[f"{label}/{name}"] = sweep_record(method_cfg.method.lr, mult, steps, trials)
+                method_cfg = swept(method_cfg, mult)
+            for seed in seeds:
+                seed_cfg = method_cfg.model_copy(update={"seed": seed})
+                where = models[label] / (name if seed == base.seed else f"{name}-seed{seed}")
+                result = train_task(seed_cfg, train_version, where, resume, True, log.info)
+                trained[f"{label}/{where.name}"] = str(result.model)
+                evaluated, results = evaluate_task(EvalConfig(model=result.model, **shared))
+                entry = {"model": name, "kind": "trained", "score": name, "train": label, "steps": result.steps}
+                entry |= {"lr": seed_cfg.method.lr, "seed": seed if cfg.seeds > 1 else None}
+                rows += compare_rows(entry | {"segmenter": run_cfg.segmenter.name}, results)
+                if seed == base.seed:
+                    resampled |= {(name, label, r["name"]): r["resampled"] for r in results if "resampled" in r}
     for kind, run_cfg in runs.items():  # every post-hoc score of a segmenter from one pass per dataset
         seg, scores = run_cfg.segmenter, cfg.post_hoc.get(kind, [])
         if not scores:
@@ -118,6 +142,11 @@ def compare(
             entry = {"model": f"{seg.name} + {score}", "kind": "post-hoc", "score": score, "train": "–"}
             mine = [r for r in results if r.get("score", score) == score]  # a dataset's error is every score's
             rows += compare_rows(entry | {"segmenter": seg.name}, mine)
+            resampled |= {(entry["model"], "–", r["name"]): r["resampled"] for r in mine if "resampled" in r}
+    rows = flag_untrained(rows, resampled, cfg.same_as_frozen_margin)
+    per_seed = rows
+    if cfg.seeds > 1:
+        rows = aggregate_seeds(rows)
 
     details = {
         "name": cfg.name,
@@ -127,7 +156,11 @@ def compare(
             kind: {"name": r.segmenter.name, "checkpoint": str(r.segmenter.checkpoint)} for kind, r in runs.items()
         },
         "seed": base.seed,
+        "seeds": seeds,
         "max_steps": cfg.max_steps,
+        "lr_warmup": base.lr_warmup,
+        "lr_sweep": sweeps,
+        "per_seed_rows": per_seed if cfg.seeds > 1 else [],
         "models": trained,
         "config": cfg.model_dump(mode="json"),
     }
@@ -141,4 +174,8 @@ def compare(
             f"{len(failed)} evaluations failed (the rest is in {files['table']}): "
             + "; ".join(f"{r['model']} on {r['dataset']}: {r['error']}" for r in failed)
         )
-    return {k: str(v) for k, v in files.items()} | {"rows": rows, "study_rows": study, "out_dir": str(out)}
+    return (
+        {k: str(v) for k, v in files.items()}
+        | {"rows": rows, "study_rows": study, "out_dir": str(out)}
+        | {"details": details}
+    )

@@ -10,12 +10,13 @@ Every config serialises to YAML/JSON and is stored beside its output. This packa
 """
 
 from schemas.base import Strict
-from schemas.compare import CompareConfig
+from schemas.compare import AblationConfig, AblationVariant, CompareConfig
 from schemas.domain import COCO_CITYSCAPES_OVERLAP, DEFAULT_SIZE_PRIOR
 from schemas.evaluation import BenchmarkConfig, EvalConfig, WeatheredBenchmarkConfig
 from schemas.loading import (
     ConfigError,
     apply_overrides,
+    load_ablation_config,
     load_compare_config,
     load_config,
     load_eval_config,
@@ -60,6 +61,8 @@ from schemas.train import DEFAULT_METHOD, MethodConfig, PretrainConfig, Segmente
 
 __all__ = [
     "ADVERSE",
+    "AblationConfig",
+    "AblationVariant",
     "CLEAR",
     "COCO_CITYSCAPES_OVERLAP",
     "DEFAULT_METHOD",
@@ -103,6 +106,7 @@ __all__ = [
     "WeatheredBenchmarkConfig",
     "WeatherRecord",
     "apply_overrides",
+    "load_ablation_config",
     "load_compare_config",
     "load_config",
     "load_eval_config",

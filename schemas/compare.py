@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PositiveFloat, field_validator
 
 from schemas.base import PositiveSize, Strict
 from schemas.evaluation import BenchmarkConfig
@@ -40,6 +43,23 @@ class CompareConfig(Strict):
     device: str = "cpu"
     panels: int = Field(0, ge=0)
     batch_size: int = Field(1, ge=1, description="evaluation: images of one size per forward")
+    bootstrap: int = Field(1000, ge=0, description="image-level bootstrap resamples of the 95 % intervals (0: none)")
+    seeds: int = Field(
+        1, ge=1, description="train every method with this many seeds (train.seed, +1, ...); rows give mean ± std"
+    )
+    lr_sweep: list[PositiveFloat] = Field(
+        default_factory=list,
+        description="multipliers of each method's lr tried in short runs (sweep_steps) before its training; the one "
+        "with the best held-in AP (the shards' validation split, never a benchmark) trains the full budget. "
+        "Empty: each method's configured lr",
+    )
+    sweep_steps: int | None = Field(None, ge=1, description="steps of each sweep run; None: a quarter of max_steps")
+    same_as_frozen_margin: float = Field(
+        1.0,
+        ge=0,
+        description="AP points: a trained row whose paired 95 % interval of AP minus a post-hoc score's stays within "
+        "± this on every dataset is flagged as not trained enough",
+    )
 
     @field_validator("post_hoc", mode="before")
     @classmethod
@@ -53,4 +73,34 @@ class CompareConfig(Strict):
     def _methods(cls, v):
         for name in v or []:
             METHODS.check_name(name)
+        return v
+
+
+class AblationVariant(Strict):
+    """One arm of an ablation: overrides (dotted keys, as ``--set`` takes them) of the synthesis config and of the
+    comparison config; an empty variant is the configs as they are."""
+
+    synth: dict[str, Any] = Field(default_factory=dict, description="e.g. {harmonize.method: none}")
+    compare: dict[str, Any] = Field(default_factory=dict, description="e.g. {train.crop: [384, 768]}")
+
+
+class AblationConfig(Strict):
+    """``anomalyforge ablate`` / ``make ablation STUDY=...``: shard versions differing in one synthesis (or training)
+    choice, each trained and scored by the comparison config, in one table with intervals and the difference of
+    each arm to the first."""
+
+    name: str = "ablation"
+    synth_config: Path = Field(description="the synthesis config every arm starts from")
+    compare_config: Path = Field(description="the comparison config every arm is trained and scored with")
+    run_dir: Path = Field(description="arm <label> of study <study> synthesizes into <run_dir>/<study>/<label>")
+    studies: dict[str, dict[str, AblationVariant]] = Field(
+        description="study -> arm label -> overrides; the first arm is the reference the others are compared to"
+    )
+
+    @field_validator("studies")
+    @classmethod
+    def _two_arms(cls, v):
+        for study, arms in v.items():
+            if len(arms) < 2:
+                raise ValueError(f"study {study!r} has {len(arms)} arm; an ablation compares at least two")
         return v

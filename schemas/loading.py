@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from schemas.compare import CompareConfig
+from schemas.compare import AblationConfig, CompareConfig
 from schemas.evaluation import EvalConfig, WeatheredBenchmarkConfig
 from schemas.synth import SynthConfig, replace_scenes
 from schemas.train import TrainConfig
@@ -113,3 +113,7 @@ def load_train_config(path: str | Path, overrides: dict | None = None, method: s
 
 def load_compare_config(path: str | Path, overrides: dict | None = None) -> CompareConfig:
     return validate_config(CompareConfig, read_yaml(path, overrides), path)
+
+
+def load_ablation_config(path: str | Path, overrides: dict | None = None) -> AblationConfig:
+    return validate_config(AblationConfig, read_yaml(path, overrides), path)

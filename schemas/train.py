@@ -98,6 +98,9 @@ class TrainConfig(Strict):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (overrides epochs)")
     weight_decay: float = Field(0.0, ge=0, description="for methods whose config leaves weight_decay None")
     poly_power: float = Field(0.9, ge=0)
+    lr_warmup: float = Field(
+        0.05, ge=0, lt=1, description="share of the steps over which the lr rises linearly to its value (then poly)"
+    )
     # data
     shuffle_buffer: int = Field(64, ge=1)
     workers: int = Field(2, ge=0)

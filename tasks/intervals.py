@@ -159,18 +159,36 @@ class ImageHistograms:
         level: float = LEVEL,
         seed: int = 0,
     ) -> dict:
-        """``{metric: [lo, hi]}`` at ``level`` for AUROC, AP and FPR95 (fractions, like the metrics), with
-        ``level``, ``resamples`` (those that count) and ``binning`` (exact − binned whole-sample metric, by which
-        the intervals were moved; ``exact``: the exact metrics, e.g. ``PixelMetrics.compute()``). A dataset whose
-        resamples all lack a class gives NaN bounds."""
-        got = self.resampled(images, resamples, seed)
-        q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
-        out: dict = {"level": level, "binning": {}}
-        for m in METRICS:
-            vals = got[m][np.isfinite(got[m])]
-            shift = float(exact[m]) - got["whole"][m] if exact is not None and m in exact else 0.0
-            lo, hi = np.percentile(vals, q) + shift if vals.size else (np.nan, np.nan)
-            out[m] = [float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))]
-            out["binning"][m] = shift
-        out["resamples"] = int(np.isfinite(got["ap"]).sum())
-        return out
+        """``percentile_intervals`` of ``resampled(images, resamples, seed)``."""
+        return percentile_intervals(self.resampled(images, resamples, seed), exact, level)
+
+
+def percentile_intervals(got: dict, exact: dict | None = None, level: float = LEVEL) -> dict:
+    """``{metric: [lo, hi]}`` at ``level`` for AUROC, AP and FPR95 (fractions, like the metrics) from the
+    resampled metrics ``got`` (``ImageHistograms.resampled``), with ``level``, ``resamples`` (those that count) and
+    ``binning`` (exact − binned whole-sample metric, by which the intervals were moved; ``exact``: the exact
+    metrics, e.g. ``PixelMetrics.compute()``). A dataset whose resamples all lack a class gives NaN bounds."""
+    q = 100 * np.array([(1 - level) / 2, (1 + level) / 2])
+    out: dict = {"level": level, "binning": {}}
+    for m in METRICS:
+        vals = got[m][np.isfinite(got[m])]
+        shift = float(exact[m]) - got["whole"][m] if exact is not None and m in exact else 0.0
+        lo, hi = np.percentile(vals, q) + shift if vals.size else (np.nan, np.nan)
+        out[m] = [float(np.clip(lo, 0, 1)), float(np.clip(hi, 0, 1))]
+        out["binning"][m] = shift
+    out["resamples"] = int(np.isfinite(got["ap"]).sum())
+    return out
+
+
+def paired_difference(a: dict, b: dict, metric: str = "ap", level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean, lo, hi) of ``metric`` of a − b over paired resamples: ``a`` and ``b`` are ``resampled`` results of
+    two scores on the same images with the same seed, so resample r draws the same images for both and the
+    difference keeps only what the scores change (Efron & Tibshirani 1993, ch. 15). NaN without common resamples."""
+    if len(a[metric]) != len(b[metric]):
+        raise ValueError(f"paired resamples differ in number: {len(a[metric])} and {len(b[metric])}")
+    d = a[metric] - b[metric]
+    d = d[np.isfinite(d)]
+    if not d.size:
+        return np.nan, np.nan, np.nan
+    lo, hi = np.percentile(d, 100 * np.array([(1 - level) / 2, (1 + level) / 2]))
+    return float(d.mean()), float(lo), float(hi)

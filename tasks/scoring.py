@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from models.methods.base import Inference, classes
 from tasks.conditions import ADVERSE, CLEAR, condition_order, split_tag
-from tasks.intervals import RESAMPLES, ImageHistograms, image_histogram
+from tasks.intervals import RESAMPLES, ImageHistograms, image_histogram, percentile_intervals
 from tasks.labels import ANOMALY, EVAL_ANOMALY, EVAL_INLIER, NUM_TRAIN_CLASSES, VOID
 from tasks.metrics import MetricsUndefinedError, PixelMetrics
 from tasks.runtime import check_stop
@@ -393,8 +393,10 @@ def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: s
     result["images"] = len(conditions)
     result["closed_set_agreement"] = acc.agree / acc.agree_total if acc.agree_total else None
     result["miou"] = float(acc.confusion.compute()["miou"]) if acc.has_miou else None
+    resampled = None
     if bootstrap:
-        result["intervals"] = m.histograms.intervals(result, resamples=bootstrap)
+        resampled = m.histograms.resampled(resamples=bootstrap)
+        result["intervals"] = percentile_intervals(resampled, result)
     result["conditions"] = {}
     by_condition = m.by_condition
     if len(set(by_condition) - {ADVERSE}) < 2:  # one condition only: its row would repeat the pooled one
@@ -413,7 +415,8 @@ def _result(m: _ScoreMetrics, acc: _Pass1, result: dict, comps_by: dict, name: s
             cm["intervals"] = m.histograms.intervals(cm, images=images, resamples=bootstrap)
         cm["miou"] = float(acc.confusion_by[cond].compute()["miou"]) if cond in acc.confusion_by else None
         result["conditions"][cond] = cm
-    return {"name": name, "metrics": result, "curves": m.pooled.curves(), "panels": m.shown}
+    out = {"name": name, "metrics": result, "curves": m.pooled.curves(), "panels": m.shown}
+    return out | ({"resampled": resampled} if resampled is not None else {})
 
 
 def evaluate_scores(
@@ -438,7 +441,8 @@ def evaluate_scores(
     count, and per tagged condition the same pixel, component (at the dataset's threshold) and mIoU numbers, with
     ``adverse`` pooling every condition but clear when both are present. ``batch_size``: images of one size scored
     in one forward (a scorer with a ``batch`` method). ``intervals`` (pooled and per condition): 95 % intervals of
-    AUROC, AP and FPR95 from ``bootstrap`` image-level resamples (``tasks.intervals``; 0: none). A dataset without
+    AUROC, AP and FPR95 from ``bootstrap`` image-level resamples (``tasks.intervals``; 0: none), and the result's
+    ``resampled`` the pooled metrics of every resample (seeded: two scores of the same images are paired). A dataset without
     images, anomaly or inlier pixels raises ``MetricsUndefinedError``."""
     scratch = Path(tempfile.mkdtemp(prefix=f"anomalyforge-eval-{name}-"))
     try:

@@ -20,12 +20,14 @@ import numpy as np  # noqa: E402
 from schemas.registries import WEATHER  # noqa: E402
 from tasks.conditions import ADVERSE, CLEAR, families, family_of, split_tag  # noqa: E402
 from tasks.imageio import write_bytes_atomic  # noqa: E402
+from tasks.intervals import paired_difference  # noqa: E402
 
 PERCENT = ("ap", "fpr95", "auroc", "f1_components", "miou", "closed_set_agreement")
 INTERVALS = ("ap", "fpr95", "auroc")  # the metrics with a bootstrap interval (tasks.intervals)
 BOUNDS = tuple(f"{m}_{end}" for m in INTERVALS for end in ("lo", "hi"))
-COLUMNS = ("model", "kind", "segmenter", "score", "train", "dataset", "condition", "images", *PERCENT, "steps")
-CSV_COLUMNS = (*COLUMNS, *BOUNDS)
+COLUMNS = ("model", "kind", "segmenter", "score", "train", "dataset", "condition", "images", *PERCENT, "steps", "lr")
+STDS = tuple(f"{m}_std" for m in INTERVALS)
+CSV_COLUMNS = (*COLUMNS, *BOUNDS, *STDS, "seeds", "seed", "flag")
 DELTAS = ("ap", "fpr95", "auroc")
 HEADERS = {
     "ap": "AP",
@@ -49,12 +51,79 @@ def _percent(m: dict) -> dict:
 
 
 def cell(r: dict, k: str, digits: int = 2) -> str:
-    """A table cell: ``45.9 [41.2, 50.3]`` with the row's 95 % interval, the value alone without one."""
+    """A table cell: ``45.9 [41.2, 50.3]`` with the row's 95 % interval, ``45.9 ± 1.2 [41.2, 50.3]`` with the
+    standard deviation over training seeds too, the value alone without either."""
     if r.get(k) is None:
         return "–"
-    if r.get(f"{k}_lo") is None:
+    if r.get(f"{k}_lo") is None and r.get(f"{k}_std") is None:
         return str(r[k])
-    return f"{r[k]:.{digits}f} [{r[f'{k}_lo']:.{digits}f}, {r[f'{k}_hi']:.{digits}f}]"
+    text = f"{r[k]:.{digits}f}"
+    if r.get(f"{k}_std") is not None:
+        text += f" ± {r[f'{k}_std']:.{digits}f}"
+    if r.get(f"{k}_lo") is not None:
+        text += f" [{r[f'{k}_lo']:.{digits}f}, {r[f'{k}_hi']:.{digits}f}]"
+    return text
+
+
+SEED_KEY = ("model", "kind", "segmenter", "score", "train", "dataset", "condition")
+
+
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
+    """Rows of the same model, training version, dataset and condition trained with several seeds (``seed``) as
+    one row: each metric's mean over the seeds, ``<metric>_std`` its standard deviation (n − 1), the interval
+    bounds averaged (the image-sampling interval of a typical seed), ``seeds`` how many. Rows without a seed
+    (post-hoc scores) pass unchanged; the first row of a group keeps its place."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = tuple(r.get(k) for k in SEED_KEY) if r.get("seed") is not None else ("unseeded", id(r))
+        groups.setdefault(key, []).append(r)
+    out = []
+    for group in groups.values():
+        first = group[0]
+        if first.get("seed") is None:
+            out.append(first)
+            continue
+        row = {k: v for k, v in first.items() if k != "seed"} | {"seeds": len(group)}
+        for k in (*PERCENT, *BOUNDS):
+            vals = [g[k] for g in group if g.get(k) is not None]
+            row[k] = round(float(np.mean(vals)), 2) if len(vals) == len(group) else None
+        for k in INTERVALS:
+            vals = [g[k] for g in group if g.get(k) is not None]
+            row[f"{k}_std"] = round(float(np.std(vals, ddof=1)), 2) if len(vals) == len(group) > 1 else None
+        out.append(row)
+    return out
+
+
+def flag_untrained(rows: list[dict], resampled: dict[tuple, dict], margin: float = 1.0) -> list[dict]:
+    """``flag`` on the trained rows (condition ``all``) whose AP cannot be told from a post-hoc score of the same
+    frozen segmenter: on every dataset the paired 95 % bootstrap interval of AP(method) − AP(score) lies within
+    ± ``margin`` points (an equivalence test: the row's head has not moved far enough from the frozen network to
+    change what it finds). ``resampled``: ``{(model, train, dataset): ImageHistograms.resampled}``, post-hoc
+    rows under train ``–``. Rows are returned with the flag set; others unchanged."""
+    by_model: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("condition", "all") == "all" and r["kind"] == "trained":
+            by_model.setdefault((r["model"], r["train"], r.get("segmenter")), []).append(r)
+    flags: dict[tuple, str] = {}
+    for (model, train, segmenter), mine in by_model.items():
+        scores = {r["score"] for r in rows if r["kind"] == "post-hoc" and r.get("segmenter") == segmenter}
+        for score in sorted(scores):
+            diffs = []
+            for r in mine:
+                a = resampled.get((model, train, r["dataset"]))
+                b = resampled.get((f"{segmenter} + {score}", "–", r["dataset"]))
+                if a is None or b is None or len(a["ap"]) != len(b["ap"]):
+                    diffs = []
+                    break
+                diffs.append(paired_difference(a, b))
+            if diffs and all(abs(lo) <= margin / 100 and abs(hi) <= margin / 100 for _, lo, hi in diffs):
+                worst = max(max(abs(lo), abs(hi)) for _, lo, hi in diffs)
+                flags[(model, train)] = (
+                    f"not trained enough: AP within ±{100 * worst:.2f} points of {segmenter} + {score} on every "
+                    f"dataset (paired bootstrap, 95 %); raise the steps or the lr (lr_sweep)"
+                )
+                break
+    return [r | {"flag": flags[(r["model"], r["train"])]} if (r["model"], r["train"]) in flags else r for r in rows]
 
 
 def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
@@ -63,7 +132,9 @@ def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
     shard version it was trained on), steps."""
     rows = []
     for r in results:
-        row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps")}
+        row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps", "lr")}
+        if entry.get("seed") is not None:
+            row["seed"] = entry["seed"]
         row["dataset"] = r["name"]
         if "error" in r:  # a dataset that could not be evaluated: a row of dashes, the reason below the table
             rows.append(row | {"condition": "all", "images": None, **_percent({})} | {"error": r["error"]})
@@ -101,13 +172,20 @@ def study_rows(rows: list[dict], base: str) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     """The table of every model on every dataset (condition ``all``; AP, FPR95 and AUROC with their 95 %
-    intervals in brackets), then, for each dataset tagged with conditions, one table of AP / FPR95 per condition
-    (the rows of every condition, and the interval bounds, are in ``compare.csv``)."""
+    intervals in brackets, ± the standard deviation over seeds), the flagged rows' reasons (⚠), then, for each
+    dataset tagged with conditions, one table of AP / FPR95 per condition (the rows of every condition, and the
+    interval bounds, are in ``compare.csv``)."""
     head = [HEADERS.get(c, c) for c in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 7 + "---:|" * (len(COLUMNS) - 7)]
+    flags: dict[str, str] = {}
     for r in rows:
         if r.get("condition", "all") == "all":
-            lines.append("| " + " | ".join(cell(r, c, 1) for c in COLUMNS) + " |")
+            cells = [cell(r, c, 1) for c in COLUMNS]
+            if r.get("flag"):
+                cells[0] += " ⚠"
+                flags.setdefault(f"{r['model']}** (trained on {r.get('train')})", r["flag"])
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"⚠ **{model}: {why}" for model, why in flags.items()] if flags else []
     return "\n".join(lines + condition_markdown(rows))
 
 
@@ -371,6 +449,37 @@ def study_markdown(study: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sweep_markdown(sweeps: dict[str, dict]) -> list[str]:
+    """The lr sweep of each method: held-in AP (%) per lr multiplier, the picked one in bold, the lr it trained at."""
+    if not sweeps:
+        return []
+    mults = list(dict.fromkeys(m for s in sweeps.values() for m in s["held_in"]))
+    lines = [
+        "## Learning rates: a short sweep per method, scored on the held-in split",
+        "",
+        f"Held-in AP (%) after {next(iter(sweeps.values()))['steps']} steps at each multiple of the method's lr; "
+        "the best (bold) trained the full budget. No benchmark is seen.",
+        "",
+        "| method | base lr | " + " | ".join(f"×{m}" for m in mults) + " | lr used |",
+        "|---|---:|" + "---:|" * len(mults) + "---:|",
+    ]
+    for name, s in sweeps.items():
+        cells = []
+        for m in mults:
+            ap = s["held_in"].get(m, {}).get("ap")
+            text = "–" if ap is None else f"{100 * ap:.1f}"
+            cells.append(f"**{text}**" if float(m) == s["picked"] else text)
+        lines.append(f"| {name} | {s['base_lr']:.2g} | " + " | ".join(cells) + f" | {s['lr']:.2g} |")
+    return [*lines, ""]
+
+
+def arm_rows(label: str, rows: list[dict], first: bool) -> list[dict]:
+    """One ablation arm's comparison rows in the ablation's table: its trained rows under ``train = label`` (so the
+    table's study gives each arm minus the first); the post-hoc rows — the same frozen network on the same
+    benchmarks in every arm — from the first arm only."""
+    return [r | {"train": label} if r["kind"] == "trained" else r for r in rows if r["kind"] == "trained" or first]
+
+
 def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dict[str, Path], list[dict]]:
     """``compare.md`` (the table, settings, the charts), ``compare.csv``, ``compare.json``, ``compare.png``,
     ``conditions.png`` (datasets tagged with conditions) and, when models were trained on more than one shard
@@ -422,6 +531,15 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
             f"![per-condition difference]({study_png.name})",
             "",
         ]
+    seed_lines: list[str] = []
+    if details.get("per_seed_rows"):
+        files["seeds"] = _csv(details["per_seed_rows"], CSV_COLUMNS, out / "seeds.csv")
+        seed_lines = [
+            f"Trained rows: mean ± standard deviation over seeds {details.get('seeds')} (every seed's row "
+            "in `seeds.csv`); brackets: the 95 % image-bootstrap interval of a seed, averaged.",
+            "",
+        ]
+    sweep_lines = sweep_markdown(details.get("lr_sweep") or {})
     segmenters = "; ".join(
         f"{kind}: `{s['name']}` (`{s['checkpoint']}`)" for kind, s in details.get("segmenters", {}).items()
     )
@@ -429,12 +547,17 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
         f"# {details.get('name', 'compare')}: methods × datasets",
         "",
         f"Shards `{details.get('shards')}`; frozen segmenters {segmenters or '–'}; seed {details.get('seed')}; "
-        f"{details.get('max_steps')} steps per method. Values in %. mIoU: the scored model's closed-set "
+        f"{details.get('max_steps')} steps per method (lr warm-up over the first "
+        f"{100 * details.get('lr_warmup', 0):.0f} %, then poly). Values in %, [95 % interval] from an image-level "
+        "bootstrap. mIoU: the scored model's closed-set "
         "prediction against the shards' trainIds (held-in split only); agreement: inlier pixels where ŷ keeps "
         "the frozen class (methods only). Condition `all`: every image of the dataset; `adverse`: every "
         "condition but clear (the ComsAmy split).",
         "",
+        *seed_lines,
         markdown(rows),
+        "",
+        *sweep_lines,
         "",
         *[f"**{r['model']} on {r['dataset']} failed:** {r['error']}" for r in rows if r.get("error")],
         "",

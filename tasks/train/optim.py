@@ -3,6 +3,7 @@ trainer builds whichever the config names from the spec's parameter groups, and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -35,6 +36,11 @@ def build_optimizer(groups: list[dict], cfg: MethodConfig, weight_decay: float) 
     return OPTIMIZERS.get(cfg.optimizer)(groups, cfg, weight_decay)
 
 
-def poly_schedule(total_steps: int, power: float) -> Callable[[int], float]:
-    """lr factor (1 − step / total)^power."""
-    return lambda step: max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
+def poly_schedule(total_steps: int, power: float, warmup: float = 0.0) -> Callable[[int], float]:
+    """lr factor min(1, (step + 1) / w) · (1 − step / total)^power: a linear warm-up over the first
+    w = ⌈warmup · total⌉ steps, then the poly decay. Both are shares of the budget, so a 150-step run and a
+    40 000-step one have the same shape."""
+    w = math.ceil(warmup * total_steps) if warmup > 0 else 0
+    return lambda step: (
+        min(1.0, (step + 1) / w if w else 1.0) * max(0.0, 1.0 - min(step, total_steps) / total_steps) ** power
+    )

@@ -215,7 +215,7 @@ def restore(
         total = cfg.max_steps
     else:
         total = max(1, math.ceil(cfg.epochs * n_train / (cfg.batch_size * accelerator.num_processes)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, cfg.poly_power))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, cfg.poly_power, cfg.lr_warmup))
 
     start = 0
     last = out_dir / "checkpoints" / "last.pt"

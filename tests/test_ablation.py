@@ -1,0 +1,97 @@
+"""Ablations (flows/ablation.py, configs/ablations.yaml): arms validated before anything runs, each arm's rows under
+its label, post-hoc rows once, and an end-to-end study of two harmonizers on tiny shards."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.ablation import study_arms
+from schemas import ConfigError, load_ablation_config
+from tasks.eval.compare import arm_rows
+from tests.helpers import tiny_method, tiny_synth_config, tiny_train_config, write_red_squares_dataset
+
+
+def test_the_shipped_ablations_validate_every_arm():
+    cfg = load_ablation_config("configs/ablations.yaml")
+    assert {"harmonization", "objects_per_scene", "size_prior", "objects", "weather_share", "training_crop"} <= set(
+        cfg.studies
+    )
+    for study in cfg.studies:
+        arms = study_arms("configs/ablations.yaml", study)
+        assert len(arms) >= 2 and next(iter(arms.values())).synth == {}  # the first arm: the shipped default
+
+
+def test_an_unknown_study_or_a_bad_arm_is_a_config_error_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match=r"no study 'harmonisation'; the studies are harmonization, "):
+        study_arms("configs/ablations.yaml", "harmonisation")
+    cfg = yaml.safe_load(open("configs/ablations.yaml"))
+    cfg["studies"] = {"h": {"lab": {}, "bad": {"synth": {"harmonize.method": "photoshop"}}}}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="photoshop"):
+        study_arms(str(tmp_path / "a.yaml"), "h")
+    cfg["studies"] = {"h": {"lab": {}}}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="has 1 arm; an ablation compares at least two"):
+        load_ablation_config(tmp_path / "b.yaml")
+
+
+def test_arm_rows_label_the_trained_rows_and_keep_post_hoc_rows_once():
+    rows = [
+        {"model": "rpl", "kind": "trained", "train": "run"},
+        {"model": "espnetv2 + energy", "kind": "post-hoc", "train": "–"},
+    ]
+    assert arm_rows("none", rows, first=True) == [rows[0] | {"train": "none"}, rows[1]]
+    assert arm_rows("style", rows, first=False) == [rows[0] | {"train": "style"}]
+
+
+@pytest.mark.slow
+def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_differences(trained_eel, tmp_path):
+    from flows.cli import app
+
+    (tmp_path / "synth.yaml").write_text(tiny_synth_config(tmp_path).to_yaml())
+    write_red_squares_dataset(tmp_path / "bench", conditions=["clear"])
+    compare = {
+        "name": "tiny",
+        "max_steps": 2,
+        "methods": ["rpl"],
+        "method_overrides": {"rpl": tiny_method("rpl")},
+        "post_hoc": ["energy"],
+        "benchmarks": [{"kind": "folder", "root": str(tmp_path / "bench"), "name": "red"}],
+        "bootstrap": 200,
+        "train": tiny_train_config("rpl").model_dump(mode="json", exclude={"method", "max_steps"})
+        | {"segmenter": {"name": "espnetv2_demo", "checkpoint": str(trained_eel.segmenter)}},
+    }
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump(compare))
+    ablation = {
+        "synth_config": str(tmp_path / "synth.yaml"),
+        "compare_config": str(tmp_path / "compare.yaml"),
+        "run_dir": str(tmp_path / "runs"),
+        "studies": {"harmonization": {"lab": {}, "none": {"synth": {"harmonize.method": "none"}}}},
+    }
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(ablation))
+    res = CliRunner().invoke(app, ["ablate", "--config", str(tmp_path / "ablation.yaml"), "--study", "harmonization"])
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    out = tmp_path / "runs" / "harmonization" / "compare"
+    # one shard version per arm, made with the arm's harmonizer
+    for arm, method in (("lab", "lab"), ("none", "none")):
+        (version,) = (tmp_path / "runs" / "harmonization" / arm / "versions").iterdir()
+        assert json.loads((version / "dataset.json").read_text())["config"]["harmonize"]["method"] == method
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [(r["model"], r["train"]) for r in rows] == [
+        ("rpl", "lab"),
+        ("rpl", "none"),
+        ("espnetv2_demo + energy", "–"),
+    ]
+    assert {r["dataset"] for r in rows} == {"red"}  # benchmarks only: each arm's held-in split is its own
+    assert all(float(r["ap_lo"]) <= float(r["ap"]) <= float(r["ap_hi"]) for r in rows)
+    (diff,) = list(csv.DictReader((out / "study.csv").open()))
+    assert (diff["model"], diff["base"], diff["train"]) == ("rpl", "lab", "none")
+    assert float(diff["d_ap"]) == pytest.approx(float(rows[1]["ap"]) - float(rows[0]["ap"]), abs=0.011)
+    details = json.loads((out / "compare.json").read_text())
+    assert set(details["shards"]) == {"lab", "none"} and details["study"] == "harmonization"
+    assert "Trained on none instead of lab" in (out / "compare.md").read_text()
