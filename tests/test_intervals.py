@@ -161,3 +161,17 @@ def test_evaluation_results_carry_pooled_and_per_condition_intervals():
     it = iter(maps)
     none = evaluate_samples(lambda image: ScoredImage(next(it)), samples, "toy", progress=False, bootstrap=0)
     assert "intervals" not in none["metrics"]
+
+
+def test_the_eval_table_prints_each_interval_in_brackets_and_the_chart_draws_it(tmp_path):
+    from tasks.eval.report import condition_chart, markdown_table, table_rows
+
+    ci = {"auroc": [0.8, 0.9], "ap": [0.3, 0.6], "fpr95": [0.1, 0.4], "level": 0.95, "resamples": 1000}
+    cond = {"auroc": 0.85, "ap": 0.45, "fpr95": 0.2, "intervals": ci, "images": 2}
+    m = {"auroc": 0.85, "ap": 0.45, "fpr95": 0.2, "f1_best": 0.5, "intervals": ci}
+    m["conditions"] = {"clear": cond, "fog": cond | {"ap": 0.35}}
+    rows = table_rows([{"name": "fs", "metrics": m, "score": "energy"}])
+    assert (rows[0]["ap_lo"], rows[0]["ap_hi"], rows[0]["fpr95_lo"]) == (30.0, 60.0, 10.0)
+    table = markdown_table(rows)
+    assert "| fs | all | 85.00 [80.00, 90.00] | 45.00 [30.00, 60.00] | 20.00 [10.00, 40.00] | 50.0 |" in table
+    assert condition_chart([{"name": "fs", "metrics": m}], tmp_path / "c.png").is_file()

@@ -94,9 +94,22 @@ def plot_curves(results: list[dict], out: Path) -> tuple[Path, Path]:
     return roc, pr
 
 
+def _yerr(conds: dict, names: list[str], metric: str) -> np.ndarray | None:
+    """Error bars (2×n, percent) from the conditions' 95 % intervals; None when none has one."""
+    if not any("intervals" in conds[c] for c in names):
+        return None
+    err = []
+    for c in names:
+        lo, hi = conds[c].get("intervals", {}).get(metric, (np.nan, np.nan))
+        v = conds[c][metric]
+        err.append((max(0.0, v - lo), max(0.0, hi - v)))
+    return np.nan_to_num(100 * np.array(err, float).T)
+
+
 def condition_chart(results: list[dict], path: Path, title: str = "") -> Path | None:
-    """AP (↑) and FPR95 (↓) per tagged condition, one row of panels per dataset that has conditions (clear in
-    blue, each adverse condition in orange, their pool ``adverse`` in red); None when no dataset has them."""
+    """AP (↑) and FPR95 (↓) per tagged condition with their 95 % intervals, one row of panels per dataset that has
+    conditions (clear in blue, each adverse condition in orange, their pool ``adverse`` in red); None when no
+    dataset has them."""
     tagged = [r for r in results if "error" not in r and r["metrics"].get("conditions")]
     if not tagged:
         return None
@@ -107,7 +120,8 @@ def condition_chart(results: list[dict], path: Path, title: str = "") -> Path | 
         colors = ["tab:blue" if c == CLEAR else "tab:red" if c == ADVERSE else "tab:orange" for c in names]
         for j, (metric, label) in enumerate((("ap", "AP % (↑)"), ("fpr95", "FPR95 % (↓)"))):
             ax = axes[i][j]
-            bars = ax.bar(range(len(names)), [100 * conds[c][metric] for c in names], color=colors)
+            vals = [100 * conds[c][metric] for c in names]
+            bars = ax.bar(range(len(names)), vals, color=colors, yerr=_yerr(conds, names, metric), error_kw={"lw": 0.7})
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
             ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
             ax.set_ylim(0, 105)
