@@ -117,9 +117,11 @@ real-data:
 
 # One synthesis (or training) choice varied, every method compared on each arm: make ablation STUDY=harmonization
 # (studies: configs/ablations.yaml — harmonization, objects_per_scene, size_prior, objects, weather_share, training_crop)
+# (ABLATION_SET="methods=[sleeg] lr_sweep=[]": for every arm's comparison)
 STUDY ?= harmonization
+ABLATION_SET ?=
 ablation:
-	$(BIN)/anomalyforge ablate --config configs/ablations.yaml --study $(STUDY)
+	$(BIN)/anomalyforge ablate --config configs/ablations.yaml --study $(STUDY) $(foreach s,$(ABLATION_SET),--set $(s))
 
 # A real benchmark under every condition (physical weather and ImageNet-C), as a new folder-layout benchmark:
 #   make weather-benchmark BENCHMARK=data/road_anomaly KIND=road_anomaly_pre CHECKPOINT=weights/espnetv2_s_2.0_city_1024x512.pth

@@ -20,28 +20,34 @@ from tasks.runtime import configure_process
 from tasks.versions import resolve_version
 
 
-def study_arms(config_path: str, study: str) -> dict:
+def study_arms(config_path: str, study: str, compare_overrides: dict | None = None) -> dict:
     """The arms of ``study`` in the ablation config, each arm's synthesis and comparison configs validated first
-    (a typo in the last arm fails now, not after the first arm has trained)."""
+    (a typo in the last arm fails now, not after the first arm has trained); ``compare_overrides`` apply to every
+    arm's comparison, under the arm's own."""
     cfg = load_ablation_config(config_path)
     if study not in cfg.studies:
         raise ConfigError(f"{config_path}: no study {study!r}; the studies are {', '.join(cfg.studies)}")
     for arm in cfg.studies[study].values():
         load_config(cfg.synth_config, dict(arm.synth))
-        load_compare_config(cfg.compare_config, dict(arm.compare))
+        load_compare_config(cfg.compare_config, (compare_overrides or {}) | dict(arm.compare))
     return cfg.studies[study]
 
 
 @flow(name="ablation")
 def ablation(
-    config_path: str = "configs/ablations.yaml", study: str = "harmonization", out_dir: str | None = None, resume=True
+    config_path: str = "configs/ablations.yaml",
+    study: str = "harmonization",
+    out_dir: str | None = None,
+    resume: bool = True,
+    compare_overrides: dict | None = None,
 ) -> dict:
     """``out_dir`` (default ``<run_dir>/<study>/compare``): ``compare.md|csv|json|png`` and ``study.csv|png`` of all
-    arms; each arm's own comparison and models under ``<out_dir>/<label>``."""
+    arms; each arm's own comparison and models under ``<out_dir>/<label>``. ``compare_overrides``: for every arm's
+    comparison (e.g. ``{methods: [sleeg]}``)."""
     configure_process()
     log = get_run_logger()
     cfg = load_ablation_config(config_path)
-    arms = study_arms(config_path, study)
+    arms = study_arms(config_path, study, compare_overrides)
     out = Path(out_dir or cfg.run_dir / study / "compare")
     rows, per_seed, versions, sweeps, details = [], [], {}, {}, {}
     for k, (label, arm) in enumerate(arms.items()):
@@ -49,7 +55,7 @@ def ablation(
         log.info("arm %s (%d/%d): synth into %s", label, k + 1, len(arms), run_dir)
         synth(str(cfg.synth_config), str(run_dir), dict(arm.synth))
         versions[label] = resolve_version(str(run_dir))
-        over = dict(arm.compare) | {"held_in": False} | ({} if k == 0 else {"post_hoc": {}})
+        over = (compare_overrides or {}) | dict(arm.compare) | {"held_in": False} | ({} if k == 0 else {"post_hoc": {}})
         res = compare(str(cfg.compare_config), versions[label], str(out / label), over, resume)
         rows += arm_rows(label, res["rows"], k == 0)
         per_seed += arm_rows(label, res["details"]["per_seed_rows"], k == 0)

@@ -260,15 +260,17 @@ def ablate(
     config: Path = typer.Option(Path("configs/ablations.yaml"), help="ablation YAML (configs, run dir, studies)"),
     out_dir: Path = typer.Option(None, help="default: <run_dir>/<study>/compare"),
     fresh: bool = typer.Option(False, help="retrain every method instead of reusing finished ones"),
+    set_: list[str] = typer.Option([], "--set", help="override a field of every arm's comparison, e.g. --set seeds=3"),
 ) -> None:
     """Shard versions differing in one synthesis (or training) choice, each compared over every method, in one
     table with 95 % intervals and each arm's difference to the first (the `ablation` Prefect flow, run locally)."""
     from flows.ablation import ablation, study_arms
     from tasks.eval.compare import markdown, study_markdown
 
-    study_arms(str(config), study)  # config errors as messages, before the flow
+    over = _parse_overrides(set_) or None
+    study_arms(str(config), study, over)  # config errors as messages, before the flow
     _prepare("ablation")
-    res = ablation(str(config), study, str(out_dir) if out_dir else None, not fresh)
+    res = ablation(str(config), study, str(out_dir) if out_dir else None, not fresh, over)
     typer.echo(markdown(res["rows"]))
     if res["study_rows"]:
         typer.echo(study_markdown(res["study_rows"]))

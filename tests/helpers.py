@@ -275,13 +275,24 @@ def write_plugin_dist(site: Path, dist: str, entry_points: dict[str, dict[str, s
 
 
 def load_shipped_config(path: Path):
-    """A config of ``configs/`` read by the loader its file name says (``eval*``, ``train*``, ``compare*``,
-    ``weather_benchmark*``; synthesis otherwise)."""
-    from schemas import load_compare_config, load_config, load_eval_config, load_train_config, load_weathered_config
+    """A config of ``configs/`` read by the loader its file name says (``eval*``, ``train*``, ``*compare*``,
+    ``*ablation*``, ``weather_benchmark*``; synthesis otherwise)."""
+    from schemas import (
+        load_ablation_config,
+        load_compare_config,
+        load_config,
+        load_eval_config,
+        load_train_config,
+        load_weathered_config,
+    )
 
-    loaders = {"eval": load_eval_config, "train": load_train_config, "compare": load_compare_config}
-    loader = load_weathered_config if path.stem.startswith("weather_benchmark") else None
-    return (loader or loaders.get(path.stem.split("_")[0], load_config))(path)
+    stem = path.stem
+    for part, loader in (("ablation", load_ablation_config), ("compare", load_compare_config)):
+        if part in stem:
+            return loader(path)
+    if stem.startswith("weather_benchmark"):
+        return load_weathered_config(path)
+    return {"eval": load_eval_config, "train": load_train_config}.get(stem.split("_")[0], load_config)(path)
 
 
 # ---- a tiny TorchScript model and its benchmark layout (tests/test_evaluate.py, tests/test_eval_one_pass.py)

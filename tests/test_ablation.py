@@ -34,6 +34,8 @@ def test_an_unknown_study_or_a_bad_arm_is_a_config_error_before_any_work(tmp_pat
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="photoshop"):
         study_arms(str(tmp_path / "a.yaml"), "h")
+    with pytest.raises(ConfigError, match="seeds"):  # a --set for every arm's comparison is checked too
+        study_arms("configs/ablations.yaml", "harmonization", {"seeds": 0})
     cfg["studies"] = {"h": {"lab": {}}}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="has 1 arm; an ablation compares at least two"):
@@ -58,7 +60,6 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
     compare = {
         "name": "tiny",
         "max_steps": 2,
-        "methods": ["rpl"],
         "method_overrides": {"rpl": tiny_method("rpl")},
         "post_hoc": ["energy"],
         "benchmarks": [{"kind": "folder", "root": str(tmp_path / "bench"), "name": "red"}],
@@ -74,7 +75,8 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
         "studies": {"harmonization": {"lab": {}, "none": {"synth": {"harmonize.method": "none"}}}},
     }
     (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(ablation))
-    res = CliRunner().invoke(app, ["ablate", "--config", str(tmp_path / "ablation.yaml"), "--study", "harmonization"])
+    args = ["ablate", "--config", str(tmp_path / "ablation.yaml"), "--study", "harmonization", "--set", "methods=[rpl]"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
     out = tmp_path / "runs" / "harmonization" / "compare"
     # one shard version per arm, made with the arm's harmonizer
