@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--old", action="store_true", help="also time one pass per score (the path before)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples of the 95 %% intervals (0: none)")
     args = ap.parse_args()
     scores = args.scores.split(",")
     torch.manual_seed(0)
@@ -88,7 +89,7 @@ def main() -> None:
         torch.save(build_segmenter("espnetv2_demo").net.state_dict(), ckpt)
         spec = BenchmarkConfig(kind="road_anomaly_pre", root=root, name="ra")
         common = {"model": ckpt, "segmenter": "espnetv2_demo", "datasets": [spec], "input_width": args.input_width}
-        common |= {"device": args.device, "panels": 0}
+        common |= {"device": args.device, "panels": 0, "bootstrap": args.bootstrap}
         cfg = EvalConfig(**common, score=scores, batch_size=args.batch_size)
         model = load_eval_model(cfg)
 
@@ -123,7 +124,8 @@ def main() -> None:
             t_bare = min(t_bare, best_of(bare, 1) / n)
             t_all = min(t_all, best_of(whole, 1) / n)
         print(f"{n} images {args.width}x{args.height} -> network at {size[1]}x{size[0]}, espnetv2_demo, "
-              f"{args.device}, {torch.get_num_threads()} torch threads, batch {args.batch_size}, best of {args.repeats}")  # fmt: skip
+              f"{args.device}, {torch.get_num_threads()} torch threads, batch {args.batch_size}, best of {args.repeats}, "
+              f"{args.bootstrap} bootstrap resamples")  # fmt: skip
         print(f"baseline  bare forward (decode excluded)      : {1 / t_bare:6.2f} img/s  ({1000 * t_bare:7.1f} ms/img)")
         print(f"whole     evaluation, {len(scores)} scores in one pass   : {1 / t_all:6.2f} img/s  "
               f"({1000 * t_all:7.1f} ms/img)")  # fmt: skip

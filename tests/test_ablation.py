@@ -1,5 +1,6 @@
-"""Ablations (flows/ablation.py, configs/ablations.yaml): arms validated before anything runs, each arm's rows under
-its label, post-hoc rows once, and an end-to-end study of two harmonizers on tiny shards."""
+"""The real-data profile and its ablations (configs/real_*.yaml, flows/ablation.py, configs/ablations.yaml): the
+profile's paths, arms validated before anything runs, each arm's rows under its label, post-hoc rows once, and an
+end-to-end study of two harmonizers on tiny shards."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from flows.ablation import study_arms
 from schemas import ConfigError, load_ablation_config
 from tasks.eval.compare import arm_rows
-from tests.helpers import tiny_method, tiny_synth_config, tiny_train_config, write_red_squares_dataset
+from tests.helpers import shared_or_skip, tiny_method, tiny_synth_config, tiny_train_config, write_red_squares_dataset
 
 
 def test_the_shipped_ablations_validate_every_arm():
@@ -97,3 +98,23 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
     details = json.loads((out / "compare.json").read_text())
     assert set(details["shards"]) == {"lab", "none"} and details["study"] == "harmonization"
     assert "Trained on none instead of lab" in (out / "compare.md").read_text()
+
+
+def test_the_real_data_profile_finds_its_frames_photos_segmenter_and_benchmarks():
+    """configs/real_*.yaml point at ../shared/data (skipped where it is absent): every path they name is there."""
+    from schemas import load_compare_config, load_config
+    from tasks.eval.benchmarks import check_benchmarks
+    from tasks.scenes.frames import list_frames
+
+    shared_or_skip("driving_frames")
+    synth = load_config("configs/real_synth.yaml")
+    frames = list_frames(synth.scenes.root, synth.scenes.patterns)
+    assert len(frames) >= 70 and any("leftImg8bit" in f.name for f in frames)
+    assert not any(f.name.endswith("_gtFine_color.png") for f in frames)  # a label picture is no frame
+    assert synth.scenes.segmenter.checkpoint.is_file()
+    (photos,) = synth.objects.files
+    assert (photos.root / photos.manifest).is_file()
+    compare = load_compare_config("configs/real_compare.yaml")
+    assert compare.train.segmenter.checkpoint == synth.scenes.segmenter.checkpoint
+    check_benchmarks(compare.benchmarks)  # raises, naming every dataset that cannot be opened
+    assert [b.name for b in compare.benchmarks] == ["fs_static", "fs_laf_subset", "road_obstacle21"]
