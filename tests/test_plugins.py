@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -151,4 +152,7 @@ def test_a_plugin_method_trains_evaluates_and_compares_through_the_unchanged_cli
         "espnetv2_demo + neg_top2_margin",
     ]
     assert all(0 <= float(r["ap"]) <= 100 for r in rows)
-    assert "| toy_plugin | trained | espnetv2_demo | toy_plugin | " in (cmp / "compare.md").read_text()
+    # a few steps may leave its head where it started: then the row is flagged (⚠), its reason below the table
+    assert re.search(
+        r"\| toy_plugin( ⚠)? \| trained \| espnetv2_demo \| toy_plugin \| ", (cmp / "compare.md").read_text()
+    )
