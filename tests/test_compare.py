@@ -58,6 +58,8 @@ def test_rows_carry_the_bootstrap_intervals_in_percent_and_the_table_prints_them
     assert (row["auroc_lo"], row["auroc_hi"]) == (80.0, 90.0)
     assert "| 30 | 50.0 [41.2, 60.0] | 25.0 [10.0, 50.0] | 87.5 [80.0, 90.0] | – |" in markdown([row])
     assert markdown([row]).endswith("| 5 | – |")  # steps 5, no lr
+    (row,) = compare_rows({"model": "rpl", "kind": "trained", "steps": 5, "lr": 7.5e-05 * 10}, [result])
+    assert row["lr"] == 0.00075 and markdown([row]).endswith("| 5 | 0.00075 |")  # not 0.0007499999999999999
     # an interval the bootstrap could not give (every resample lacked a class): the value alone
     nan = result | {"metrics": result["metrics"] | {"intervals": ci | {"ap": [float("nan"), float("nan")]}}}
     (row,) = compare_rows({"model": "rpl", "kind": "trained"}, [nan])

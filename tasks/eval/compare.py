@@ -132,7 +132,8 @@ def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
     shard version it was trained on), steps."""
     rows = []
     for r in results:
-        row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps", "lr")}
+        row = {k: entry.get(k) for k in ("model", "kind", "segmenter", "score", "train", "steps")}
+        row["lr"] = None if entry.get("lr") is None else float(f"{entry['lr']:.4g}")  # 7.5e-4, not 0.000749999…
         if entry.get("seed") is not None:
             row["seed"] = entry["seed"]
         row["dataset"] = r["name"]
@@ -238,7 +239,8 @@ def bar_chart(rows: list[dict], path: Path) -> Path:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
             ax.set_yticks(range(len(sub)), names if j == 0 else [""] * len(sub), fontsize=8)
             ax.invert_yaxis()
-            top = np.nanmax(vals) if np.isfinite(vals).any() else 1.0
+            highs = [np.nan if r.get(f"{metric}_hi") is None else r[f"{metric}_hi"] for r in sub]  # error bars too
+            top = np.nanmax(vals + highs) if np.isfinite(vals + highs).any() else 1.0
             ax.set_xlim(0, 100 if metric == "fpr95" else min(100, max(5.0, 1.25 * top)))  # small APs stay legible
             ax.set_xlabel(label, fontsize=8)
             ax.grid(axis="x", alpha=0.3)
