@@ -1,8 +1,11 @@
 """The comparison table (``make compare``): methods and post-hoc baselines × datasets (and × conditions, where a
-dataset is tagged with them), as our users put it in a paper. Rows come from ``tasks.scoring`` results;
+dataset is tagged with them), as our users put it in a paper. Rows come from ``tasks.scoring`` results, with the
+95 % bootstrap intervals of AP, FPR95 and AUROC (``tasks.intervals``), the mean ± std over training seeds
+(``aggregate_seeds``) and a flag on trained rows no different from a post-hoc score (``flag_untrained``);
 outputs are ``compare.md``, ``compare.csv``, ``compare.json``, a bar chart ``compare.png``, ``conditions.png``
-(per condition) and, when methods were trained on more than one shard version (with and without weather, say),
-the per-condition difference of each method in ``study.csv`` / ``study.png``."""
+(per condition), ``seeds.csv`` (every seed's rows) and, when methods were trained on more than one shard
+version (with and without weather, say, or the arms of an ablation), the per-condition difference of each
+method in ``study.csv`` / ``study.png``."""
 
 from __future__ import annotations
 
