@@ -129,9 +129,6 @@ class ImageHistograms:
         self.bins.append(bins)
         self.counts.append(counts)
 
-    def nbytes(self) -> int:
-        return sum(b.nbytes + c.nbytes for b, c in zip(self.bins, self.counts, strict=True))
-
     def resampled(
         self, images: Sequence[int] | None = None, resamples: int = RESAMPLES, seed: int = 0
     ) -> dict[str, np.ndarray]:

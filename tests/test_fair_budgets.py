@@ -24,7 +24,7 @@ def test_the_warm_up_and_the_decay_are_shares_of_the_budget():
     assert poly_schedule(10, 0.9)(0) == 1.0  # no warm-up: the plain poly schedule
 
 
-def test_the_trainer_steps_the_warm_up(tmp_path):
+def test_the_trainer_steps_the_warm_up():
     cfg = TrainConfig(max_steps=20, lr_warmup=0.1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_schedule(cfg.max_steps, cfg.poly_power, cfg.lr_warmup))
