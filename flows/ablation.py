@@ -1,5 +1,6 @@
 """The ``ablation`` flow (``make ablation STUDY=...``, ``anomalyforge ablate``): for each arm of one study, a shard
-version made with that arm's synthesis overrides (the ``synth`` flow, one run directory per arm) and the comparison
+version made with that arm's synthesis overrides (the ``synth`` flow, one run directory per arm; the arms without
+synthesis overrides of every study share one) and the comparison
 trained and scored on it with the arm's comparison overrides (the ``compare`` flow: every method, intervals, lr
 sweep and seeds as configured), then one table of every arm — each trained method's rows under the arm's label,
 the difference of each arm to the first per dataset (``study.csv`` / ``study.png``). Benchmarks only: each arm's
@@ -42,7 +43,8 @@ def ablation(
     compare_overrides: dict | None = None,
 ) -> dict:
     """``out_dir`` (default ``<run_dir>/<study>/compare``): ``compare.md|csv|json|png`` and ``study.csv|png`` of all
-    arms; each arm's own comparison and models under ``<out_dir>/<label>``. ``compare_overrides``: for every arm's
+    arms; each arm's own comparison and models under ``<out_dir>/<label>``, but the default arm's (no override) under
+    ``<run_dir>/default/compare``: its shards and trained heads are made once for all studies. ``compare_overrides``: for every arm's
     comparison (e.g. ``{methods: [sleeg]}``)."""
     configure_process()
     log = get_run_logger()
@@ -51,12 +53,14 @@ def ablation(
     out = Path(out_dir or cfg.run_dir / study / "compare")
     rows, per_seed, versions, sweeps, details = [], [], {}, {}, {}
     for k, (label, arm) in enumerate(arms.items()):
-        run_dir = cfg.run_dir / study / label
+        run_dir = cfg.arm_run_dir(study, label)
         log.info("arm %s (%d/%d): synth into %s", label, k + 1, len(arms), run_dir)
         synth(str(cfg.synth_config), str(run_dir), dict(arm.synth))
         versions[label] = resolve_version(str(run_dir))
         over = (compare_overrides or {}) | dict(arm.compare) | {"held_in": False} | ({} if k == 0 else {"post_hoc": {}})
-        res = compare(str(cfg.compare_config), versions[label], str(out / label), over, resume)
+        res = compare(
+            str(cfg.compare_config), versions[label], str(cfg.arm_compare_dir(study, label, out)), over, resume
+        )
         rows += arm_rows(label, res["rows"], k == 0)
         per_seed += arm_rows(label, res["details"]["per_seed_rows"], k == 0)
         sweeps |= {f"{label}/{name.split('/')[-1]}": s for name, s in res["details"]["lr_sweep"].items()}

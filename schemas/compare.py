@@ -92,7 +92,10 @@ class AblationConfig(Strict):
     name: str = "ablation"
     synth_config: Path = Field(description="the synthesis config every arm starts from")
     compare_config: Path = Field(description="the comparison config every arm is trained and scored with")
-    run_dir: Path = Field(description="arm <label> of study <study> synthesizes into <run_dir>/<study>/<label>")
+    run_dir: Path = Field(
+        description="arm <label> of study <study> synthesizes into <run_dir>/<study>/<label>; an arm without synthesis "
+        "overrides into <run_dir>/default, shared by every study"
+    )
     studies: dict[str, dict[str, AblationVariant]] = Field(
         description="study -> arm label -> overrides; the first arm is the reference the others are compared to"
     )
@@ -104,3 +107,15 @@ class AblationConfig(Strict):
             if len(arms) < 2:
                 raise ValueError(f"study {study!r} has {len(arms)} arm; an ablation compares at least two")
         return v
+
+    def arm_run_dir(self, study: str, label: str) -> Path:
+        """Where the arm's shards are made: ``<run_dir>/default`` for an arm without synthesis overrides (the shipped
+        synthesis, made once for every study and every arm that only changes training), else
+        ``<run_dir>/<study>/<label>``."""
+        return self.run_dir / "default" if not self.studies[study][label].synth else self.run_dir / study / label
+
+    def arm_compare_dir(self, study: str, label: str, out_dir: Path) -> Path:
+        """Where the arm is trained and scored: ``<run_dir>/default/compare`` for an arm without any override (its
+        trained heads are reused by every study whose comparison config matches), else ``<out_dir>/<label>``."""
+        arm = self.studies[study][label]
+        return self.run_dir / "default" / "compare" if not (arm.synth or arm.compare) else out_dir / label

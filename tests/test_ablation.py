@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,17 +74,21 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
         "synth_config": str(tmp_path / "synth.yaml"),
         "compare_config": str(tmp_path / "compare.yaml"),
         "run_dir": str(tmp_path / "runs"),
-        "studies": {"harmonization": {"lab": {}, "none": {"synth": {"harmonize.method": "none"}}}},
+        "studies": {
+            "harmonization": {"lab": {}, "none": {"synth": {"harmonize.method": "none"}}},
+            "crop": {"small": {}, "wide": {"compare": {"train.crop": [64, 160]}}},
+        },
     }
     (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(ablation))
     args = ["ablate", "--config", str(tmp_path / "ablation.yaml"), "--study", "harmonization", "--set", "methods=[rpl]"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
     out = tmp_path / "runs" / "harmonization" / "compare"
-    # one shard version per arm, made with the arm's harmonizer
-    for arm, method in (("lab", "lab"), ("none", "none")):
-        (version,) = (tmp_path / "runs" / "harmonization" / arm / "versions").iterdir()
+    # one shard version per arm, made with the arm's harmonizer; the arm without overrides in the shared default run
+    for run, method in (("default", "lab"), ("harmonization/none", "none")):
+        (version,) = (tmp_path / "runs" / run / "versions").iterdir()
         assert json.loads((version / "dataset.json").read_text())["config"]["harmonize"]["method"] == method
+    assert not (tmp_path / "runs" / "harmonization" / "lab").exists()
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [(r["model"], r["train"]) for r in rows] == [
         ("rpl", "lab"),
@@ -98,6 +103,21 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
     details = json.loads((out / "compare.json").read_text())
     assert set(details["shards"]) == {"lab", "none"} and details["study"] == "harmonization"
     assert "Trained on none instead of lab" in (out / "compare.md").read_text()
+
+    # another study starts from the same default arm: its shards and its trained head are reused, not made again,
+    # and an arm that only changes training trains on those same shards
+    head = tmp_path / "runs" / "default" / "compare" / "models" / "rpl" / "model.pt"
+    before = head.stat().st_mtime_ns, (version := details["shards"]["lab"])
+    res = CliRunner().invoke(app, [*args[:4], "crop", *args[5:]])
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    assert [p.name for p in (tmp_path / "runs" / "default" / "versions").iterdir()] == [Path(version).name]
+    assert head.stat().st_mtime_ns == before[0]
+    crop = json.loads((tmp_path / "runs" / "crop" / "compare" / "compare.json").read_text())
+    assert crop["shards"] == {"small": version, "wide": version}
+    wide = yaml.safe_load(
+        (tmp_path / "runs" / "crop" / "compare" / "wide" / "models" / "rpl" / "config.yaml").read_text()
+    )
+    assert wide["crop"] == [64, 160]
 
 
 def test_the_real_data_profile_finds_its_frames_photos_segmenter_and_benchmarks():
