@@ -26,7 +26,7 @@ from tasks.layout import RunLayout
 from tasks.runtime import configure_process
 from tasks.storage import is_url
 from tasks.train.pretrain import segmenter_checkpoint
-from tasks.train.sweep import pick_multiplier, sweep_record, sweep_steps, swept
+from tasks.train.sweep import beyond_edge, pick_multiplier, sweep_record, sweep_steps, swept
 from tasks.train.trainer import train_method
 from tasks.versions import resolve_version
 
@@ -109,7 +109,9 @@ def compare(
             if cfg.lr_sweep:  # short runs at multiples of the lr, scored on the held-in split only
                 steps = sweep_steps(cfg.max_steps, cfg.sweep_steps)
                 trials = {}
-                for mult in cfg.lr_sweep:
+                for mult in [*cfg.lr_sweep, *[None] * cfg.sweep_extend]:
+                    if mult is None and (mult := beyond_edge(trials)) is None:
+                        break  # the best lies inside the grid: no further run
                     where = models[label] / "lr-sweep" / f"{name}-x{mult:g}"
                     try:
                         trials[mult] = train_task(

@@ -54,6 +54,12 @@ class CompareConfig(Strict):
         "Empty: each method's configured lr",
     )
     sweep_steps: int | None = Field(None, ge=1, description="steps of each sweep run; None: a quarter of max_steps")
+    sweep_extend: int = Field(
+        1,
+        ge=0,
+        description="when the best multiplier is the largest (smallest) tried, up to this many more runs beyond it, "
+        "each one step of the grid's own ratio further: a sweep whose best is at its edge has not found the best",
+    )
     same_as_frozen_margin: float = Field(
         1.0,
         ge=0,

@@ -11,7 +11,7 @@ import torch
 from models.methods import method_config
 from schemas import TrainConfig
 from tasks.train.optim import poly_schedule
-from tasks.train.sweep import pick_multiplier, sweep_record, sweep_steps, swept
+from tasks.train.sweep import beyond_edge, pick_multiplier, sweep_record, sweep_steps, swept
 
 
 def test_the_warm_up_and_the_decay_are_shares_of_the_budget():
@@ -66,3 +66,15 @@ def test_the_pick_is_the_best_held_in_ap_then_fpr95_then_the_paper_lr():
         "steps": 37,
         "held_in": {"1": {"ap": 0.1, "fpr95": 0.6}, "10": {"ap": 0.2, "fpr95": 0.5}},
     }
+
+
+def test_a_sweep_whose_best_is_at_an_edge_goes_one_step_of_its_ratio_further():
+    assert beyond_edge({1: {"ap": 0.40}, 10: {"ap": 0.41}, 100: {"ap": 0.44}}) == pytest.approx(1000)
+    assert beyond_edge({1: {"ap": 0.50}, 10: {"ap": 0.48}, 100: {"ap": 0.08}}) == pytest.approx(0.1)
+    assert beyond_edge({1: {"ap": 0.50}, 10: {"ap": 0.60}, 100: {"ap": 0.08}}) is None  # inside: found
+    assert beyond_edge({1: {"ap": 0.2}, 30: {"ap": 0.3}}) == pytest.approx(900)  # the grid's own ratio
+    assert beyond_edge({0.5: {"ap": 0.3}, 2: {"ap": 0.2}, 1: {"ap": 0.1}}) == pytest.approx(0.25)  # unsorted: ratio 1/0.5
+    # after an extension the new edge is judged the same way: a diverged ×1000 stops the sweep at ×100
+    assert beyond_edge({1: {"ap": 0.4}, 10: {"ap": 0.4}, 100: {"ap": 0.5}, 1000: {"metrics_error": "diverged"}}) is None
+    assert beyond_edge({1: {"ap": 0.4}}) is None  # one multiple: no ratio
+    assert beyond_edge({1: {"metrics_error": "x"}, 10: {"metrics_error": "x"}}) is None  # nothing to go by

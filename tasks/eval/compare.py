@@ -458,7 +458,7 @@ def sweep_markdown(sweeps: dict[str, dict]) -> list[str]:
     """The lr sweep of each method: held-in AP (%) per lr multiplier, the picked one in bold, the lr it trained at."""
     if not sweeps:
         return []
-    mults = list(dict.fromkeys(m for s in sweeps.values() for m in s["held_in"]))
+    mults = sorted({m for s in sweeps.values() for m in s["held_in"]}, key=float)
     lines = [
         "## Learning rates: a short sweep per method, scored on the held-in split",
         "",

@@ -5,7 +5,9 @@ epochs); at the budgets a 2-core machine or a quick comparison affords, 150 step
 layer where it started, and an equal-step table compares a trained head with an untouched one. ``compare`` with
 ``lr_sweep: [1, 10, 100]`` trains each method ``sweep_steps`` steps at each multiple of its lr, keeps the multiple
 with the best held-in AP — the shards' own validation composites, never a benchmark, so the benchmarks stay unseen
-— and trains the full budget at it. The schedule (warm-up share, poly decay) scales with the steps either way
+— and trains the full budget at it. When that best is the grid's largest (or smallest) multiple, the sweep goes
+one step of the grid's ratio further (``sweep_extend`` times at most): OvR and PEBAL at 1e-5 are best at ×100 of
+a [1, 10, 100] grid, which says only that the grid stopped too early. The schedule (warm-up share, poly decay) scales with the steps either way
 (``TrainConfig.lr_warmup``, ``tasks.train.optim.poly_schedule``).
 """
 
@@ -53,6 +55,22 @@ def pick_multiplier(trials: dict[float, dict]) -> float:
     if best[1].get("ap") is None:
         return 1.0 if 1.0 in trials else next(iter(trials))
     return best[0]
+
+
+def beyond_edge(trials: dict[float, dict]) -> float | None:
+    """The next multiplier to try when the best of ``trials`` (``pick_multiplier``) is the largest or the smallest
+    tried: one step of the grid's ratio at that edge further (best ×100 after ×10 → ×1000; best ×1 before ×10 →
+    ×0.1). None when the best lies inside the grid, or fewer than two multipliers were tried (no ratio), or no trial
+    has an AP. A diverged edge never wins, so a sweep stops extending at the lr that diverges."""
+    if len(trials) < 2 or all(t.get("ap") is None for t in trials.values()):
+        return None
+    mults = sorted(trials)
+    best = pick_multiplier(trials)
+    if best == mults[-1]:
+        return best * best / mults[-2]
+    if best == mults[0]:
+        return best * best / mults[1]
+    return None
 
 
 def sweep_record(lr: float, picked: float, steps: int, trials: dict[float, dict]) -> dict:
