@@ -73,7 +73,8 @@ def test_a_sweep_whose_best_is_at_an_edge_goes_one_step_of_its_ratio_further():
     assert beyond_edge({1: {"ap": 0.50}, 10: {"ap": 0.48}, 100: {"ap": 0.08}}) == pytest.approx(0.1)
     assert beyond_edge({1: {"ap": 0.50}, 10: {"ap": 0.60}, 100: {"ap": 0.08}}) is None  # inside: found
     assert beyond_edge({1: {"ap": 0.2}, 30: {"ap": 0.3}}) == pytest.approx(900)  # the grid's own ratio
-    assert beyond_edge({0.5: {"ap": 0.3}, 2: {"ap": 0.2}, 1: {"ap": 0.1}}) == pytest.approx(0.25)  # unsorted: ratio 1/0.5
+    unsorted = {0.5: {"ap": 0.3}, 2: {"ap": 0.2}, 1: {"ap": 0.1}}
+    assert beyond_edge(unsorted) == pytest.approx(0.25)  # best ×0.5, next ×1: ratio 2 down
     # after an extension the new edge is judged the same way: a diverged ×1000 stops the sweep at ×100
     assert beyond_edge({1: {"ap": 0.4}, 10: {"ap": 0.4}, 100: {"ap": 0.5}, 1000: {"metrics_error": "diverged"}}) is None
     assert beyond_edge({1: {"ap": 0.4}}) is None  # one multiple: no ratio
