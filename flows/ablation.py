@@ -51,7 +51,7 @@ def ablation(
     cfg = load_ablation_config(config_path)
     arms = study_arms(config_path, study, compare_overrides)
     out = Path(out_dir or cfg.run_dir / study / "compare")
-    rows, per_seed, versions, sweeps, details = [], [], {}, {}, {}
+    rows, per_seed, versions, sweeps, details, resampled = [], [], {}, {}, {}, {}
     for k, (label, arm) in enumerate(arms.items()):
         run_dir = cfg.arm_run_dir(study, label)
         log.info("arm %s (%d/%d): synth into %s", label, k + 1, len(arms), run_dir)
@@ -62,6 +62,8 @@ def ablation(
             str(cfg.compare_config), versions[label], str(cfg.arm_compare_dir(study, label, out)), over, resume
         )
         rows += arm_rows(label, res["rows"], k == 0)
+        # each trained model's bootstrap resamples under the arm's label: the arms' differences get paired intervals
+        resampled |= {(m, label, ds): r for (m, train, ds), r in res["resampled"].items() if train != "–"}
         per_seed += arm_rows(label, res["details"]["per_seed_rows"], k == 0)
         sweeps |= {f"{label}/{name.split('/')[-1]}": s for name, s in res["details"]["lr_sweep"].items()}
         details = details or res["details"]
@@ -69,6 +71,6 @@ def ablation(
         table.sort(key=lambda r: r["kind"] != "trained")
     details = details | {"name": f"{cfg.name}: {study}", "shards": versions, "per_seed_rows": per_seed}
     details |= {"lr_sweep": sweeps, "study": study, "arms": {label: arm.model_dump() for label, arm in arms.items()}}
-    files, study_rows = write_compare(rows, details, out)
+    files, study_rows = write_compare(rows, details, out, resampled)
     log.info("ablation %s: %s (differences: %s)", study, files["table"], files.get("study", "–"))
     return {k: str(v) for k, v in files.items()} | {"rows": rows, "study_rows": study_rows, "out_dir": str(out)}

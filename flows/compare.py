@@ -166,7 +166,7 @@ def compare(
         "models": trained,
         "config": cfg.model_dump(mode="json"),
     }
-    files, study = write_compare(rows, details, out)
+    files, study = write_compare(rows, details, out, resampled)
     create_table_artifact(table=rows, key="compare", description=f"{cfg.name}: methods × datasets on {version}; %")
     create_markdown_artifact(markdown=markdown(rows), key="compare-md")
     log.info("comparison table %s (csv %s, chart %s)", files["table"], files["csv"], files["chart"])
@@ -179,5 +179,5 @@ def compare(
     return (
         {k: str(v) for k, v in files.items()}
         | {"rows": rows, "study_rows": study, "out_dir": str(out)}
-        | {"details": details}
+        | {"details": details, "resampled": resampled}
     )

@@ -100,6 +100,10 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
     (diff,) = list(csv.DictReader((out / "study.csv").open()))
     assert (diff["model"], diff["base"], diff["train"]) == ("rpl", "lab", "none")
     assert float(diff["d_ap"]) == pytest.approx(float(rows[1]["ap"]) - float(rows[0]["ap"]), abs=0.011)
+    # the two arms' models scored on the same resampled images: a paired interval of the difference
+    lo, hi = float(diff["d_ap_lo"]), float(diff["d_ap_hi"])
+    width = lambda r: float(r["ap_hi"]) - float(r["ap_lo"])  # noqa: E731
+    assert lo <= hi and hi - lo <= width(rows[0]) + width(rows[1])  # no wider than the two intervals side by side
     details = json.loads((out / "compare.json").read_text())
     assert set(details["shards"]) == {"lab", "none"} and details["study"] == "harmonization"
     assert "Trained on none instead of lab" in (out / "compare.md").read_text()

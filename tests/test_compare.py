@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from models.methods import get_method, method_config, method_names
-from tasks.eval.compare import aggregate_seeds, compare_rows, flag_untrained, markdown
+from tasks.eval.compare import aggregate_seeds, compare_rows, flag_untrained, markdown, study_markdown, study_rows
 from tasks.synth.validate import validate_shard_set
 from tasks.train.sweep import beyond_edge, pick_multiplier
 from tasks.train.trainer import train_method
@@ -87,6 +87,29 @@ def test_seeds_become_one_row_with_mean_and_sample_std():
 
 def _resampled(ap):
     return {"ap": np.asarray(ap, float), "fpr95": np.zeros(len(ap)), "auroc": np.zeros(len(ap))}
+
+
+def test_a_study_gives_each_difference_its_paired_interval():
+    # five paired resamples, hand-made: lab's AP and an arm whose AP is higher by 0.01–0.05 on every resample
+    lab = np.array([0.10, 0.30, 0.20, 0.50, 0.40])
+    rows = [_row("rpl", 30.0, train="lab"), _row("rpl", 33.0, train="none"), _row("rpl", 10.0, train="style")]
+    rows += [_row("rpl", 11.0, train="lab", condition="fog"), _row("rpl", 12.0, train="none", condition="fog")]
+    res = {
+        ("rpl", "lab", "fs"): {"ap": lab, "fpr95": np.full(5, 0.2)},
+        ("rpl", "none", "fs"): {"ap": lab + np.array([0.01, 0.02, 0.03, 0.04, 0.05]), "fpr95": np.full(5, 0.1)},
+        ("rpl", "style", "fs"): {"ap": lab[::-1], "fpr95": np.full(5, 0.2)},  # paired with the wrong images
+    }
+    none, style, fog = study_rows(rows, "lab", res)
+    # np.percentile of [1, 2, 3, 4, 5] points at 2.5 % and 97.5 % (linear): 1.1 and 4.9
+    assert none["d_ap"] == 3.0 and (none["d_ap_lo"], none["d_ap_hi"]) == pytest.approx((1.1, 4.9))
+    assert (none["d_fpr95_lo"], none["d_fpr95_hi"]) == pytest.approx((-10.0, -10.0))
+    # lab reversed minus lab: [30, 20, 0, -20, -30] points; sorted, 2.5 % sits 0.1 of the way from -30 to -20
+    assert (style["d_ap_lo"], style["d_ap_hi"]) == pytest.approx((-29.0, 29.0))
+    assert fog["condition"] == "fog" and fog["d_ap"] == 1.0 and fog["d_ap_lo"] is None  # no per-condition resamples
+    assert study_rows(rows, "lab")[0]["d_ap_lo"] is None  # no resamples: the difference alone
+    table = study_markdown([none, style])
+    assert "| rpl | +3.0 [+1.1, +4.9] * / -3.0 |" in table  # excludes 0: starred; ΔFPR95 from the rows
+    assert "| rpl | -20.0 [-29.0, +29.0] / +20.0 |" in table
 
 
 def test_a_trained_row_no_different_from_a_post_hoc_score_is_flagged_with_the_reason():

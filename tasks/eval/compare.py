@@ -32,6 +32,7 @@ COLUMNS = ("model", "kind", "segmenter", "score", "train", "dataset", "condition
 STDS = tuple(f"{m}_std" for m in INTERVALS)
 CSV_COLUMNS = (*COLUMNS, *BOUNDS, *STDS, "seeds", "seed", "flag")
 DELTAS = ("ap", "fpr95", "auroc")
+PAIRED = ("ap", "fpr95")  # the differences with a paired bootstrap interval in a study
 HEADERS = {
     "ap": "AP",
     "fpr95": "FPR95",
@@ -153,9 +154,13 @@ def compare_rows(entry: dict, results: list[dict]) -> list[dict]:
     return rows
 
 
-def study_rows(rows: list[dict], base: str) -> list[dict]:
+def study_rows(rows: list[dict], base: str, resampled: dict[tuple, dict] | None = None) -> list[dict]:
     """Per trained method, dataset and condition: each other training version's AP / FPR95 / AUROC minus those of
-    the model trained on ``base`` (percentage points; ΔFPR95 < 0 is better)."""
+    the model trained on ``base`` (percentage points; ΔFPR95 < 0 is better). With ``resampled``
+    (``{(model, train, dataset): ImageHistograms.resampled}``), the condition-``all`` rows also get the paired 95 %
+    bootstrap interval of ΔAP and ΔFPR95 (``d_ap_lo`` … ``d_fpr95_hi``): both models are scored on the same
+    resamples of the same images, so the interval holds only what the training version changes, and is much
+    narrower than the two rows' own intervals side by side (``tasks.intervals.paired_difference``)."""
     key = lambda r: (r["model"], r["dataset"], r["condition"])  # noqa: E731
     ref = {key(r): r for r in rows if r["kind"] == "trained" and r["train"] == base and r.get("ap") is not None}
     out = []
@@ -164,6 +169,14 @@ def study_rows(rows: list[dict], base: str) -> list[dict]:
             continue
         b = ref[key(r)]
         d = {f"d_{k}": None if r[k] is None or b[k] is None else round(r[k] - b[k], 2) for k in DELTAS}
+        a_res = (resampled or {}).get((r["model"], r["train"], r["dataset"]))
+        b_res = (resampled or {}).get((r["model"], base, r["dataset"]))
+        paired = r["condition"] == "all" and a_res is not None and b_res is not None
+        for k in PAIRED:
+            lo = hi = None
+            if paired and len(a_res[k]) == len(b_res[k]):
+                _, lo, hi = paired_difference(a_res, b_res, k)
+            d[f"d_{k}_lo"], d[f"d_{k}_hi"] = (None, None) if lo is None or not np.isfinite(lo) else _points(lo, hi)
         out.append(
             {"model": r["model"], "dataset": r["dataset"], "condition": r["condition"], "base": base}
             | {"train": r["train"]}
@@ -172,6 +185,10 @@ def study_rows(rows: list[dict], base: str) -> list[dict]:
             | d
         )
     return out
+
+
+def _points(lo: float, hi: float) -> tuple[float, float]:
+    return round(100 * lo, 2), round(100 * hi, 2)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -437,8 +454,9 @@ def _csv(rows: list[dict], columns, path: Path) -> Path:
 
 
 def study_markdown(study: list[dict]) -> str:
-    """Per dataset and compared version: a row per method, a column per condition, ``ΔAP / ΔFPR95`` in points
-    (every value, with the base and the other version's AP / FPR95 / AUROC, is in ``study.csv``)."""
+    """Per dataset and compared version: a row per method, a column per condition, ``ΔAP / ΔFPR95`` in points, ΔAP
+    with its paired 95 % interval where there is one and ``*`` when that interval excludes 0 (every value, with
+    the base and the other version's AP / FPR95 / AUROC, is in ``study.csv``)."""
     lines: list[str] = []
     fmt = lambda v: "–" if v is None else f"{v:+.1f}"  # noqa: E731
     for ds, train in dict.fromkeys((r["dataset"], r["train"]) for r in study):
@@ -446,7 +464,10 @@ def study_markdown(study: list[dict]) -> str:
         conds = list(dict.fromkeys(r["condition"] for r in sub))
         cells: dict[str, dict] = {}
         for r in sub:
-            cells.setdefault(r["model"], {})[r["condition"]] = f"{fmt(r['d_ap'])} / {fmt(r['d_fpr95'])}"
+            ap = fmt(r["d_ap"])
+            if r.get("d_ap_lo") is not None:  # the paired interval: does the difference exclude 0?
+                ap += f" [{fmt(r['d_ap_lo'])}, {fmt(r['d_ap_hi'])}]" + (" *" if r["d_ap_lo"] * r["d_ap_hi"] > 0 else "")
+            cells.setdefault(r["model"], {})[r["condition"]] = f"{ap} / {fmt(r['d_fpr95'])}"
         lines += [f"**{ds}: {train} − {sub[0]['base']}, ΔAP / ΔFPR95 (points)**", ""]
         lines += ["| model | " + " | ".join(conds) + " |", "|---|" + "---:|" * len(conds)]
         lines += [f"| {m} | " + " | ".join(by.get(c, "–") for c in conds) + " |" for m, by in cells.items()]
@@ -485,16 +506,19 @@ def arm_rows(label: str, rows: list[dict], first: bool) -> list[dict]:
     return [r | {"train": label} if r["kind"] == "trained" else r for r in rows if r["kind"] == "trained" or first]
 
 
-def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dict[str, Path], list[dict]]:
+def write_compare(
+    rows: list[dict], details: dict, out: str | Path, resampled: dict[tuple, dict] | None = None
+) -> tuple[dict[str, Path], list[dict]]:
     """``compare.md`` (the table, settings, the charts), ``compare.csv``, ``compare.json``, ``compare.png``,
     ``conditions.png`` (datasets tagged with conditions) and, when models were trained on more than one shard
-    version, ``study.csv`` / ``study.png``. Returns the files and the study rows (empty for one version)."""
+    version, ``study.csv`` / ``study.png`` (with paired intervals of the differences from ``resampled``, see
+    ``study_rows``). Returns the files and the study rows (empty for one version)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {"table": out / "compare.md", "csv": _csv(rows, CSV_COLUMNS, out / "compare.csv")}
     files["json"] = out / "compare.json"
     trains = list(dict.fromkeys(r["train"] for r in rows if r["kind"] == "trained"))
-    study = study_rows(rows, trains[0]) if len(trains) > 1 else []
+    study = study_rows(rows, trains[0], resampled) if len(trains) > 1 else []
     write_bytes_atomic(
         out / "compare.json", json.dumps({"rows": rows, "study": study} | details, indent=1, default=str).encode()
     )
@@ -529,7 +553,8 @@ def write_compare(rows: list[dict], details: dict, out: str | Path) -> tuple[dic
             f"## Trained on {', '.join(trains[1:])} instead of {trains[0]}: the difference per condition",
             "",
             "Each method trained on each shard version with the same seed, budget and frozen segmenter; Δ = the "
-            f"other version minus {trains[0]}, in points (ΔFPR95 < 0 is better).",
+            f"other version minus {trains[0]}, in points (ΔFPR95 < 0 is better); [brackets]: the paired 95 % "
+            "bootstrap interval of ΔAP (both models on the same resampled images), * where it excludes 0.",
             "",
             study_markdown(study),
             "",
