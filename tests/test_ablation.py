@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.ablation import study_arms
-from schemas import ConfigError, load_ablation_config
+from schemas import ConfigError, load_ablation_config, load_compare_config, load_config
 from tasks.eval.compare import arm_rows
 from tests.helpers import shared_or_skip, tiny_method, tiny_synth_config, tiny_train_config, write_red_squares_dataset
 
@@ -23,9 +23,15 @@ def test_the_shipped_ablations_validate_every_arm():
     assert {"harmonization", "objects_per_scene", "size_prior", "objects", "weather_share", "training_crop"} <= set(
         cfg.studies
     )
+    synth, compare = load_config(cfg.synth_config), load_compare_config(cfg.compare_config)
     for study in cfg.studies:
         arms = study_arms("configs/ablations.yaml", study)
-        assert len(arms) >= 2 and next(iter(arms.values())).synth == {}  # the first arm: the shipped default
+        first, *others = arms.values()
+        assert len(arms) >= 2 and first.synth == {} and first.compare == {}  # the first arm: the shipped defaults
+        for arm in others:  # every other arm changes what it says it changes (a moved default would make a no-op)
+            changed_synth = load_config(cfg.synth_config, dict(arm.synth)) != synth
+            changed_compare = load_compare_config(cfg.compare_config, dict(arm.compare)) != compare
+            assert changed_synth or changed_compare, (study, arm)
 
 
 def test_an_unknown_study_or_a_bad_arm_is_a_config_error_before_any_work(tmp_path):
@@ -126,7 +132,6 @@ def test_an_ablation_makes_one_version_per_arm_and_one_table_of_their_difference
 
 def test_the_real_data_profile_finds_its_frames_photos_segmenter_and_benchmarks():
     """configs/real_*.yaml point at ../shared/data (skipped where it is absent): every path they name is there."""
-    from schemas import load_compare_config, load_config
     from tasks.eval.benchmarks import check_benchmarks
     from tasks.scenes.frames import list_frames
 
