@@ -1,10 +1,10 @@
 """The ``ablation`` flow (``make ablation STUDY=...``, ``anomalyforge ablate``): for each arm of one study, a shard
 version made with that arm's synthesis overrides (the ``synth`` flow, one run directory per arm; the arms without
-synthesis overrides of every study share one) and the comparison
-trained and scored on it with the arm's comparison overrides (the ``compare`` flow: every method, intervals, lr
-sweep and seeds as configured), then one table of every arm — each trained method's rows under the arm's label,
-the difference of each arm to the first per dataset (``study.csv`` / ``study.png``). Benchmarks only: each arm's
-held-in split is made of its own composites, so it is not a common yardstick. Wiring only.
+synthesis overrides of every study share one) and the comparison trained and scored on it with the arm's
+comparison overrides (the ``compare`` flow: every method, intervals, lr sweep and seeds as configured), then one
+table of every arm — each trained method's rows under the arm's label, the difference of each arm to the first per
+dataset with its paired interval (``study.csv`` / ``study.png``). Benchmarks only: each arm's held-in split is
+made of its own composites, so it is not a common yardstick. Wiring only.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def ablation(
 ) -> dict:
     """``out_dir`` (default ``<run_dir>/<study>/compare``): ``compare.md|csv|json|png`` and ``study.csv|png`` of all
     arms; each arm's own comparison and models under ``<out_dir>/<label>``, but the default arm's (no override) under
-    ``<run_dir>/default/compare``: its shards and trained heads are made once for all studies. ``compare_overrides``: for every arm's
-    comparison (e.g. ``{methods: [sleeg]}``)."""
+    ``<run_dir>/default/compare``: its shards and trained heads are made once for all studies.
+    ``compare_overrides``: for every arm's comparison (e.g. ``{methods: [sleeg]}``)."""
     configure_process()
     log = get_run_logger()
     cfg = load_ablation_config(config_path)
