@@ -79,3 +79,13 @@ def test_a_sweep_whose_best_is_at_an_edge_goes_one_step_of_its_ratio_further():
     assert beyond_edge({1: {"ap": 0.4}, 10: {"ap": 0.4}, 100: {"ap": 0.5}, 1000: {"metrics_error": "diverged"}}) is None
     assert beyond_edge({1: {"ap": 0.4}}) is None  # one multiple: no ratio
     assert beyond_edge({1: {"metrics_error": "x"}, 10: {"metrics_error": "x"}}) is None  # nothing to go by
+
+
+def test_the_sweep_table_bolds_a_picked_multiple_that_is_not_round():
+    from tasks.eval.compare import sweep_markdown
+
+    third = 1 / 30  # an extension below ×1 of a [1, 30] grid
+    rec = sweep_record(1e-4, third, 5, {1: {"ap": 0.1}, 30: {"ap": 0.05}, third: {"ap": 0.2}})
+    lines = sweep_markdown({"real/rpl": rec})
+    assert lines[4] == "| method | base lr | ×0.0333333 | ×1 | ×30 | lr used |"  # sorted by multiple
+    assert lines[6] == "| real/rpl | 0.0001 | **20.0** | 10.0 | 5.0 | 3.3e-06 |"

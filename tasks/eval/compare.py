@@ -494,7 +494,7 @@ def sweep_markdown(sweeps: dict[str, dict]) -> list[str]:
         for m in mults:
             ap = s["held_in"].get(m, {}).get("ap")
             text = "–" if ap is None else f"{100 * ap:.1f}"
-            cells.append(f"**{text}**" if float(m) == s["picked"] else text)
+            cells.append(f"**{text}**" if m == f"{s['picked']:g}" else text)  # the keys are f"{multiplier:g}"
         lines.append(f"| {name} | {s['base_lr']:.2g} | " + " | ".join(cells) + f" | {s['lr']:.2g} |")
     return [*lines, ""]
 

@@ -7,8 +7,8 @@ layer where it started, and an equal-step table compares a trained head with an 
 with the best held-in AP — the shards' own validation composites, never a benchmark, so the benchmarks stay unseen
 — and trains the full budget at it. When that best is the grid's largest (or smallest) multiple, the sweep goes
 one step of the grid's ratio further (``sweep_extend`` times at most): OvR and PEBAL at 1e-5 are best at ×100 of
-a [1, 10, 100] grid, which says only that the grid stopped too early. The schedule (warm-up share, poly decay) scales with the steps either way
-(``TrainConfig.lr_warmup``, ``tasks.train.optim.poly_schedule``).
+a [1, 10, 100] grid, which says only that the grid stopped too early. The schedule (warm-up share, poly decay)
+scales with the steps either way (``TrainConfig.lr_warmup``, ``tasks.train.optim.poly_schedule``).
 """
 
 from __future__ import annotations
